@@ -1,0 +1,29 @@
+"""Small validation helpers shared by the boundary classes (outside jit only)."""
+
+from __future__ import annotations
+
+import numbers
+
+from numpyro.distributions import Distribution
+
+
+def describe(value) -> str:
+    """`repr` shortened, with the type, for error messages."""
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} of type {type(value).__name__}"
+
+
+def check_number_or_distribution(name: str, value, *, positive: bool = True):
+    """Accept a fixed positive number or a numpyro distribution."""
+    if isinstance(value, Distribution):
+        return value
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if positive and not value > 0:
+            raise ValueError(f"{name} must be positive; got {value!r}")
+        return float(value)
+    raise TypeError(
+        f"{name} must be a positive number (fixed) or a numpyro distribution (inferred); "
+        f"got {describe(value)}"
+    )

@@ -1,0 +1,113 @@
+"""Solver options: `probde.Solver` and `probde.ForwardSensitivity`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import diffrax
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardSensitivity:
+    """Differentiate a solve by forward sensitivities, computed in the forward pass.
+
+    The solve is differentiated with `diffrax.ForwardMode` (one tangent per input:
+    parameters and initial state), and the resulting Jacobian of the saved states is
+    wrapped in a `jax.custom_vjp`, so that reverse-mode `jax.grad` — which NUTS uses —
+    costs one vector–Jacobian product instead of a backward sweep through the solver's
+    steps. diffrax has no adjoint that does this for `grad`; that is why probde writes it.
+    Faster than the reverse adjoint when the inputs are few (see `benchmarks/RESULTS.md`).
+
+    **Arguments:**
+
+    - `max_inputs`: used by `Solver(adjoint="auto")` only: forward sensitivities are chosen
+      when the number of scalar inputs (parameters plus initial states) is at most this.
+    """
+
+    max_inputs: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Solver:
+    """How to solve the dynamics: a diffrax solver and its options.
+
+    **Main arguments:**
+
+    - `solver`: any diffrax solver: `diffrax.Tsit5()` (default; non-stiff),
+      `diffrax.Dopri5()`, `diffrax.Kvaerno5()` (stiff, implicit), ...
+    - `rtol`, `atol`: tolerances of the adaptive step-size controller.
+    - `max_steps`: at most this many steps per solve. A solve that needs more *fails*: it is
+      returned with `ok=False` (never an exception) and, inside a model, the proposal is
+      rejected and counted.
+
+    **Other arguments:**
+
+    - `adjoint`: how gradients are taken. `"auto"` (default) picks
+      `ForwardSensitivity()` when the inputs are few and
+      `diffrax.RecursiveCheckpointAdjoint()` otherwise; or pass either explicitly, or any
+      diffrax adjoint.
+    - `dt0`: initial step; `None` lets diffrax choose it.
+    - `stepsize_controller`: a diffrax step-size controller; `None` gives
+      `diffrax.PIDController(rtol=rtol, atol=atol)`.
+
+    **Example:**
+
+    ```python
+    >>> import diffrax, probde
+    >>> stiff = probde.Solver(diffrax.Kvaerno5(), rtol=1e-8, atol=1e-10, max_steps=10_000)
+    >>> stiff.max_steps
+    10000
+
+    ```
+    """
+
+    solver: diffrax.AbstractSolver = dataclasses.field(default_factory=diffrax.Tsit5)
+    rtol: float = 1e-6
+    atol: float = 1e-6
+    max_steps: int = 4096
+    adjoint: object = "auto"
+    dt0: float | None = None
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.solver, diffrax.AbstractSolver):
+            raise TypeError(
+                "solver must be a diffrax solver instance such as diffrax.Tsit5(); "
+                f"got {self.solver!r} of type {type(self.solver).__name__}"
+            )
+        for name in ("rtol", "atol"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number; got {value!r}")
+        if not isinstance(self.max_steps, int) or isinstance(self.max_steps, bool) or self.max_steps < 1:
+            raise ValueError(f"max_steps must be a positive integer; got {self.max_steps!r}")
+        if not (
+            self.adjoint == "auto"
+            or isinstance(self.adjoint, (ForwardSensitivity, diffrax.AbstractAdjoint))
+        ):
+            raise TypeError(
+                'adjoint must be "auto", probde.ForwardSensitivity() or a diffrax adjoint; '
+                f"got {self.adjoint!r} of type {type(self.adjoint).__name__}"
+            )
+        if self.stepsize_controller is not None and not isinstance(
+            self.stepsize_controller, diffrax.AbstractStepSizeController
+        ):
+            raise TypeError(
+                "stepsize_controller must be a diffrax step-size controller or None; "
+                f"got {self.stepsize_controller!r}"
+            )
+
+    def controller(self) -> diffrax.AbstractStepSizeController:
+        """The step-size controller used for this solver."""
+        if self.stepsize_controller is not None:
+            return self.stepsize_controller
+        return diffrax.PIDController(rtol=self.rtol, atol=self.atol)
+
+    def resolve_adjoint(self, num_inputs: int):
+        """The adjoint used for a solve with `num_inputs` scalar inputs."""
+        if self.adjoint == "auto":
+            default = ForwardSensitivity()
+            if num_inputs <= default.max_inputs:
+                return default
+            return diffrax.RecursiveCheckpointAdjoint()
+        return self.adjoint

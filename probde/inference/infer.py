@@ -1,0 +1,211 @@
+"""`probde.infer`: posterior inference for a `probde.Model` (or a numpyro model function)."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import jax
+import numpy as np
+from numpyro.infer import Predictive
+from numpyro.infer import log_likelihood as _numpyro_log_likelihood
+
+from .._checks import describe
+from ..model import (
+    OBSERVED,
+    SOLVER_OK,
+    SOLVER_STEPS,
+    TRAJECTORY,
+    VALID,
+    Model,
+)
+from .failures import FailureCounter
+from .methods import NUTS, AbstractMethod
+from .result import InferenceResult, build_datatree
+
+_BOOKKEEPING = (SOLVER_OK, SOLVER_STEPS, VALID, TRAJECTORY)
+
+
+def _check_seed(seed):
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer; got {describe(seed)}")
+    return int(seed)
+
+
+def infer(
+    model,
+    data=None,
+    method: AbstractMethod | None = None,
+    *,
+    seed: int = 0,
+    num_prior_samples: int = 500,
+    progress_bar: bool | None = None,
+) -> InferenceResult:
+    """Sample the posterior of `model` given `data`.
+
+    **Main arguments:**
+
+    - `model`: a `probde.Model`, or a numpyro model function. A function is called as
+      `model(data)`: it should condition its observed sites on `data` and, called with
+      `None`, sample them (for the predictive groups).
+    - `data`: a `probde.TimeSeries`, or a list of them (several experiments sharing the
+      parameters, each with its own initial state). For a model function, anything it
+      accepts.
+    - `method`: `probde.NUTS(...)` (default `probde.NUTS()`).
+    - `seed`: the random seed. Same seed, data and platform give identical draws.
+
+    **Other arguments:**
+
+    - `num_prior_samples`: draws for the `prior` and `prior_predictive` groups (0 skips).
+    - `progress_bar`: show a progress bar; default: when stderr is a terminal.
+
+    **Returns:** a `probde.InferenceResult`; its `idata` is an ArviZ `DataTree` with groups
+    posterior, sample_stats, log_likelihood, posterior_predictive, observed_data, prior and
+    prior_predictive.
+
+    Proposals whose solve fails (or that predict an impossible mean, e.g. a negative count
+    rate) are rejected, counted (`idata.sample_stats.attrs["solver_failures"]`) and
+    reported with a warning; they never stop the run.
+
+    **Example:**
+
+    ```python
+    >>> import jax.numpy as jnp, numpyro.distributions as dist, probde
+    >>> decay = probde.ODE(lambda t, y, th: -th["k"] * y, state_names=("x",))
+    >>> model = probde.Model(decay, {"k": dist.LogNormal(0.0, 0.5)}, jnp.array([1.0]),
+    ...                      probde.noise.Normal(sigma=0.05))
+    >>> data = probde.TimeSeries([0.0, 1.0, 2.0], [1.0, 0.6, 0.37], observables=("x",))
+    >>> result = probde.infer(model, data, probde.NUTS(num_chains=1, num_warmup=200,
+    ...                       num_samples=200), seed=0, num_prior_samples=0)
+    >>> 0.4 < float(result.idata.posterior["k"].mean()) < 0.6
+    True
+
+    ```
+    """
+    method = NUTS() if method is None else method
+    if not isinstance(method, AbstractMethod):
+        raise TypeError(f"method must be a probde method such as probde.NUTS(); got {describe(method)}")
+    seed = _check_seed(seed)
+    if not isinstance(num_prior_samples, int) or num_prior_samples < 0:
+        raise ValueError(f"num_prior_samples must be a non-negative integer; got {num_prior_samples!r}")
+    if progress_bar is None:
+        progress_bar = sys.stderr.isatty()
+    key_run, key_post, key_prior = jax.random.split(jax.random.PRNGKey(seed), 3)
+    if isinstance(model, Model):
+        return _infer_model(model, data, method, key_run, key_post, key_prior,
+                            num_prior_samples, progress_bar)
+    if callable(model):
+        return _infer_function(model, data, method, key_run, key_post, key_prior,
+                               num_prior_samples, progress_bar)
+    raise TypeError(f"model must be a probde.Model or a numpyro model function; got {describe(model)}")
+
+
+def _flatten(samples):
+    return {k: np.asarray(v).reshape((-1,) + v.shape[2:]) for k, v in samples.items()}
+
+
+def _by_chain(samples, num_chains):
+    return {k: np.asarray(v).reshape((num_chains, -1) + v.shape[1:]) for k, v in samples.items()}
+
+
+def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, progress_bar):
+    prepared = model.prepare(data)
+    counter = FailureCounter()
+    fn_count = model.numpyro_model(prepared, on_failure=counter)
+    fn = model.numpyro_model(prepared)
+    samples, stats = method.run(fn_count, key_run, progress_bar=progress_bar,
+                                model_kwargs={"observed": True})
+    failures = counter.reset()
+    samples = {k: np.asarray(v) for k, v in samples.items()}
+    num_chains = next(iter(samples.values())).shape[0]
+    stats = {k: np.asarray(v) for k, v in stats.items()}
+    stats["solver_steps"] = samples[SOLVER_STEPS]
+    stats["tree_depth"] = np.ceil(np.log2(stats["n_steps"] + 1)).astype(np.int64)
+    latent = {k: v for k, v in samples.items() if k not in _BOOKKEEPING}
+    flat = _flatten(latent)
+
+    predictive = Predictive(fn, posterior_samples=flat, return_sites=[OBSERVED, TRAJECTORY, VALID])
+    post_pred = {k: np.asarray(v) for k, v in predictive(key_post, observed=False).items()}
+    loglik = _numpyro_log_likelihood(fn, flat, observed=True)[OBSERVED]
+    loglik = np.where(prepared.mask, np.asarray(loglik), np.nan)
+
+    prior = prior_pred = None
+    if num_prior:
+        drawn = Predictive(fn, num_samples=num_prior)(key_prior, observed=False)
+        drawn = {k: np.asarray(v) for k, v in drawn.items()}
+        valid = drawn[VALID]
+        ok = drawn[SOLVER_OK]
+        prior = {k: v[None] for k, v in drawn.items() if k in latent}
+        prior_pred = {
+            OBSERVED: np.where(valid[:, :, None, None], drawn[OBSERVED], np.nan)[None],
+            TRAJECTORY: np.where(ok[:, :, None, None], drawn[TRAJECTORY], np.nan)[None],
+        }
+
+    idata = build_datatree(
+        model=model,
+        data=prepared,
+        posterior=latent,
+        sample_stats=stats,
+        posterior_predictive={
+            OBSERVED: post_pred[OBSERVED].reshape((num_chains, -1) + post_pred[OBSERVED].shape[1:]),
+            TRAJECTORY: post_pred[TRAJECTORY].reshape((num_chains, -1) + post_pred[TRAJECTORY].shape[1:]),
+        },
+        log_likelihood={OBSERVED: loglik.reshape((num_chains, -1) + loglik.shape[1:])},
+        prior=prior,
+        prior_predictive=prior_pred,
+        solver_failures=failures,
+    )
+    _warn(idata, failures, model)
+    return InferenceResult(idata)
+
+
+def _warn(idata, failures, model):
+    stats = idata["sample_stats"]
+    total = int(stats["diverging"].size)
+    if failures:
+        warnings.warn(
+            f"{failures} proposals were rejected because the ODE solve failed or predicted an "
+            f"impossible value (e.g. a non-positive mean for {type(model.observation).__name__} "
+            "noise) during warmup and sampling; the run is valid, but if this is frequent, "
+            f"raise Solver(max_steps=...) (now {model.solver.max_steps}), use a stiff solver "
+            "such as diffrax.Kvaerno5(), or tighten the priors",
+            stacklevel=3,
+        )
+    n_div = int(np.asarray(stats["diverging"]).sum())
+    if n_div:
+        warnings.warn(
+            f"{n_div} of {total} post-warmup transitions diverged; inspect "
+            "idata.sample_stats.diverging and raise NUTS(target_accept=0.9 or 0.95)",
+            stacklevel=3,
+        )
+
+
+def _infer_function(model_fn, data, method, key_run, key_post, key_prior, num_prior, progress_bar):
+    samples, stats = method.run(model_fn, key_run, progress_bar=progress_bar,
+                                model_kwargs={"data": data} if data is not None else {})
+    samples = {k: np.asarray(v) for k, v in samples.items()}
+    num_chains = next(iter(samples.values())).shape[0]
+    stats = {k: np.asarray(v) for k, v in stats.items()}
+    stats["tree_depth"] = np.ceil(np.log2(stats["n_steps"] + 1)).astype(np.int64)
+    flat = _flatten(samples)
+    args = () if data is None else (data,)
+    loglik = {k: np.asarray(v) for k, v in _numpyro_log_likelihood(model_fn, flat, *args).items()}
+    post_pred = Predictive(model_fn, posterior_samples=flat)(key_post, None) if data is not None else {}
+    post_pred = {k: np.asarray(v) for k, v in post_pred.items() if k not in samples}
+    prior = prior_pred = None
+    if num_prior:
+        drawn = Predictive(model_fn, num_samples=num_prior)(key_prior, *(None,) * len(args))
+        prior = {k: np.asarray(v)[None] for k, v in drawn.items() if k in samples}
+        prior_pred = {k: np.asarray(v)[None] for k, v in drawn.items() if k in post_pred}
+    idata = build_datatree(
+        model=None,
+        data=None,
+        posterior=samples,
+        sample_stats=stats,
+        posterior_predictive=_by_chain(post_pred, num_chains) if post_pred else None,
+        log_likelihood=_by_chain(loglik, num_chains),
+        prior=prior,
+        prior_predictive=prior_pred or None,
+        solver_failures=None,
+    )
+    return InferenceResult(idata)

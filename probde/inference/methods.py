@@ -1,0 +1,130 @@
+"""Inference methods as option objects: `probde.NUTS`."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+
+import jax
+
+from numpyro.infer import MCMC, init_to_uniform
+from numpyro.infer import NUTS as _NumpyroNUTS
+
+_CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized")
+
+# numpyro's per-transition fields and the ArviZ sample_stats names they become.
+_EXTRA_FIELDS = {
+    "diverging": "diverging",
+    "potential_energy": "lp",
+    "num_steps": "n_steps",
+    "accept_prob": "acceptance_rate",
+    "energy": "energy",
+    "adapt_state.step_size": "step_size",
+}
+
+
+class AbstractMethod(abc.ABC):
+    """Extension point for inference methods used by `probde.infer`."""
+
+    @abc.abstractmethod
+    def run(self, model_fn, key, *, progress_bar: bool, model_kwargs: dict):
+        """Run inference; return `(samples, sample_stats)`, both dicts of arrays with
+        leading dims `(chain, draw)`."""
+
+
+def _positive_int(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class NUTS(AbstractMethod):
+    """The No-U-Turn sampler (numpyro's), with windowed step-size and mass-matrix adaptation.
+
+    **Main arguments:**
+
+    - `num_chains`, `num_warmup`, `num_samples`: chains, warmup (adaptation) iterations
+      and kept draws per chain.
+    - `target_accept`: target mean acceptance probability of the step-size adaptation;
+      raise it (0.9, 0.95) when there are divergences.
+    - `dense_mass`: adapt a dense mass matrix (helps strongly correlated posteriors).
+
+    **Other arguments:**
+
+    - `chain_method`: `"sequential"`, `"parallel"` (one chain per JAX device; on CPU set
+      `numpyro.set_host_device_count(n)` before JAX starts), `"vectorized"` (all chains
+      in one vmapped program; suits accelerators), or `"auto"` (default): parallel when
+      there are as many devices as chains, else sequential.
+    - `max_tree_depth`: NUTS doubles the trajectory at most this many times.
+    - `thinning`: keep every `thinning`-th draw.
+    - `init_radius`: chains start at points drawn uniformly in (-r, r) in the unconstrained
+      space; infeasible points (failed solves, non-finite density) are redrawn, so every
+      chain starts from a feasible point.
+
+    **Example:**
+
+    ```python
+    >>> import probde
+    >>> probde.NUTS(num_chains=4, num_warmup=500, num_samples=500).num_chains
+    4
+
+    ```
+    """
+
+    num_chains: int = 4
+    num_warmup: int = 1000
+    num_samples: int = 1000
+    target_accept: float = 0.8
+    dense_mass: bool = False
+    chain_method: str = "auto"
+    max_tree_depth: int = 10
+    thinning: int = 1
+    init_radius: float = 2.0
+
+    def __post_init__(self):
+        for name in ("num_chains", "num_samples", "max_tree_depth", "thinning"):
+            _positive_int(name, getattr(self, name))
+        if not isinstance(self.num_warmup, int) or isinstance(self.num_warmup, bool) or self.num_warmup < 0:
+            raise ValueError(f"num_warmup must be a non-negative integer; got {self.num_warmup!r}")
+        if not isinstance(self.target_accept, (int, float)) or not 0 < self.target_accept < 1:
+            raise ValueError(f"target_accept must be in (0, 1); got {self.target_accept!r}")
+        if not isinstance(self.dense_mass, bool):
+            raise TypeError(f"dense_mass must be True or False; got {self.dense_mass!r}")
+        if self.chain_method not in _CHAIN_METHODS:
+            raise ValueError(f"chain_method must be one of {_CHAIN_METHODS}; got {self.chain_method!r}")
+        if not isinstance(self.init_radius, (int, float)) or not self.init_radius > 0:
+            raise ValueError(f"init_radius must be positive; got {self.init_radius!r}")
+
+    def resolved_chain_method(self) -> str:
+        """The chain method used on this machine."""
+        if self.chain_method != "auto":
+            return self.chain_method
+        if self.num_chains > 1 and jax.local_device_count() >= self.num_chains:
+            return "parallel"
+        return "sequential"
+
+    def run(self, model_fn, key, *, progress_bar, model_kwargs):
+        kernel = _NumpyroNUTS(
+            model_fn,
+            target_accept_prob=self.target_accept,
+            dense_mass=self.dense_mass,
+            max_tree_depth=self.max_tree_depth,
+            init_strategy=init_to_uniform(radius=self.init_radius),
+        )
+        mcmc = MCMC(
+            kernel,
+            num_warmup=self.num_warmup,
+            num_samples=self.num_samples,
+            num_chains=self.num_chains,
+            thinning=self.thinning,
+            chain_method=self.resolved_chain_method(),
+            progress_bar=progress_bar,
+        )
+        mcmc.run(key, extra_fields=tuple(_EXTRA_FIELDS), **model_kwargs)
+        samples = mcmc.get_samples(group_by_chain=True)
+        extra = mcmc.get_extra_fields(group_by_chain=True)
+        stats = {_EXTRA_FIELDS[k]: v for k, v in extra.items()}
+        stats["lp"] = -stats["lp"]
+        return samples, stats
+
+

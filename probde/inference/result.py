@@ -1,0 +1,158 @@
+"""`InferenceResult`: the ArviZ DataTree of a run, with summaries, plots and saving."""
+
+from __future__ import annotations
+
+import arviz as az
+import numpy as np
+import xarray as xr
+
+from ..model import INITIAL_STATE, OBSERVED, TRAJECTORY
+
+PARAMETERS_ATTR = "probde_parameters"
+
+
+def _site_dims(name, value_shape, model, data):
+    """Named dims of one posterior site (without chain/draw)."""
+    if model is not None and name in model.dims:
+        return list(model.dims[name])
+    if model is None:
+        return None
+    S = model.dynamics.num_states
+    O = len(data.observables)
+    E = data.num_experiments
+    if name == INITIAL_STATE:
+        return ["state"] if data.single else ["experiment", "state"]
+    hyper = set(model.hyper_names.values())
+    if value_shape == (O,) and name in hyper:
+        return ["observable"]
+    if value_shape == (S,):
+        return ["state"]
+    if value_shape == (O,):
+        return ["observable"]
+    if value_shape == (E,) and not data.single:
+        return ["experiment"]
+    return None
+
+
+def _squeeze_experiment(arr, data, axis):
+    return np.take(arr, 0, axis=axis) if data is not None and data.single else arr
+
+
+def build_datatree(
+    *,
+    model,
+    data,
+    posterior,
+    sample_stats,
+    posterior_predictive,
+    log_likelihood,
+    prior,
+    prior_predictive,
+    solver_failures,
+):
+    """Assemble the DataTree with named dims and coordinates (internal)."""
+    dims: dict = {}
+    coords: dict = {}
+    groups: dict = {"posterior": dict(posterior), "sample_stats": dict(sample_stats)}
+    if data is not None:
+        exp = [] if data.single else ["experiment"]
+        coords = {
+            "time": data.times,
+            "observable": list(data.observables),
+            "state": list(model.dynamics.state_names),
+        }
+        if not data.single:
+            coords["experiment"] = list(data.experiments)
+        for name, value in posterior.items():
+            d = _site_dims(name, tuple(value.shape[2:]), model, data)
+            if d is not None:
+                dims[name] = d
+        dims[OBSERVED] = exp + ["time", "observable"]
+        dims[TRAJECTORY] = exp + ["time", "state"]
+        dims["solver_steps"] = exp
+        groups["sample_stats"]["solver_steps"] = _squeeze_experiment(
+            sample_stats["solver_steps"], data, 2
+        )
+
+        def squeeze(group):
+            return {k: _squeeze_experiment(v, data, 2) for k, v in group.items()}
+
+        posterior_predictive = squeeze(posterior_predictive)
+        log_likelihood = squeeze(log_likelihood)
+        if prior_predictive is not None:
+            prior_predictive = squeeze(prior_predictive)
+        groups["observed_data"] = {OBSERVED: _squeeze_experiment(data.values, data, 0)}
+    if posterior_predictive:
+        groups["posterior_predictive"] = posterior_predictive
+    groups["log_likelihood"] = log_likelihood
+    if prior:
+        groups["prior"] = prior
+    if prior_predictive:
+        groups["prior_predictive"] = prior_predictive
+    idata = az.from_dict(groups, dims=dims, coords=coords)
+    names = list(posterior)
+    if model is not None:
+        names = [n for n in names if n in model.params or n in model.derived
+                 or n in model.hyper_names.values() or n == INITIAL_STATE]
+    idata.attrs[PARAMETERS_ATTR] = ",".join(names)
+    idata.attrs["inference_library"] = "probde"
+    if solver_failures is not None:
+        idata["sample_stats"].attrs["solver_failures"] = int(solver_failures)
+    return idata
+
+
+class InferenceResult:
+    """The result of `probde.infer`: an ArviZ DataTree plus conveniences.
+
+    **Fields:** `idata`, an `xarray.DataTree` with groups posterior, sample_stats,
+    log_likelihood, posterior_predictive, observed_data, prior, prior_predictive. Every
+    ArviZ function takes it as is: `az.summary(result.idata)`, `az.loo(result.idata)`,
+    `az.plot_trace(result.idata)`.
+    """
+
+    def __init__(self, idata: xr.DataTree):
+        if not isinstance(idata, xr.DataTree):
+            raise TypeError(f"idata must be an xarray.DataTree; got {type(idata).__name__}")
+        self.idata = idata
+
+    @property
+    def parameter_names(self) -> list[str]:
+        """Posterior variables that are parameters (not derived observations)."""
+        names = self.idata.attrs.get(PARAMETERS_ATTR, "")
+        return [n for n in names.split(",") if n] or list(self.idata["posterior"].data_vars)
+
+    @property
+    def solver_failures(self) -> int:
+        """Rejected proposals (failed solves, impossible predictions) during the run."""
+        return int(self.idata["sample_stats"].attrs.get("solver_failures", 0))
+
+    def summary(self, var_names=None, **kwargs):
+        """`arviz.summary` of the parameters (or of `var_names`), as a pandas DataFrame."""
+        var_names = self.parameter_names if var_names is None else var_names
+        return az.summary(self.idata, var_names=var_names, **kwargs)
+
+    def plot_fit(self, path=None, *, interval: float = 0.9, ax=None):
+        """Data with posterior predictive bands, one panel per observable (and experiment).
+
+        Draws the observed data as points, the central `interval` of the posterior
+        predictive distribution as a band and its median as a line. Returns the matplotlib
+        figure; saves it to `path` when given.
+        """
+        from .plot import plot_fit
+
+        return plot_fit(self.idata, path=path, interval=interval, ax=ax)
+
+    def to_netcdf(self, path) -> None:
+        """Write the DataTree to a netCDF file (h5netcdf); `probde.load(path)` reads it back."""
+        self.idata.to_netcdf(path, engine="h5netcdf")
+
+    def __repr__(self):
+        groups = ", ".join(c for c in self.idata.children)
+        return f"InferenceResult(groups: {groups})"
+
+
+def load(path) -> InferenceResult:
+    """Read a result written by `InferenceResult.to_netcdf`, fully into memory."""
+    with xr.open_datatree(path, engine="h5netcdf") as tree:
+        idata = tree.load().copy()
+    return InferenceResult(idata)

@@ -1,0 +1,440 @@
+"""`probde.Model`: dynamics + priors + observation model -> one numpyro model function."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro import handlers
+
+from ._checks import describe
+from .dynamics import ODE, Solver, solve
+from .noise import AbstractObservation
+from .observations import TimeSeries
+
+# Names of the bookkeeping sites the model records; `probde.infer` moves them out of the
+# posterior (solver statistics go to sample_stats, trajectories to the predictive groups).
+SOLVER_OK = "_solver_ok"
+SOLVER_STEPS = "_solver_steps"
+VALID = "_valid"
+REJECTED = "_rejected"
+TRAJECTORY = "trajectory"
+OBSERVED = "y"
+INITIAL_STATE = "initial_state"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    """Data of one or several experiments aligned on the union of their times.
+
+    `values` has shape `(E, T, O)` with NaN wherever an experiment has no value (missing, or
+    not observed at that time); `mask` is `True` where a value was observed.
+    """
+
+    times: np.ndarray
+    values: np.ndarray
+    mask: np.ndarray
+    observables: tuple[str, ...]
+    experiments: tuple[str, ...]
+    single: bool
+
+    @property
+    def num_experiments(self) -> int:
+        return self.values.shape[0]
+
+
+class Model:
+    r"""A Bayesian model of a dynamical system observed with noise.
+
+    $$\theta \sim p(\theta),\quad y_0 \sim p(y_0 \mid \theta),\quad
+    \dot y = f(t, y, \theta),\quad
+    \text{data}_{t,o} \sim \text{noise}\big(h(y(t), \theta)_o\big).$$
+
+    **Main arguments:**
+
+    - `dynamics`: a `probde.ODE`.
+    - `params`: dict mapping parameter names to numpyro distributions (the priors). The
+      names are the posterior variables and the keys of `theta` in the vector field.
+    - `initial_state`: the state at `t0`: a fixed array `(S,)` (or `(E, S)`, one row per
+      experiment), a numpyro distribution (sampled per experiment, posterior variable
+      `initial_state`), or a function `theta -> array or distribution`.
+    - `observation`: a noise model from `probde.noise`.
+    - `observe`: state names that are observed directly (default: all states), or a
+      function `h(y, theta) -> (O,)`; then the data's observable names are used.
+
+    **Other arguments:**
+
+    - `solver`: a `probde.Solver`.
+    - `t0`: time of the initial state (default: the first data time).
+    - `derived`: dict of name -> `fn(theta)`, deterministic quantities such as
+      `R0 = beta / gamma` that land in the posterior.
+    - `dims`: dict of site name -> dim names, overriding the automatic naming (a parameter
+      of size S gets dim `state`).
+    - `discrepancy`, `likelihood`: model-discrepancy terms and filtering likelihoods for
+      SDEs; not available in this version (must be `None`).
+
+    **Example:**
+
+    ```python
+    >>> import jax.numpy as jnp, numpyro.distributions as dist, probde
+    >>> decay = probde.ODE(lambda t, y, th: -th["k"] * y, state_names=("x",))
+    >>> model = probde.Model(decay, params={"k": dist.LogNormal(0.0, 1.0)},
+    ...                      initial_state=jnp.array([1.0]),
+    ...                      observation=probde.noise.Normal(sigma=0.1))
+    >>> model.observables
+    ('x',)
+
+    ```
+    """
+
+    def __init__(
+        self,
+        dynamics: ODE,
+        params: Mapping[str, dist.Distribution],
+        initial_state,
+        observation: AbstractObservation,
+        observe: Sequence[str] | Callable | None = None,
+        *,
+        discrepancy=None,
+        likelihood=None,
+        solver: Solver | None = None,
+        t0: float | None = None,
+        derived: Mapping[str, Callable] | None = None,
+        dims: Mapping[str, Sequence[str]] | None = None,
+    ):
+        if not isinstance(dynamics, ODE):
+            raise TypeError(f"dynamics must be a probde.ODE; got {describe(dynamics)}")
+        self.dynamics = dynamics
+        self.params = self._check_params(params)
+        self.observation = self._check_observation(observation)
+        self.observe = self._check_observe(observe)
+        if discrepancy is not None:
+            raise NotImplementedError(
+                "discrepancy terms are not available in this version of probde; "
+                f"pass discrepancy=None (got {describe(discrepancy)})"
+            )
+        if likelihood is not None:
+            raise NotImplementedError(
+                "filtering likelihoods (for SDEs) are not available in this version of probde; "
+                f"pass likelihood=None (got {describe(likelihood)})"
+            )
+        solver = Solver() if solver is None else solver
+        if not isinstance(solver, Solver):
+            raise TypeError(f"solver must be a probde.Solver; got {describe(solver)}")
+        self.solver = solver
+        if t0 is not None and not isinstance(t0, (int, float, np.floating, np.integer)):
+            raise TypeError(f"t0 must be a number or None; got {describe(t0)}")
+        if t0 is not None and not np.isfinite(t0):
+            raise ValueError(f"t0 must be finite; got {t0}")
+        self.t0 = None if t0 is None else float(t0)
+        derived = {} if derived is None else dict(derived)
+        for name, fn in derived.items():
+            if not isinstance(name, str) or not callable(fn):
+                raise TypeError(
+                    "derived must map names to functions fn(theta); "
+                    f"got {name!r}: {describe(fn)}"
+                )
+        self.derived = derived
+        self.initial_state = self._check_initial_state(initial_state)
+        self.hyper_names = self._hyper_site_names()
+        self.dims = {} if dims is None else {k: tuple(v) for k, v in dims.items()}
+        clash = set(self.derived) & (set(self.params) | set(self.hyper_names.values()))
+        if clash:
+            raise ValueError(f"derived names clash with parameter names: {sorted(clash)}")
+        self._check_traces()
+
+    # ----------------------------------------------------------------- validation
+    @staticmethod
+    def _check_params(params):
+        if not isinstance(params, Mapping):
+            raise TypeError(
+                f"params must be a dict mapping names to numpyro distributions; got {describe(params)}"
+            )
+        reserved = {OBSERVED, INITIAL_STATE, TRAJECTORY}
+        for name, prior in params.items():
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ValueError(f"params keys must be identifiers; got {name!r}")
+            if name in reserved or name.startswith("_"):
+                raise ValueError(f"params name {name!r} is reserved; choose another name")
+            if not isinstance(prior, dist.Distribution):
+                raise TypeError(
+                    f"params[{name!r}] must be a numpyro distribution (the prior); "
+                    f"got {describe(prior)}"
+                )
+        return dict(params)
+
+    @staticmethod
+    def _check_observation(observation):
+        if not isinstance(observation, AbstractObservation):
+            raise TypeError(
+                "observation must be a probde.noise model such as probde.noise.Normal(sigma=...); "
+                f"got {describe(observation)}"
+            )
+        return observation
+
+    def _check_observe(self, observe):
+        if observe is None:
+            return self.dynamics.state_names
+        if callable(observe):
+            return observe
+        if isinstance(observe, str):
+            observe = (observe,)
+        if not isinstance(observe, Sequence):
+            raise TypeError(
+                f"observe must be state names or a function h(y, theta); got {describe(observe)}"
+            )
+        observe = tuple(observe)
+        for name in observe:
+            if name not in self.dynamics.state_names:
+                raise ValueError(
+                    f"observe names {name!r}, which is not a state; states are "
+                    f"{self.dynamics.state_names}"
+                )
+        if len(set(observe)) != len(observe):
+            raise ValueError(f"observe must not repeat a state; got {observe}")
+        return observe
+
+    def _check_initial_state(self, initial_state):
+        if callable(initial_state) and not isinstance(initial_state, dist.Distribution):
+            return initial_state
+        if isinstance(initial_state, dist.Distribution):
+            self._check_initial_distribution(initial_state)
+            return initial_state
+        try:
+            arr = np.asarray(initial_state, dtype=float)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                "initial_state must be an array, a numpyro distribution or a function "
+                f"theta -> array/distribution; got {describe(initial_state)}"
+            ) from err
+        self._check_initial_array(arr)
+        return jnp.asarray(arr)
+
+    def _check_initial_array(self, arr):
+        S = self.dynamics.num_states
+        if arr.ndim not in (1, 2) or arr.shape[-1] != S:
+            raise ValueError(
+                f"initial_state must have shape ({S},) (one value per state "
+                f"{self.dynamics.state_names}) or (num_experiments, {S}); got shape {arr.shape}"
+            )
+
+    def _check_initial_distribution(self, d):
+        S = self.dynamics.num_states
+        shape = tuple(d.batch_shape) + tuple(d.event_shape)
+        if shape != (S,):
+            raise ValueError(
+                f"initial_state distribution must have shape ({S},) (batch + event), one value "
+                f"per state {self.dynamics.state_names}; got batch_shape {d.batch_shape} and "
+                f"event_shape {d.event_shape}"
+                + (f". Use .expand([{S}])" if shape == () else "")
+            )
+
+    def _hyper_site_names(self) -> dict[str, str]:
+        names = {}
+        for arg, value in self.observation.hyperparameters().items():
+            if isinstance(value, dist.Distribution):
+                names[arg] = f"noise_{arg}" if arg in self.params else arg
+        return names
+
+    def _example_theta(self):
+        key = jax.random.PRNGKey(0)
+        return {name: prior.sample(key) for name, prior in self.params.items()}
+
+    def _check_traces(self):
+        """Trace the user's functions once with prior draws: name missing parameters."""
+        theta = self._example_theta()
+        try:
+            y0 = self._initial_state(theta, 1)
+            S = self.dynamics.num_states
+            out = jax.eval_shape(
+                lambda y, th: self.dynamics.vector_field(0.0, y, th), y0[0], theta
+            )
+            if out.shape != (S,):
+                raise ValueError(
+                    f"vector_field must return shape ({S},) (one derivative per state); "
+                    f"got shape {out.shape}"
+                )
+            if callable(self.observe):
+                h = jax.eval_shape(self.observe, y0[0], theta)
+                if len(h.shape) != 1:
+                    raise ValueError(f"observe(y, theta) must return a 1-D array; got shape {h.shape}")
+            for name, fn in self.derived.items():
+                jax.eval_shape(fn, theta)
+        except KeyError as err:
+            missing = err.args[0]
+            raise ValueError(
+                f"the model reads parameter {missing!r} (in vector_field, observe, derived or "
+                f"initial_state) but params defines no prior for it; params has "
+                f"{sorted(self.params)}"
+            ) from None
+
+    # --------------------------------------------------------------------- pieces
+    @property
+    def observables(self) -> tuple[str, ...] | None:
+        """Names of the observables, or `None` when `observe` is a function (then the data
+        names them)."""
+        return None if callable(self.observe) else self.observe
+
+    def _initial_state(self, theta, num_experiments: int):
+        """Initial states, shape `(E, S)`; samples the `initial_state` site if needed."""
+        value = self.initial_state
+        if callable(value) and not isinstance(value, dist.Distribution):
+            value = value(theta)
+            if not isinstance(value, dist.Distribution):
+                value = jnp.asarray(value)
+                self._check_initial_array(value)
+        if isinstance(value, dist.Distribution):
+            self._check_initial_distribution(value)
+            if num_experiments == 1:
+                return numpyro.sample(INITIAL_STATE, value)[None]
+            dim = -1 if value.event_shape else -2
+            with numpyro.plate("experiment", num_experiments, dim=dim):
+                return numpyro.sample(INITIAL_STATE, value)
+        value = jnp.asarray(value, dtype=jnp.result_type(float))
+        if value.ndim == 1:
+            return jnp.broadcast_to(value, (num_experiments, value.shape[0]))
+        if value.shape[0] != num_experiments:
+            raise ValueError(
+                f"initial_state has {value.shape[0]} rows but the data has {num_experiments} "
+                "experiments; give one row per experiment or a single row"
+            )
+        return value
+
+    def _observe(self, ys, theta):
+        """Noise-free predictions of the observables, `(E, T, S) -> (E, T, O)`."""
+        if callable(self.observe):
+            h = jax.vmap(jax.vmap(self.observe, in_axes=(0, None)), in_axes=(0, None))
+            return h(ys, theta)
+        idx = np.array([self.dynamics.state_names.index(n) for n in self.observe])
+        return ys[..., idx]
+
+    def _sample_hyper(self, num_observables: int):
+        hyper = {}
+        for arg, value in self.observation.hyperparameters().items():
+            if isinstance(value, dist.Distribution):
+                shape = tuple(value.batch_shape) + tuple(value.event_shape)
+                if shape not in ((), (num_observables,)):
+                    raise ValueError(
+                        f"the prior of noise parameter {arg!r} must have shape () (shared) or "
+                        f"({num_observables},) (one per observable); got {shape}"
+                    )
+                hyper[arg] = numpyro.sample(self.hyper_names[arg], value)
+            else:
+                hyper[arg] = value
+        return hyper
+
+    # ------------------------------------------------------------------- data
+    def prepare(self, data) -> PreparedData:
+        """Validate `data` (a TimeSeries or a list of them) against the model and align it."""
+        single = isinstance(data, TimeSeries)
+        series = [data] if single else data
+        if not isinstance(series, (list, tuple)) or not series:
+            raise TypeError(
+                f"data must be a probde.TimeSeries or a non-empty list of them; got {describe(data)}"
+            )
+        for i, ts in enumerate(series):
+            if not isinstance(ts, TimeSeries):
+                raise TypeError(f"data[{i}] must be a probde.TimeSeries; got {describe(ts)}")
+        observables = self.observables or series[0].observables
+        for i, ts in enumerate(series):
+            where = "data" if single else f"data[{i}]"
+            if set(ts.observables) != set(observables):
+                raise ValueError(
+                    f"{where}.observables must match the model's observables {observables}; "
+                    f"got {ts.observables}"
+                )
+            self.observation.check_data(ts.values, f"{where}.values")
+        times = np.unique(np.concatenate([ts.times for ts in series]))
+        if self.t0 is not None and self.t0 > times[0]:
+            raise ValueError(
+                f"t0 must not be after the first observation time {times[0]}; got t0={self.t0}"
+            )
+        values = np.full((len(series), len(times), len(observables)), np.nan)
+        for e, ts in enumerate(series):
+            rows = np.searchsorted(times, ts.times)
+            cols = [ts.observables.index(o) for o in observables]
+            values[e, rows, :] = ts.values[:, cols]
+        names = [ts.name if ts.name is not None else str(i) for i, ts in enumerate(series)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"experiment names must be unique; got {names}")
+        if callable(self.observe):
+            theta = self._example_theta()
+            y0 = handlers.seed(self._initial_state, 0)(theta, 1)
+            h = jax.eval_shape(self.observe, y0[0], theta)
+            if h.shape != (len(observables),):
+                raise ValueError(
+                    f"observe(y, theta) returns shape {h.shape} but the data has "
+                    f"{len(observables)} observables {observables}"
+                )
+        if not isinstance(self.initial_state, dist.Distribution) and not callable(self.initial_state):
+            arr = self.initial_state
+            if arr.ndim == 2 and arr.shape[0] != len(series):
+                raise ValueError(
+                    f"initial_state has {arr.shape[0]} rows but the data has {len(series)} "
+                    "experiments; give one row per experiment or a single row"
+                )
+        return PreparedData(
+            times=times,
+            values=values,
+            mask=~np.isnan(values),
+            observables=tuple(observables),
+            experiments=tuple(names),
+            single=single,
+        )
+
+    # ----------------------------------------------------------- numpyro model
+    def numpyro_model(self, data: PreparedData, *, on_failure: Callable | None = None):
+        """The numpyro model function `fn(observed)` for prepared data.
+
+        `fn(True)` conditions on the data; `fn(False)` samples the observations (prior and
+        posterior predictive). `on_failure(rejected)` is called under `jax.debug.callback`
+        with the per-evaluation rejection flag (used by `probde.infer` to count failures).
+        """
+        times = jnp.asarray(data.times, dtype=jnp.result_type(float))
+        t0 = times[0] if self.t0 is None else self.t0
+        values = jnp.asarray(np.where(data.mask, data.values, 1.0), dtype=times.dtype)
+        mask = jnp.asarray(data.mask)
+        E = data.num_experiments
+        O = len(data.observables)
+
+        def model_fn(observed: bool = True):
+            theta = {name: numpyro.sample(name, prior) for name, prior in self.params.items()}
+            for name, fn in self.derived.items():
+                numpyro.deterministic(name, fn(theta))
+            y0 = self._initial_state(theta, E)
+            traj = jax.vmap(
+                lambda y: solve(self.dynamics, y, theta, times, solver=self.solver, t0=t0)
+            )(y0)
+            ok = traj.ok
+            ys = jnp.where(ok[:, None, None], traj.ys, 1.0)
+            mu = self._observe(ys, theta)
+            valid = ok
+            if self.observation.positive_mean:
+                valid = valid & jnp.all(mu > 0, axis=(1, 2))
+            mu = jnp.where(valid[:, None, None], mu, 1.0)
+            hyper = self._sample_hyper(O)
+            numpyro.deterministic(SOLVER_OK, ok)
+            numpyro.deterministic(VALID, valid)
+            numpyro.deterministic(SOLVER_STEPS, traj.num_steps)
+            numpyro.deterministic(TRAJECTORY, ys)
+            rejected = ~jnp.all(valid)
+            if on_failure is not None:
+                jax.lax.cond(
+                    rejected,
+                    lambda: jax.debug.callback(on_failure, rejected),
+                    lambda: None,
+                )
+            numpyro.factor(REJECTED, jnp.where(rejected, -jnp.inf, 0.0))
+            noise = self.observation.distribution(mu, hyper)
+            if observed:
+                with handlers.mask(mask=mask):
+                    numpyro.sample(OBSERVED, noise, obs=values)
+            else:
+                numpyro.sample(OBSERVED, noise)
+
+        return model_fn
