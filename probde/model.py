@@ -24,6 +24,7 @@ SOLVER_STEPS = "_solver_steps"
 VALID = "_valid"
 REJECTED = "_rejected"
 TRAJECTORY = "trajectory"
+MEAN = "mu"
 OBSERVED = "y"
 INITIAL_STATE = "initial_state"
 
@@ -155,7 +156,7 @@ class Model:
             raise TypeError(
                 f"params must be a dict mapping names to numpyro distributions; got {describe(params)}"
             )
-        reserved = {OBSERVED, INITIAL_STATE, TRAJECTORY}
+        reserved = {OBSERVED, INITIAL_STATE, TRAJECTORY, MEAN}
         for name, prior in params.items():
             if not isinstance(name, str) or not name.isidentifier():
                 raise ValueError(f"params keys must be identifiers; got {name!r}")
@@ -422,6 +423,7 @@ class Model:
             numpyro.deterministic(VALID, valid)
             numpyro.deterministic(SOLVER_STEPS, traj.num_steps)
             numpyro.deterministic(TRAJECTORY, ys)
+            numpyro.deterministic(MEAN, mu)
             rejected = ~jnp.all(valid)
             if on_failure is not None:
                 jax.lax.cond(

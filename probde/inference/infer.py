@@ -12,6 +12,7 @@ from numpyro.infer import log_likelihood as _numpyro_log_likelihood
 
 from .._checks import describe
 from ..model import (
+    MEAN,
     OBSERVED,
     SOLVER_OK,
     SOLVER_STEPS,
@@ -23,7 +24,10 @@ from .failures import FailureCounter
 from .methods import NUTS, AbstractMethod
 from .result import InferenceResult, build_datatree
 
-_BOOKKEEPING = (SOLVER_OK, SOLVER_STEPS, VALID, TRAJECTORY)
+_BOOKKEEPING = (SOLVER_OK, SOLVER_STEPS, VALID, TRAJECTORY, MEAN)
+# Warn about rejected proposals when they exceed this fraction of the sampling phase's
+# gradient evaluations; a few rejections at the edge of the prior are harmless.
+FAILURE_WARN_FRACTION = 0.01
 
 
 def _check_seed(seed):
@@ -124,7 +128,7 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
     latent = {k: v for k, v in samples.items() if k not in _BOOKKEEPING}
     flat = _flatten(latent)
 
-    predictive = Predictive(fn, posterior_samples=flat, return_sites=[OBSERVED, TRAJECTORY, VALID])
+    predictive = Predictive(fn, posterior_samples=flat, return_sites=[OBSERVED, TRAJECTORY, MEAN, VALID])
     post_pred = {k: np.asarray(v) for k, v in predictive(key_post, observed=False).items()}
     loglik = _numpyro_log_likelihood(fn, flat, observed=True)[OBSERVED]
     loglik = np.where(prepared.mask, np.asarray(loglik), np.nan)
@@ -139,6 +143,7 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
         prior_pred = {
             OBSERVED: np.where(valid[:, :, None, None], drawn[OBSERVED], np.nan)[None],
             TRAJECTORY: np.where(ok[:, :, None, None], drawn[TRAJECTORY], np.nan)[None],
+            MEAN: np.where(valid[:, :, None, None], drawn[MEAN], np.nan)[None],
         }
 
     idata = build_datatree(
@@ -148,7 +153,7 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
         sample_stats=stats,
         posterior_predictive={
             OBSERVED: post_pred[OBSERVED].reshape((num_chains, -1) + post_pred[OBSERVED].shape[1:]),
-            TRAJECTORY: post_pred[TRAJECTORY].reshape((num_chains, -1) + post_pred[TRAJECTORY].shape[1:]),
+            **_by_chain({k: post_pred[k] for k in (TRAJECTORY, MEAN)}, num_chains),
         },
         log_likelihood={OBSERVED: loglik.reshape((num_chains, -1) + loglik.shape[1:])},
         prior=prior,
@@ -162,21 +167,23 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
 def _warn(idata, failures, model):
     stats = idata["sample_stats"]
     total = int(stats["diverging"].size)
-    if failures:
+    evaluations = int(np.asarray(stats["n_steps"]).sum())
+    if failures > FAILURE_WARN_FRACTION * evaluations:
         warnings.warn(
             f"{failures} proposals were rejected because the ODE solve failed or predicted an "
             f"impossible value (e.g. a non-positive mean for {type(model.observation).__name__} "
-            "noise) during warmup and sampling; the run is valid, but if this is frequent, "
+            "noise) during warmup and sampling ({evaluations} gradient evaluations after warmup); "
+            "the run is valid, but to waste less time "
             f"raise Solver(max_steps=...) (now {model.solver.max_steps}), use a stiff solver "
             "such as diffrax.Kvaerno5(), or tighten the priors",
-            stacklevel=3,
+            stacklevel=4,
         )
     n_div = int(np.asarray(stats["diverging"]).sum())
     if n_div:
         warnings.warn(
             f"{n_div} of {total} post-warmup transitions diverged; inspect "
             "idata.sample_stats.diverging and raise NUTS(target_accept=0.9 or 0.95)",
-            stacklevel=3,
+            stacklevel=4,
         )
 
 

@@ -41,6 +41,11 @@ def plot_fit(idata, *, path=None, interval=0.9, ax=None):
             a.fill_between(times, q[0], q[2], alpha=0.3, color="C0",
                            label=f"{int(interval * 100)}% posterior predictive")
             a.plot(times, q[1], color="C0", lw=1.5, label="posterior predictive median")
+            if "mu" in idata["posterior_predictive"]:
+                mu = idata["posterior_predictive"]["mu"].sel(sel)
+                mu = mu.stack(sample=("chain", "draw")).transpose("sample", "time").values
+                a.plot(times, np.nanmedian(mu, axis=0), color="C1", lw=1, ls="--",
+                       label="model (noise-free) median")
             a.plot(times, obs.sel(sel).values, "o", color="k", ms=4, label="data")
             a.set_ylabel(name if exp is None else f"{name} ({exp})")
             i += 1

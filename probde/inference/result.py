@@ -6,7 +6,7 @@ import arviz as az
 import numpy as np
 import xarray as xr
 
-from ..model import INITIAL_STATE, OBSERVED, TRAJECTORY
+from ..model import INITIAL_STATE, MEAN, OBSERVED, TRAJECTORY
 
 PARAMETERS_ATTR = "probde_parameters"
 
@@ -68,6 +68,7 @@ def build_datatree(
             if d is not None:
                 dims[name] = d
         dims[OBSERVED] = exp + ["time", "observable"]
+        dims[MEAN] = exp + ["time", "observable"]
         dims[TRAJECTORY] = exp + ["time", "state"]
         dims["solver_steps"] = exp
         groups["sample_stats"]["solver_steps"] = _squeeze_experiment(

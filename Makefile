@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine (see README):
+#   make demo   set up .venv, install probde, run the lynx-hare calibration -> results/lynx_hare/
+#   make test   same set-up, run the test suite and build the docs strictly
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install docs bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), f"probde needs Python >= 3.12; {sys.executable} is {sys.version.split()[0]} (pyenv install 3.12, or PYTHON=python3.12 make ...)"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test,docs]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) case_studies/lynx_hare/run.py --out results/lynx_hare
+
+test: $(STAMP)
+	$(PY) -m pytest
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs serve
+
+bench: $(STAMP)
+	$(PY) benchmarks/lynx_hare.py
+
+clean:
+	rm -rf $(VENV) site results .pytest_cache
