@@ -34,10 +34,12 @@ class PreparedData:
     """Data of one or several experiments aligned on the union of their times.
 
     `values` has shape `(E, T, O)` with NaN wherever an experiment has no value (missing, or
-    not observed at that time); `mask` is `True` where a value was observed.
+    not observed at that time); `mask` is `True` where a value was observed; `starts[e]` is
+    the first time of experiment `e` (its initial time unless the model sets `t0`).
     """
 
     times: np.ndarray
+    starts: np.ndarray
     values: np.ndarray
     mask: np.ndarray
     observables: tuple[str, ...]
@@ -250,7 +252,7 @@ class Model:
         """Trace the user's functions once with prior draws: name missing parameters."""
         theta = self._example_theta()
         try:
-            y0 = self._initial_state(theta, 1)
+            y0 = handlers.seed(self._initial_state, 0)(theta, 1)
             S = self.dynamics.num_states
             out = jax.eval_shape(
                 lambda y, th: self.dynamics.vector_field(0.0, y, th), y0[0], theta
@@ -381,12 +383,18 @@ class Model:
                 )
         return PreparedData(
             times=times,
+            starts=np.array([ts.times[0] for ts in series]),
             values=values,
             mask=~np.isnan(values),
             observables=tuple(observables),
             experiments=tuple(names),
             single=single,
         )
+
+    def active(self, data: PreparedData) -> np.ndarray:
+        """`(E, T)`: `True` where time is at or after the experiment's initial time."""
+        starts = np.full(data.num_experiments, self.t0) if self.t0 is not None else data.starts
+        return data.times[None, :] >= starts[:, None]
 
     # ----------------------------------------------------------- numpyro model
     def numpyro_model(self, data: PreparedData, *, on_failure: Callable | None = None):
@@ -397,7 +405,10 @@ class Model:
         with the per-evaluation rejection flag (used by `probde.infer` to count failures).
         """
         times = jnp.asarray(data.times, dtype=jnp.result_type(float))
-        t0 = times[0] if self.t0 is None else self.t0
+        # Each experiment starts at its own first time (or the model's t0). Save times before
+        # an experiment's start are clipped to it; they are masked (no data there).
+        starts = np.full(data.num_experiments, self.t0) if self.t0 is not None else data.starts
+        starts = jnp.asarray(starts, dtype=times.dtype)
         values = jnp.asarray(np.where(data.mask, data.values, 1.0), dtype=times.dtype)
         mask = jnp.asarray(data.mask)
         E = data.num_experiments
@@ -409,8 +420,10 @@ class Model:
                 numpyro.deterministic(name, fn(theta))
             y0 = self._initial_state(theta, E)
             traj = jax.vmap(
-                lambda y: solve(self.dynamics, y, theta, times, solver=self.solver, t0=t0)
-            )(y0)
+                lambda y, t0: solve(
+                    self.dynamics, y, theta, jnp.maximum(times, t0), solver=self.solver, t0=t0
+                )
+            )(y0, starts)
             ok = traj.ok
             ys = jnp.where(ok[:, None, None], traj.ys, 1.0)
             mu = self._observe(ys, theta)
@@ -432,6 +445,12 @@ class Model:
                     lambda: None,
                 )
             numpyro.factor(REJECTED, jnp.where(rejected, -jnp.inf, 0.0))
+            # Per-observable hyperparameters (shape (O,)) are aligned with mu's last axis
+            # explicitly, so the model also runs under jax_numpy_rank_promotion="raise".
+            hyper = {
+                k: jnp.reshape(v, (1,) * (mu.ndim - jnp.ndim(v)) + jnp.shape(v)) if jnp.ndim(v) else v
+                for k, v in hyper.items()
+            }
             noise = self.observation.distribution(mu, hyper)
             if observed:
                 with handlers.mask(mask=mask):

@@ -190,5 +190,7 @@ def solve(
         ys, aux = _forward_sensitivity_solve(dynamics, solver, t0, times, y0, theta)
     else:
         ys, aux = _diffrax_solve(dynamics, solver, adjoint, t0, times, y0, theta)
-    ok, num_steps, num_accepted, num_rejected = aux
+    # The flag and statistics are not differentiable; say so, so that downstream reductions
+    # (jnp.all over experiments) are never asked for a derivative.
+    ok, num_steps, num_accepted, num_rejected = jax.lax.stop_gradient(aux)
     return Trajectory(times, ys, ok, num_steps, num_accepted, num_rejected)

@@ -130,6 +130,10 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
 
     predictive = Predictive(fn, posterior_samples=flat, return_sites=[OBSERVED, TRAJECTORY, MEAN, VALID])
     post_pred = {k: np.asarray(v) for k, v in predictive(key_post, observed=False).items()}
+    # Before an experiment's initial time there is no prediction.
+    active = model.active(prepared)[None, :, :, None]
+    for k in (OBSERVED, TRAJECTORY, MEAN):
+        post_pred[k] = np.where(active, post_pred[k], np.nan)
     loglik = _numpyro_log_likelihood(fn, flat, observed=True)[OBSERVED]
     loglik = np.where(prepared.mask, np.asarray(loglik), np.nan)
 
@@ -137,13 +141,13 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
     if num_prior:
         drawn = Predictive(fn, num_samples=num_prior)(key_prior, observed=False)
         drawn = {k: np.asarray(v) for k, v in drawn.items()}
-        valid = drawn[VALID]
-        ok = drawn[SOLVER_OK]
+        valid = drawn[VALID][:, :, None, None] & active
+        ok = drawn[SOLVER_OK][:, :, None, None] & active
         prior = {k: v[None] for k, v in drawn.items() if k in latent}
         prior_pred = {
-            OBSERVED: np.where(valid[:, :, None, None], drawn[OBSERVED], np.nan)[None],
-            TRAJECTORY: np.where(ok[:, :, None, None], drawn[TRAJECTORY], np.nan)[None],
-            MEAN: np.where(valid[:, :, None, None], drawn[MEAN], np.nan)[None],
+            OBSERVED: np.where(valid, drawn[OBSERVED], np.nan)[None],
+            TRAJECTORY: np.where(ok, drawn[TRAJECTORY], np.nan)[None],
+            MEAN: np.where(valid, drawn[MEAN], np.nan)[None],
         }
 
     idata = build_datatree(

@@ -79,7 +79,14 @@ def build_datatree(
             return {k: _squeeze_experiment(v, data, 2) for k, v in group.items()}
 
         posterior_predictive = squeeze(posterior_predictive)
-        log_likelihood = squeeze(log_likelihood)
+        missing = not data.mask.all()
+        if missing:
+            # ArviZ's LOO needs one finite value per observation: keep observed values only,
+            # along `obs_id`, with coordinates that say where each one came from.
+            log_likelihood = {k: v[:, :, data.mask] for k, v in log_likelihood.items()}
+            dims[f"{OBSERVED}_log_likelihood"] = ["obs_id"]
+        else:
+            log_likelihood = squeeze(log_likelihood)
         if prior_predictive is not None:
             prior_predictive = squeeze(prior_predictive)
         groups["observed_data"] = {OBSERVED: _squeeze_experiment(data.values, data, 0)}
@@ -90,7 +97,22 @@ def build_datatree(
         groups["prior"] = prior
     if prior_predictive:
         groups["prior_predictive"] = prior_predictive
+    ll_dims = dims.pop(f"{OBSERVED}_log_likelihood", None)
+    if ll_dims is not None:
+        groups.pop("log_likelihood")
     idata = az.from_dict(groups, dims=dims, coords=coords)
+    if ll_dims is not None:
+        e, t, o = np.nonzero(data.mask)
+        ll = az.from_dict(
+            {"log_likelihood": log_likelihood}, dims={OBSERVED: ll_dims}
+        )["log_likelihood"].to_dataset()
+        ll = ll.assign_coords(
+            obs_time=("obs_id", data.times[t]),
+            obs_observable=("obs_id", np.asarray(data.observables)[o]),
+        )
+        if not data.single:
+            ll = ll.assign_coords(obs_experiment=("obs_id", np.asarray(data.experiments)[e]))
+        idata["log_likelihood"] = xr.DataTree(ll)
     names = list(posterior)
     if model is not None:
         names = [n for n in names if n in model.params or n in model.derived

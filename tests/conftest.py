@@ -1,0 +1,22 @@
+"""Strict JAX for the whole suite: float64, no implicit rank promotion, 4 CPU devices."""
+
+import numpyro
+
+numpyro.set_host_device_count(4)  # must precede JAX's backend start
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Deterministic tolerances keyed by dtype (TESTING.md).
+RTOL = {np.dtype("float64"): 5e-7, np.dtype("float32"): 5e-4}
+# Monte Carlo tolerance: |estimate - truth| / MCSE below this z.
+Z_MAX = 4.0
+
+
+@pytest.fixture(autouse=True)
+def _x64_doctest_namespace(doctest_namespace):
+    doctest_namespace["np"] = np
