@@ -252,7 +252,7 @@ class Model:
         """Trace the user's functions once with prior draws: name missing parameters."""
         theta = self._example_theta()
         try:
-            y0 = handlers.seed(self._initial_state, 0)(theta, 1)
+            y0 = handlers.seed(self._initial_state, 0)(theta, None)
             S = self.dynamics.num_states
             out = jax.eval_shape(
                 lambda y, th: self.dynamics.vector_field(0.0, y, th), y0[0], theta
@@ -283,8 +283,12 @@ class Model:
         names them)."""
         return None if callable(self.observe) else self.observe
 
-    def _initial_state(self, theta, num_experiments: int):
-        """Initial states, shape `(E, S)`; samples the `initial_state` site if needed."""
+    def _initial_state(self, theta, num_experiments: int | None):
+        """Initial states, shape `(E, S)`; samples the `initial_state` site if needed.
+
+        `num_experiments=None` accepts any number of rows (used when tracing the model
+        before data are known).
+        """
         value = self.initial_state
         if callable(value) and not isinstance(value, dist.Distribution):
             value = value(theta)
@@ -293,15 +297,18 @@ class Model:
                 self._check_initial_array(value)
         if isinstance(value, dist.Distribution):
             self._check_initial_distribution(value)
-            if num_experiments == 1:
+            if not value.event_shape:
+                value = value.to_event(1)  # one draw is one state vector
+            E = 1 if num_experiments is None else num_experiments
+            if E == 1:
                 return numpyro.sample(INITIAL_STATE, value)[None]
-            dim = -1 if value.event_shape else -2
-            with numpyro.plate("experiment", num_experiments, dim=dim):
+            with numpyro.plate("experiment", E, dim=-1):
                 return numpyro.sample(INITIAL_STATE, value)
         value = jnp.asarray(value, dtype=jnp.result_type(float))
         if value.ndim == 1:
-            return jnp.broadcast_to(value, (num_experiments, value.shape[0]))
-        if value.shape[0] != num_experiments:
+            E = 1 if num_experiments is None else num_experiments
+            return jnp.broadcast_to(value, (E, value.shape[0]))
+        if num_experiments is not None and value.shape[0] != num_experiments:
             raise ValueError(
                 f"initial_state has {value.shape[0]} rows but the data has {num_experiments} "
                 "experiments; give one row per experiment or a single row"
@@ -367,7 +374,7 @@ class Model:
             raise ValueError(f"experiment names must be unique; got {names}")
         if callable(self.observe):
             theta = self._example_theta()
-            y0 = handlers.seed(self._initial_state, 0)(theta, 1)
+            y0 = handlers.seed(self._initial_state, 0)(theta, None)
             h = jax.eval_shape(self.observe, y0[0], theta)
             if h.shape != (len(observables),):
                 raise ValueError(

@@ -104,6 +104,11 @@ def infer(
     raise TypeError(f"model must be a probde.Model or a numpyro model function; got {describe(model)}")
 
 
+def _without_factors(sites):
+    """Drop `numpyro.factor` sites (their values are empty arrays)."""
+    return {k: np.asarray(v) for k, v in sites.items() if np.asarray(v).size}
+
+
 def _flatten(samples):
     return {k: np.asarray(v).reshape((-1,) + v.shape[2:]) for k, v in samples.items()}
 
@@ -200,14 +205,14 @@ def _infer_function(model_fn, data, method, key_run, key_post, key_prior, num_pr
     stats["tree_depth"] = np.ceil(np.log2(stats["n_steps"] + 1)).astype(np.int64)
     flat = _flatten(samples)
     args = () if data is None else (data,)
-    loglik = {k: np.asarray(v) for k, v in _numpyro_log_likelihood(model_fn, flat, *args).items()}
+    loglik = _without_factors(_numpyro_log_likelihood(model_fn, flat, *args))
     post_pred = Predictive(model_fn, posterior_samples=flat)(key_post, None) if data is not None else {}
-    post_pred = {k: np.asarray(v) for k, v in post_pred.items() if k not in samples}
+    post_pred = {k: v for k, v in _without_factors(post_pred).items() if k not in samples}
     prior = prior_pred = None
     if num_prior:
         drawn = Predictive(model_fn, num_samples=num_prior)(key_prior, *(None,) * len(args))
         prior = {k: np.asarray(v)[None] for k, v in drawn.items() if k in samples}
-        prior_pred = {k: np.asarray(v)[None] for k, v in drawn.items() if k in post_pred}
+        prior_pred = {k: v[None] for k, v in _without_factors(drawn).items() if k in post_pred}
     idata = build_datatree(
         model=None,
         data=None,

@@ -1,0 +1,75 @@
+"""The case studies end to end (`run.py --out DIR --quick`) against published posteriors.
+
+Each script runs in a fresh process, as a user runs it. Its posterior means are compared
+with the published ones: |mean - reference| / sqrt(MCSE^2 + r^2) < Z_MAX, where r is the
+rounding of the published figure (half a unit in its last digit).
+"""
+
+import pathlib
+import subprocess
+import sys
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pytest
+
+import probde
+from conftest import Z_MAX
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_case_study(name, out):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "case_studies" / name / "run.py"), "--out", str(out), "--quick"],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for f in ("idata.nc", "summary.csv", "fit.png"):
+        assert (out / f).stat().st_size > 0, f
+    return probde.load(out / "idata.nc"), proc.stdout
+
+
+def half_unit(published: str) -> float:
+    decimals = len(published.split(".")[1]) if "." in published else 0
+    return 0.5 * 10.0**-decimals
+
+
+def check_against(idata, references):
+    for (name, sel), published in references.items():
+        draws = idata["posterior"][name]
+        if sel:
+            draws = draws.sel(dict(sel))
+        mean = float(draws.mean())
+        mcse = float(az.mcse(draws, method="mean"))
+        z = abs(mean - float(published)) / np.hypot(mcse, half_unit(published))
+        assert z < Z_MAX, f"{name} {sel}: mean {mean:.4g} vs published {published} (z = {z:.1f})"
+
+
+@pytest.mark.slow
+def test_lynx_hare_matches_stan_case_study(tmp_path):
+    result, stdout = run_case_study("lynx_hare", tmp_path)
+    idata = result.idata
+    assert "alpha" in stdout and "z_init[hare]" in stdout
+    summary = pd.read_csv(tmp_path / "summary.csv", index_col=0)
+    assert {"alpha", "beta", "gamma", "delta", "sigma[hare]", "z_init[lynx]"} <= set(summary.index)
+    assert idata["posterior"]["z_init"].dims == ("chain", "draw", "state")
+    assert idata["posterior"]["sigma"].dims == ("chain", "draw", "observable")
+    assert float(az.rhat(idata["posterior"]["alpha"])) < 1.05
+    # Carpenter, "Predator-Prey Population Dynamics: the Lotka-Volterra model in Stan".
+    check_against(idata, {
+        ("alpha", None): "0.55", ("beta", None): "0.028", ("gamma", None): "0.80",
+        ("delta", None): "0.024", ("sigma", (("observable", "hare"),)): "0.25",
+        ("sigma", (("observable", "lynx"),)): "0.25",
+    })
+
+
+@pytest.mark.slow
+def test_boarding_school_flu_matches_published_posterior(tmp_path):
+    result, stdout = run_case_study("boarding_school_flu", tmp_path)
+    idata = result.idata
+    assert {"beta", "gamma", "phi_inv", "R0", "recovery_time"} <= set(idata["posterior"].data_vars)
+    assert float(az.rhat(idata["posterior"]["beta"])) < 1.05
+    # Grinsztajn, Semenova, Margossian & Riou (2021), Statistics in Medicine 40(27).
+    check_against(idata, {("beta", None): "1.73", ("gamma", None): "0.54", ("R0", None): "3.2"})
