@@ -37,3 +37,21 @@ def write_outputs(result, out: pathlib.Path) -> None:
     print(f"solver failures (rejected proposals): {result.solver_failures}")
     print(f"divergences: {int(result.idata['sample_stats']['diverging'].sum())}")
     print(f"wrote {out / 'idata.nc'}, {out / 'summary.csv'}, {out / 'fit.png'}")
+
+
+def main(doc: str, case_dir: pathlib.Path, load_data, num_chains: int = 4) -> None:
+    """Run one case study: `load_data(probde)` gives its data, `case_dir/model.py` its
+    `build_model()`; NUTS with `num_chains` x (1000 + 1000), or x (300 + 300) with --quick."""
+    import sys
+
+    args = parse_args(doc.splitlines()[0])
+    setup_jax(num_chains)
+    import probde
+
+    sys.path.insert(0, str(case_dir))
+    from model import build_model
+
+    steps = 300 if args.quick else 1000
+    method = probde.NUTS(num_chains=num_chains, num_warmup=steps, num_samples=steps)
+    result = probde.infer(build_model(), load_data(probde), method, seed=args.seed)
+    write_outputs(result, args.out)

@@ -200,3 +200,15 @@ def test_user_written_numpyro_model_runs_through_infer():
                           num_prior_samples=10)
     assert abs(float(result.idata["posterior"]["k"].mean()) - 1.0) < 0.1
     assert "obs" in result.idata["log_likelihood"]
+
+
+def test_no_feasible_starting_point_is_a_clear_error():
+    # Every solve needs more than 2 steps: no starting point is feasible.
+    ode = probde.ODE(lambda t, y, th: -th["k"] * y, state_names=("x",))
+    model = probde.Model(ode, {"k": dist.LogNormal(0.0, 1.0)}, initial_state=jnp.array([1.0]),
+                         observation=probde.noise.Normal(sigma=0.1),
+                         solver=probde.Solver(max_steps=2), t0=0.0)
+    data = probde.TimeSeries([1.0, 2.0, 3.0], [0.4, 0.1, 0.05], observables=("x",))
+    with pytest.raises(RuntimeError, match="NUTS found no feasible starting point.*max_steps"):
+        probde.infer(model, data, probde.NUTS(num_chains=1, num_warmup=5, num_samples=5),
+                     num_prior_samples=0)

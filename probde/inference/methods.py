@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import warnings
 
 import jax
 
@@ -103,24 +104,60 @@ class NUTS(AbstractMethod):
             return "parallel"
         return "sequential"
 
-    def run(self, model_fn, key, *, progress_bar, model_kwargs):
-        kernel = _NumpyroNUTS(
+    def kernel(self, model_fn) -> _NumpyroNUTS:
+        """The numpyro NUTS kernel these options describe, for `model_fn`."""
+        return _NumpyroNUTS(
             model_fn,
             target_accept_prob=self.target_accept,
             dense_mass=self.dense_mass,
             max_tree_depth=self.max_tree_depth,
             init_strategy=init_to_uniform(radius=self.init_radius),
         )
-        mcmc = MCMC(
-            kernel,
+
+    def mcmc(self, model_fn, *, progress_bar: bool = False, chain_method: str | None = None) -> MCMC:
+        """The numpyro `MCMC` object `run` uses (for users and benchmarks that need phases)."""
+        return MCMC(
+            self.kernel(model_fn),
             num_warmup=self.num_warmup,
             num_samples=self.num_samples,
             num_chains=self.num_chains,
             thinning=self.thinning,
-            chain_method=self.resolved_chain_method(),
+            chain_method=chain_method or self.resolved_chain_method(),
             progress_bar=progress_bar,
         )
-        mcmc.run(key, extra_fields=tuple(_EXTRA_FIELDS), **model_kwargs)
+
+    def run(self, model_fn, key, *, progress_bar, model_kwargs):
+        chain_method = self.resolved_chain_method()
+        mcmc = self.mcmc(model_fn, progress_bar=progress_bar, chain_method=chain_method)
+        try:
+            mcmc.run(key, extra_fields=tuple(_EXTRA_FIELDS), **model_kwargs)
+        except RuntimeError as err:
+            if "Cannot find valid initial parameters" not in str(err):
+                raise
+            raise RuntimeError(
+                "NUTS found no feasible starting point: at every one of 100 points drawn "
+                f"uniformly in (-{self.init_radius}, {self.init_radius}) in the unconstrained "
+                "space the solve failed, a prediction was impossible for the noise model, or "
+                "the log density or its gradient was not finite. Check the priors and "
+                "initial_state against the data's scale, raise Solver(max_steps=...), or use "
+                "a stiff solver such as diffrax.Kvaerno5()"
+            ) from err
+        except ValueError as err:
+            # diffrax's reverse adjoint cannot be differentiated under pmap with some
+            # jax/equinox versions (diffrax issue #765). When the chain method was our
+            # choice, fall back to sequential chains rather than fail.
+            if self.chain_method != "auto" or chain_method != "parallel" or (
+                "Closure-converted function" not in str(err)
+            ):
+                raise
+            warnings.warn(
+                "parallel chains failed to compile with this model's adjoint "
+                "(diffrax's reverse adjoint under pmap); running the chains sequentially. "
+                "Use probde.Solver(adjoint=probde.ForwardSensitivity()) to run them in parallel",
+                stacklevel=4,
+            )
+            mcmc = self.mcmc(model_fn, progress_bar=progress_bar, chain_method="sequential")
+            mcmc.run(key, extra_fields=tuple(_EXTRA_FIELDS), **model_kwargs)
         samples = mcmc.get_samples(group_by_chain=True)
         extra = mcmc.get_extra_fields(group_by_chain=True)
         stats = {_EXTRA_FIELDS[k]: v for k, v in extra.items()}
