@@ -190,7 +190,9 @@ def handwritten_model(times, y=None):
     delta = numpyro.sample("delta", dist.TruncatedNormal(0.05, 0.05, low=0.0))
     z_init = numpyro.sample("z_init", dist.LogNormal(jnp.log(10.0), 1.0).expand([2]))
     sol = solve_handwritten(z_init, (alpha, beta, gamma, delta), times)
-    ok = sol.result == diffrax.RESULTS.successful
+    # A careful user also rejects non-positive populations: log(z) would be NaN there (and
+    # numpyro raises on it while searching for a starting point).
+    ok = (sol.result == diffrax.RESULTS.successful) & jnp.all(sol.ys > 0)
     numpyro.factor("solve_failed", jnp.where(ok, 0.0, -jnp.inf))
     z = jnp.where(ok, sol.ys, 1.0)  # keep the log finite where the solve failed
     sigma = numpyro.sample("sigma", dist.LogNormal(-1.0, 1.0).expand([2]))
