@@ -129,7 +129,6 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
     num_chains = next(iter(samples.values())).shape[0]
     stats = {k: np.asarray(v) for k, v in stats.items()}
     stats["solver_steps"] = samples[SOLVER_STEPS]
-    stats["tree_depth"] = np.ceil(np.log2(stats["n_steps"] + 1)).astype(np.int64)
     latent = {k: v for k, v in samples.items() if k not in _BOOKKEEPING}
     flat = _flatten(latent)
 
@@ -202,7 +201,6 @@ def _infer_function(model_fn, data, method, key_run, key_post, key_prior, num_pr
     samples = {k: np.asarray(v) for k, v in samples.items()}
     num_chains = next(iter(samples.values())).shape[0]
     stats = {k: np.asarray(v) for k, v in stats.items()}
-    stats["tree_depth"] = np.ceil(np.log2(stats["n_steps"] + 1)).astype(np.int64)
     flat = _flatten(samples)
     args = () if data is None else (data,)
     loglik = _without_factors(_numpyro_log_likelihood(model_fn, flat, *args))

@@ -7,6 +7,7 @@ import dataclasses
 import warnings
 
 import jax
+import jax.numpy as jnp
 
 from numpyro.infer import MCMC, init_to_uniform
 from numpyro.infer import NUTS as _NumpyroNUTS
@@ -162,6 +163,8 @@ class NUTS(AbstractMethod):
         extra = mcmc.get_extra_fields(group_by_chain=True)
         stats = {_EXTRA_FIELDS[k]: v for k, v in extra.items()}
         stats["lp"] = -stats["lp"]
+        # numpyro reports leapfrog steps; a tree of depth d has at most 2**d - 1 of them.
+        stats["tree_depth"] = jnp.ceil(jnp.log2(stats["n_steps"] + 1)).astype(jnp.int32)
         return samples, stats
 
 
