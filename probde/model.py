@@ -13,6 +13,8 @@ import numpyro.distributions as dist
 from numpyro import handlers
 
 from ._checks import describe
+from .discrepancy.gp import GPDiscrepancy
+from .discrepancy.marginal import MarginalGP
 from .dynamics import ODE, Solver, solve
 from .noise import AbstractObservation
 from .observations import TimeSeries
@@ -27,6 +29,9 @@ TRAJECTORY = "trajectory"
 MEAN = "mu"
 OBSERVED = "y"
 INITIAL_STATE = "initial_state"
+DELTA = "delta"
+CORRECTED = "corrected"
+DELTA_Z = "delta_z"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,11 +121,14 @@ class Model:
         self.params = self._check_params(params)
         self.observation = self._check_observation(observation)
         self.observe = self._check_observe(observe)
-        if discrepancy is not None:
-            raise NotImplementedError(
-                "discrepancy terms are not available in this version of probde; "
-                f"pass discrepancy=None (got {describe(discrepancy)})"
+        if discrepancy is not None and not isinstance(discrepancy, GPDiscrepancy):
+            raise TypeError(
+                "discrepancy must be None, probde.GPDiscrepancy(...) or "
+                f"probde.MarkovGPDiscrepancy(...); got {describe(discrepancy)}"
             )
+        self.discrepancy = discrepancy
+        if discrepancy is not None and self.observables is not None:
+            discrepancy.check_model(self.observables, self.observation)
         if likelihood is not None:
             raise NotImplementedError(
                 "filtering likelihoods (for SDEs) are not available in this version of probde; "
@@ -145,8 +153,12 @@ class Model:
         self.derived = derived
         self.initial_state = self._check_initial_state(initial_state)
         self.hyper_names = self._hyper_site_names()
+        taken = set(self.params) | set(self.hyper_names.values())
+        self.discrepancy_names = (
+            {} if discrepancy is None else discrepancy.site_names(taken | {DELTA_Z})
+        )
         self.dims = {} if dims is None else {k: tuple(v) for k, v in dims.items()}
-        clash = set(self.derived) & (set(self.params) | set(self.hyper_names.values()))
+        clash = set(self.derived) & (taken | set(self.discrepancy_names.values()))
         if clash:
             raise ValueError(f"derived names clash with parameter names: {sorted(clash)}")
         self._check_traces()
@@ -158,7 +170,7 @@ class Model:
             raise TypeError(
                 f"params must be a dict mapping names to numpyro distributions; got {describe(params)}"
             )
-        reserved = {OBSERVED, INITIAL_STATE, TRAJECTORY, MEAN}
+        reserved = {OBSERVED, INITIAL_STATE, TRAJECTORY, MEAN, DELTA, CORRECTED, DELTA_Z}
         for name, prior in params.items():
             if not isinstance(name, str) or not name.isidentifier():
                 raise ValueError(f"params keys must be identifiers; got {name!r}")
@@ -388,9 +400,14 @@ class Model:
                     f"initial_state has {arr.shape[0]} rows but the data has {len(series)} "
                     "experiments; give one row per experiment or a single row"
                 )
+        starts = np.array([ts.times[0] for ts in series])
+        if self.discrepancy is not None:
+            self.discrepancy.check_model(tuple(observables), self.observation)
+            start = self.t0 if self.t0 is not None else float(starts.min())
+            self.discrepancy.check_times(start, float(times[-1]))
         return PreparedData(
             times=times,
-            starts=np.array([ts.times[0] for ts in series]),
+            starts=starts,
             values=values,
             mask=~np.isnan(values),
             observables=tuple(observables),
@@ -404,12 +421,44 @@ class Model:
         return data.times[None, :] >= starts[:, None]
 
     # ----------------------------------------------------------- numpyro model
-    def numpyro_model(self, data: PreparedData, *, on_failure: Callable | None = None):
-        """The numpyro model function `fn(observed)` for prepared data.
+    def _sample_discrepancy_hyper(self, num: int):
+        """Discrepancy hyperparameters, each broadcast to `(O_d,)` (one per GP observable)."""
+        out = {}
+        for arg, prior in self.discrepancy.priors.items():
+            shape = tuple(prior.batch_shape) + tuple(prior.event_shape)
+            if shape not in ((), (num,)):
+                raise ValueError(
+                    f"the prior of discrepancy hyperparameter {arg!r} must have shape () "
+                    f"(shared) or ({num},) (one per observable with a discrepancy); got {shape}"
+                )
+            value = numpyro.sample(self.discrepancy_names[arg], prior)
+            out[arg] = jnp.broadcast_to(value, (num,))
+        return out
+
+    def _solve_all(self, theta, y0, starts, times):
+        return jax.vmap(
+            lambda y, t0: solve(
+                self.dynamics, y, theta, jnp.maximum(times, t0), solver=self.solver, t0=t0
+            )
+        )(y0, starts)
+
+    def numpyro_model(
+        self,
+        data: PreparedData,
+        *,
+        on_failure: Callable | None = None,
+        predict_times=None,
+    ):
+        """The numpyro model function `fn(observed, conditional=False)` for prepared data.
 
         `fn(True)` conditions on the data; `fn(False)` samples the observations (prior and
-        posterior predictive). `on_failure(rejected)` is called under `jax.debug.callback`
-        with the per-evaluation rejection flag (used by `probde.infer` to count failures).
+        posterior predictive). With a discrepancy, `fn(False, conditional=True)` draws the
+        discrepancy from its posterior given the data and the other latent values (records
+        `delta` and `corrected`) and then the observations, the posterior predictive of the
+        Kennedy-O'Hagan model. `predict_times` adds sites `*_new` (`mu_new`, `delta_new`,
+        `corrected_new`, `y_new`) at those times in the conditional mode.
+        `on_failure(rejected)` is called under `jax.debug.callback` with the per-evaluation
+        rejection flag (used by `probde.infer` to count failures).
         """
         times = jnp.asarray(data.times, dtype=jnp.result_type(float))
         # Each experiment starts at its own first time (or the model's t0). Save times before
@@ -420,17 +469,18 @@ class Model:
         mask = jnp.asarray(data.mask)
         E = data.num_experiments
         O = len(data.observables)
+        disc = self.discrepancy
+        if disc is not None:
+            index = disc.observable_index(data.observables)
+            marginal = disc.is_marginal(self.observation)
+        new_times = None if predict_times is None else jnp.asarray(predict_times, dtype=times.dtype)
 
-        def model_fn(observed: bool = True):
+        def model_fn(observed: bool = True, conditional: bool = False):
             theta = {name: numpyro.sample(name, prior) for name, prior in self.params.items()}
             for name, fn in self.derived.items():
                 numpyro.deterministic(name, fn(theta))
             y0 = self._initial_state(theta, E)
-            traj = jax.vmap(
-                lambda y, t0: solve(
-                    self.dynamics, y, theta, jnp.maximum(times, t0), solver=self.solver, t0=t0
-                )
-            )(y0, starts)
+            traj = self._solve_all(theta, y0, starts, times)
             ok = traj.ok
             ys = jnp.where(ok[:, None, None], traj.ys, 1.0)
             mu = self._observe(ys, theta)
@@ -458,11 +508,86 @@ class Model:
                 k: jnp.reshape(v, (1,) * (mu.ndim - jnp.ndim(v)) + jnp.shape(v)) if jnp.ndim(v) else v
                 for k, v in hyper.items()
             }
-            noise = self.observation.distribution(mu, hyper)
+            if disc is None:
+                noise = self.observation.distribution(mu, hyper)
+                if observed:
+                    with handlers.mask(mask=mask):
+                        numpyro.sample(OBSERVED, noise, obs=values)
+                else:
+                    numpyro.sample(OBSERVED, noise)
+                if conditional and new_times is not None:
+                    self._predict_new(theta, y0, starts, new_times, hyper, None, None)
+                return
+            dh = self._sample_discrepancy_hyper(index.size)
+            loc = self.observation.link(mu)
+            if marginal:
+                noise_var = jnp.broadcast_to(jnp.reshape(hyper["sigma"], (-1,)) ** 2, (O,))
+                gp = MarginalGP(disc, times, loc, noise_var, dh, index, mask,
+                                log=self.observation.log_link)
+                if observed:
+                    numpyro.sample(OBSERVED, gp, obs=values)
+                    return
+                if not conditional:
+                    numpyro.sample(OBSERVED, gp)
+                    return
+                query = jnp.zeros((0,), times.dtype) if new_times is None else new_times
+                r = jnp.where(mask, self.observation.link(values) - loc, 0.0)
+                keys = jax.random.split(numpyro.prng_key(), (E, index.size))
+
+                def draw(k, h, r_eo, var, m_eo):
+                    return disc.posterior_sample(k, h, times, r_eo, var, m_eo, query)
+
+                per_obs = jax.vmap(draw, in_axes=(0, None, 0, None, 0))  # over experiments
+                d_data, d_new = jax.vmap(per_obs, in_axes=(1, 0, 2, 0, 2), out_axes=2)(
+                    keys, dh, r[..., index], noise_var[index], mask[..., index]
+                )  # (E, T, O_d), (E, M, O_d)
+            else:
+                # One experiment: no experiment axis in the posterior (as for initial_state).
+                shape = ([] if E == 1 else [E]) + [index.size, times.shape[0]]
+                z = numpyro.sample(DELTA_Z, dist.Normal(0.0, 1.0).expand(shape).to_event(len(shape)))
+                z = jnp.reshape(z, (E, index.size, times.shape[0]))
+                d_data = jax.vmap(
+                    jax.vmap(lambda zz, h: disc.latent(zz, h, times), in_axes=(0, 0)),
+                    in_axes=(0, None),
+                    out_axes=0,
+                )(z, dh)  # (E, O_d, T)
+                d_data = jnp.moveaxis(d_data, 1, 2)
+                d_new = None
+                if conditional and new_times is not None:
+                    keys = jax.random.split(numpyro.prng_key(), (E, index.size))
+                    d_new = jax.vmap(
+                        jax.vmap(lambda k, h, dd: disc.conditional_on_latent(k, h, times, dd, new_times),
+                                 in_axes=(0, 0, 1)),
+                        in_axes=(0, None, 0),
+                    )(keys, dh, d_data)  # (E, O_d, M)
+                    d_new = jnp.moveaxis(d_new, 1, 2)
+            delta = jnp.zeros(mu.shape, mu.dtype).at[..., index].set(d_data)
+            corrected = self.observation.inverse_link(loc + delta)
+            numpyro.deterministic(DELTA, delta)
+            numpyro.deterministic(CORRECTED, corrected)
+            noise = self.observation.distribution(corrected, hyper)
             if observed:
                 with handlers.mask(mask=mask):
                     numpyro.sample(OBSERVED, noise, obs=values)
             else:
                 numpyro.sample(OBSERVED, noise)
+            if conditional and new_times is not None:
+                self._predict_new(theta, y0, starts, new_times, hyper, index, d_new)
 
         return model_fn
+
+    def _predict_new(self, theta, y0, starts, new_times, hyper, index, d_new):
+        """Sites `mu_new`, `delta_new`, `corrected_new`, `y_new` at `new_times`."""
+        traj = self._solve_all(theta, y0, starts, new_times)
+        ys = jnp.where(traj.ok[:, None, None], traj.ys, jnp.nan)
+        mu = self._observe(ys, theta)
+        numpyro.deterministic(MEAN + "_new", mu)
+        delta = jnp.zeros(mu.shape, mu.dtype)
+        if index is not None:
+            delta = delta.at[..., index].set(d_new)
+        corrected = self.observation.inverse_link(self.observation.link(mu) + delta)
+        numpyro.deterministic(DELTA + "_new", delta)
+        numpyro.deterministic(CORRECTED + "_new", corrected)
+        safe = jnp.where(jnp.isfinite(corrected), corrected, 1.0)
+        y = numpyro.sample(OBSERVED + "_new", self.observation.distribution(safe, hyper))
+        del y

@@ -42,6 +42,21 @@ class AbstractObservation(abc.ABC):
     """
 
     positive_mean: bool = False
+    # Gaussian on the link scale (identity for Normal, log for LogNormal): a GP discrepancy
+    # on that scale can then be integrated out analytically.
+    gaussian_link: bool = False
+
+    @property
+    def log_link(self) -> bool:
+        """`True` when the mean is modelled on the log scale (a discrepancy multiplies it)."""
+        return self.positive_mean
+
+    def link(self, mu):
+        """The mean on the scale where a discrepancy term adds to it."""
+        return jnp.log(mu) if self.log_link else mu
+
+    def inverse_link(self, eta):
+        return jnp.exp(eta) if self.log_link else eta
 
     @abc.abstractmethod
     def hyperparameters(self) -> dict:
@@ -87,6 +102,8 @@ class Normal(AbstractObservation):
     def __post_init__(self):
         object.__setattr__(self, "sigma", check_number_or_distribution("sigma", self.sigma))
 
+    gaussian_link = True
+
     def hyperparameters(self):
         return {"sigma": self.sigma}
 
@@ -103,6 +120,7 @@ class LogNormal(AbstractObservation):
 
     sigma: object = 1.0
     positive_mean = True
+    gaussian_link = True
 
     def __post_init__(self):
         object.__setattr__(self, "sigma", check_number_or_distribution("sigma", self.sigma))

@@ -8,10 +8,14 @@ import warnings
 import jax
 import numpy as np
 from numpyro.infer import Predictive
+from numpyro import handlers
 from numpyro.infer import log_likelihood as _numpyro_log_likelihood
 
 from .._checks import describe
+from ..discrepancy.marginal import MarginalGP
 from ..model import (
+    CORRECTED,
+    DELTA,
     MEAN,
     OBSERVED,
     SOLVER_OK,
@@ -24,7 +28,7 @@ from .failures import FailureCounter
 from .methods import NUTS, AbstractMethod
 from .result import InferenceResult, build_datatree
 
-_BOOKKEEPING = (SOLVER_OK, SOLVER_STEPS, VALID, TRAJECTORY, MEAN)
+_BOOKKEEPING = (SOLVER_OK, SOLVER_STEPS, VALID, TRAJECTORY, MEAN, DELTA, CORRECTED)
 # Warn about rejected proposals when they exceed this fraction of the sampling phase's
 # gradient evaluations; a few rejections at the edge of the prior are harmless.
 FAILURE_WARN_FRACTION = 0.01
@@ -132,13 +136,19 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
     latent = {k: v for k, v in samples.items() if k not in _BOOKKEEPING}
     flat = _flatten(latent)
 
-    predictive = Predictive(fn, posterior_samples=flat, return_sites=[OBSERVED, TRAJECTORY, MEAN, VALID])
-    post_pred = {k: np.asarray(v) for k, v in predictive(key_post, observed=False).items()}
+    pred_sites = [OBSERVED, TRAJECTORY, MEAN]
+    if model.discrepancy is not None:
+        pred_sites += [DELTA, CORRECTED]
+    predictive = Predictive(fn, posterior_samples=flat, return_sites=pred_sites + [VALID])
+    post_pred = {
+        k: np.asarray(v)
+        for k, v in predictive(key_post, observed=False, conditional=True).items()
+    }
     # Before an experiment's initial time there is no prediction.
     active = model.active(prepared)[None, :, :, None]
-    for k in (OBSERVED, TRAJECTORY, MEAN):
+    for k in pred_sites:
         post_pred[k] = np.where(active, post_pred[k], np.nan)
-    loglik = _numpyro_log_likelihood(fn, flat, observed=True)[OBSERVED]
+    loglik = pointwise_log_likelihood(fn, flat)
     loglik = np.where(prepared.mask, np.asarray(loglik), np.nan)
 
     prior = prior_pred = None
@@ -161,7 +171,7 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
         sample_stats=stats,
         posterior_predictive={
             OBSERVED: post_pred[OBSERVED].reshape((num_chains, -1) + post_pred[OBSERVED].shape[1:]),
-            **_by_chain({k: post_pred[k] for k in (TRAJECTORY, MEAN)}, num_chains),
+            **_by_chain({k: post_pred[k] for k in pred_sites if k != OBSERVED}, num_chains),
         },
         log_likelihood={OBSERVED: loglik.reshape((num_chains, -1) + loglik.shape[1:])},
         prior=prior,
@@ -169,7 +179,30 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
         solver_failures=failures,
     )
     _warn(idata, failures, model)
-    return InferenceResult(idata)
+    return InferenceResult(idata, model=model, data=data)
+
+
+def pointwise_log_likelihood(fn, flat):
+    """`(draws, E, T, O)` pointwise log-likelihood of the observed site `y`.
+
+    Independent noise gives the log density of each value. With a marginalised discrepancy
+    the values are correlated, and the terms are the leave-one-out predictive densities
+    `log p(y_i | y_-i, theta)` (what PSIS-LOO needs for a non-factorised likelihood).
+    """
+
+    def one(sample):
+        with handlers.block():
+            tr = handlers.trace(handlers.substitute(handlers.seed(fn, rng_seed=0), data=sample)).get_trace(
+                observed=True
+            )
+        site = tr[OBSERVED]
+        d = site["fn"]
+        if isinstance(d, MarginalGP):
+            return d.loo_pointwise(site["value"])
+        return d.log_prob(site["value"])
+
+    n = next(iter(flat.values())).shape[0]
+    return jax.jit(lambda f: jax.lax.map(one, f, batch_size=min(n, 64)))(flat)
 
 
 def _warn(idata, failures, model):

@@ -6,7 +6,7 @@ import arviz as az
 import numpy as np
 import xarray as xr
 
-from ..model import INITIAL_STATE, MEAN, OBSERVED, TRAJECTORY
+from ..model import CORRECTED, DELTA, DELTA_Z, INITIAL_STATE, MEAN, OBSERVED, TRAJECTORY
 
 PARAMETERS_ATTR = "probde_parameters"
 
@@ -22,6 +22,10 @@ def _site_dims(name, value_shape, model, data):
     E = data.num_experiments
     if name == INITIAL_STATE:
         return ["state"] if data.single else ["experiment", "state"]
+    if name == DELTA_Z:
+        return ([] if data.single else ["experiment"]) + ["delta_observable", "time"]
+    if model.discrepancy is not None and name in model.discrepancy_names.values():
+        return ["delta_observable"] if value_shape else []
     hyper = set(model.hyper_names.values())
     if value_shape == (O,) and name in hyper:
         return ["observable"]
@@ -63,6 +67,9 @@ def build_datatree(
         }
         if not data.single:
             coords["experiment"] = list(data.experiments)
+        if model.discrepancy is not None:
+            idx = model.discrepancy.observable_index(data.observables)
+            coords["delta_observable"] = [data.observables[i] for i in idx]
         for name, value in posterior.items():
             d = _site_dims(name, tuple(value.shape[2:]), model, data)
             if d is not None:
@@ -70,6 +77,8 @@ def build_datatree(
         dims[OBSERVED] = exp + ["time", "observable"]
         dims[MEAN] = exp + ["time", "observable"]
         dims[TRAJECTORY] = exp + ["time", "state"]
+        dims[DELTA] = exp + ["time", "observable"]
+        dims[CORRECTED] = exp + ["time", "observable"]
         dims["solver_steps"] = exp
         groups["sample_stats"]["solver_steps"] = _squeeze_experiment(
             sample_stats["solver_steps"], data, 2
@@ -116,7 +125,8 @@ def build_datatree(
     names = list(posterior)
     if model is not None:
         names = [n for n in names if n in model.params or n in model.derived
-                 or n in model.hyper_names.values() or n == INITIAL_STATE]
+                 or n in model.hyper_names.values() or n == INITIAL_STATE
+                 or n in model.discrepancy_names.values()]
     idata.attrs[PARAMETERS_ATTR] = ",".join(names)
     idata.attrs["inference_library"] = "probde"
     if solver_failures is not None:
@@ -133,10 +143,32 @@ class InferenceResult:
     `az.plot_trace(result.idata)`.
     """
 
-    def __init__(self, idata: xr.DataTree):
+    def __init__(self, idata: xr.DataTree, *, model=None, data=None):
         if not isinstance(idata, xr.DataTree):
             raise TypeError(f"idata must be an xarray.DataTree; got {type(idata).__name__}")
         self.idata = idata
+        self.model = model
+        self.data = data
+
+    def predict(self, times, *, seed: int = 0, group: str | None = "predictions"):
+        """Posterior predictions at new `times`, one per posterior draw.
+
+        Returns an `xarray.Dataset` with `mu` (the simulator's prediction), and for a model
+        with a discrepancy `delta` (drawn from its posterior given the data) and `corrected`
+        (the simulator corrected by the discrepancy: the model's estimate of the true
+        process), and `y` (new observations). Dims: chain, draw, (experiment,) time,
+        observable. With `group` (default `"predictions"`) the dataset is also stored in
+        `idata` under that group name (replacing an earlier one).
+
+        Needs the model and data of the run: a result read back with `probde.load` has
+        neither; pass them with `probde.load(path, model=model, data=data)`.
+        """
+        from .predict import predict
+
+        ds = predict(self, times, seed=seed)
+        if group:
+            self.idata[group] = xr.DataTree(ds)
+        return ds
 
     @property
     def parameter_names(self) -> list[str]:
@@ -174,8 +206,11 @@ class InferenceResult:
         return f"InferenceResult(groups: {groups})"
 
 
-def load(path) -> InferenceResult:
-    """Read a result written by `InferenceResult.to_netcdf`, fully into memory."""
+def load(path, *, model=None, data=None) -> InferenceResult:
+    """Read a result written by `InferenceResult.to_netcdf`, fully into memory.
+
+    Pass the `model` and `data` of the run to make `result.predict` available again.
+    """
     with xr.open_datatree(path, engine="h5netcdf") as tree:
         idata = tree.load().copy()
-    return InferenceResult(idata)
+    return InferenceResult(idata, model=model, data=data)
