@@ -1,0 +1,245 @@
+"""GP discrepancy (Kennedy-O'Hagan): closed forms, exact posteriors, constraints, bad input."""
+
+import arviz as az
+import gpjax as gpx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+from scipy import stats
+
+import probde
+from conftest import RTOL, Z_MAX
+from probde.discrepancy import dense
+from probde.discrepancy.marginal import MarginalGP
+
+F64 = RTOL[np.dtype("float64")]
+
+X = np.linspace(0.2, 4.0, 9)
+ZETA = 0.65 * X / (1 + X / 20)  # the "true process" of Brynjarsdottir & O'Hagan (2014)
+Y = ZETA + np.array([0.012, -0.008, 0.003, 0.01, -0.015, 0.006, -0.002, 0.009, -0.011])
+SIGMA = 0.02
+ELL, VAR = 1.5, 0.05
+
+
+def rbf(ell=ELL, var=VAR):
+    return gpx.kernels.RBF(lengthscale=ell, variance=var)
+
+
+def rbf_np(s, t, ell=ELL, var=VAR):
+    d = s[:, None] - t[None, :]
+    return var * np.exp(-0.5 * d**2 / ell**2)
+
+
+def linear_simulator():
+    """dy/dx = theta, y(0) = 0: the simulator eta(x, theta) = theta x, as an ODE."""
+    return probde.ODE(lambda t, y, th: jnp.broadcast_to(th["theta"], (1,)), state_names=("y",))
+
+
+DATA = probde.TimeSeries(X, Y, observables=("y",))
+
+
+# ------------------------------------------------------------------ closed forms
+@pytest.mark.parametrize("kernel", [rbf(), gpx.kernels.Matern32(lengthscale=0.7, variance=0.3),
+                                    gpx.kernels.Periodic(lengthscale=1.0, variance=0.2, period=2.0)
+                                    + gpx.kernels.Matern12(lengthscale=2.0, variance=0.1)])
+def test_dense_log_marginal_matches_scipy_with_missing_values(kernel):
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=X.size)
+    mask = np.ones(X.size, bool)
+    mask[[2, 5]] = False
+    K = np.asarray(dense.gram(kernel, jnp.asarray(X)))
+    C = K + SIGMA**2 * np.eye(X.size)
+    keep = np.ix_(mask, mask)
+    # Jitter is relative to the kernel variance: compare with the same matrix.
+    C[keep] += 1e-8 * np.mean(np.diag(K)) * np.eye(mask.sum())
+    expected = stats.multivariate_normal(np.zeros(mask.sum()), C[keep]).logpdf(r[mask])
+    got = dense.log_marginal(jnp.asarray(K), jnp.asarray(r), SIGMA**2, jnp.asarray(mask))
+    np.testing.assert_allclose(float(got), expected, rtol=F64)
+
+
+def test_loo_terms_are_leave_one_out_conditionals():
+    rng = np.random.default_rng(1)
+    r = rng.normal(size=X.size)
+    K = rbf_np(X, X)
+    C = K + SIGMA**2 * np.eye(X.size) + 1e-8 * VAR * np.eye(X.size)
+    got = np.asarray(dense.loo_pointwise(jnp.asarray(K), jnp.asarray(r), SIGMA**2))
+    for i in range(X.size):
+        o = np.delete(np.arange(X.size), i)
+        w = np.linalg.solve(C[np.ix_(o, o)], C[o, i])
+        m = w @ r[o]
+        v = C[i, i] - C[i, o] @ w
+        np.testing.assert_allclose(got[i], stats.norm(m, np.sqrt(v)).logpdf(r[i]), rtol=F64)
+
+
+def test_marginal_lognormal_includes_the_jacobian():
+    """LogNormal noise: log y ~ N(log mu, K + sigma^2 I), density of y includes -sum log y."""
+    disc = probde.GPDiscrepancy(rbf())
+    mu = jnp.asarray(1.0 + X)[None, :, None]
+    y = np.exp(np.log(1.0 + X) + 0.1 * np.sin(X))
+    d = MarginalGP(disc, jnp.asarray(X), jnp.log(mu), jnp.array([SIGMA**2]),
+                   {}, np.array([0]), np.ones((1, X.size, 1), bool), log=True)
+    C = rbf_np(X, X) + SIGMA**2 * np.eye(X.size) + 1e-8 * VAR * np.eye(X.size)
+    expected = stats.multivariate_normal(np.log(1.0 + X), C).logpdf(np.log(y)) - np.log(y).sum()
+    got = d.log_prob(jnp.asarray(y)[None, :, None])
+    np.testing.assert_allclose(float(got[0]), expected, rtol=F64)
+
+
+def test_constraints_condition_the_prior_exactly():
+    """RBF: cov(delta(s), delta'(t)) = k(s,t) (s-t)/l^2, cov(delta'(s), delta'(t)) =
+    k(s,t) (1/l^2 - (s-t)^2/l^4). Conditioning on delta(0) = 0 and delta'(0) = 0."""
+    disc = probde.GPDiscrepancy(rbf(), constraints=[probde.Constraint(0.0),
+                                                    probde.Constraint(0.0, derivative=1)])
+    mean, cov = disc._prior_moments({}, jnp.asarray(X))
+    c = np.array([0.0])
+    K = rbf_np(X, X)
+    k0 = rbf_np(X, c)[:, 0]
+    k1 = k0 * (X - 0.0) / ELL**2  # cov(delta(x), delta'(0))
+    Kcc = np.array([[VAR, 0.0], [0.0, VAR / ELL**2]])
+    Kxc = np.stack([k0, k1], axis=1)
+    Kcc_j = Kcc + 1e-8 * np.mean(np.diag(Kcc)) * np.eye(2)
+    expected = K - Kxc @ np.linalg.solve(Kcc_j, Kxc.T)
+    np.testing.assert_allclose(np.asarray(cov), expected, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(mean), 0.0, atol=1e-15)
+    # A known non-zero value shifts the mean: E[delta(x) | delta(0) = v] = k(x,0) v / k(0,0).
+    disc_v = probde.GPDiscrepancy(rbf(), constraints=[probde.Constraint(0.0, value=0.3)])
+    mean_v, _ = disc_v._prior_moments({}, jnp.asarray(X))
+    np.testing.assert_allclose(np.asarray(mean_v), k0 / VAR * 0.3, rtol=1e-6)
+
+
+def test_gradient_of_marginal_matches_finite_differences():
+    disc = probde.GPDiscrepancy(rbf(), lengthscale=dist.LogNormal(0.0, 1.0))
+    r = jnp.asarray(Y - 0.6 * X)
+
+    def f(log_ell):
+        return disc.log_marginal({"lengthscale": jnp.exp(log_ell)}, jnp.asarray(X), r, SIGMA**2,
+                                 jnp.ones(X.size, bool))
+
+    x0, h = np.log(1.3), 1e-5
+    fd = (f(x0 + h) - f(x0 - h)) / (2 * h)
+    np.testing.assert_allclose(float(jax.grad(f)(x0)), float(fd), rtol=1e-6)
+
+
+# ------------------------------------------------------------- exact posteriors
+def test_linear_simulator_posterior_is_the_exact_gaussian():
+    """eta = theta x, delta ~ GP with fixed hyperparameters, Normal noise, N(0, 10^2) prior:
+    theta | y ~ N(m, s^2), s^-2 = x'C^-1 x + 10^-2, m = s^2 x'C^-1 y, C = K + sigma^2 I."""
+    model = probde.Model(linear_simulator(), {"theta": dist.Normal(0.0, 10.0)}, jnp.array([0.0]),
+                         probde.noise.Normal(sigma=SIGMA), t0=0.0,
+                         discrepancy=probde.GPDiscrepancy(rbf()))
+    C = rbf_np(X, X) + SIGMA**2 * np.eye(X.size) + 1e-8 * VAR * np.eye(X.size)
+    prec = X @ np.linalg.solve(C, X) + 1e-2
+    m, s = X @ np.linalg.solve(C, Y) / prec, prec**-0.5
+    res = probde.infer(model, DATA, probde.NUTS(num_chains=2, num_warmup=300, num_samples=1000),
+                       seed=3, num_prior_samples=0)
+    theta = res.idata["posterior"]["theta"]
+    assert abs(float(theta.mean()) - m) / float(az.mcse(theta, method="mean")) < Z_MAX
+    assert abs(float(theta.std()) - s) / float(az.mcse(theta, method="sd")) < Z_MAX
+    # The log_likelihood group holds leave-one-out terms, and LOO runs on it.
+    assert res.idata["log_likelihood"]["y"].dims == ("chain", "draw", "time", "observable")
+    loo = az.loo(res.idata)
+    assert np.isfinite(loo.elpd)
+    pp = res.idata["posterior_predictive"]
+    assert {"delta", "corrected", "mu", "y"} <= set(pp.data_vars)
+    np.testing.assert_allclose(pp["corrected"].values, (pp["mu"] + pp["delta"]).values, rtol=F64)
+    # delta | y, theta is the GP posterior: its mean over draws ~ the residual smoother.
+    pred = res.predict(np.array([0.0, 2.0, 5.0]))
+    assert pred["corrected"].dims == ("chain", "draw", "time", "observable")
+    assert "predictions" in res.idata.children
+
+
+def test_hyperparameter_posterior_matches_quadrature():
+    """Posterior of (theta, lengthscale) against a brute-force 2-D grid of the same density."""
+    ell_prior = dist.LogNormal(0.0, 0.5)
+    theta_prior = dist.Normal(0.5, 0.2)
+    model = probde.Model(linear_simulator(), {"theta": theta_prior}, jnp.array([0.0]),
+                         probde.noise.Normal(sigma=SIGMA), t0=0.0,
+                         discrepancy=probde.GPDiscrepancy(rbf(), lengthscale=ell_prior))
+    thetas = np.linspace(0.0, 1.2, 241)
+    ells = np.exp(np.linspace(np.log(0.05), np.log(12.0), 241))
+
+    def logpost(th, ell):
+        K = VAR * jnp.exp(-0.5 * (X[:, None] - X[None, :]) ** 2 / ell**2)
+        C = K + (SIGMA**2 + 1e-8 * VAR) * jnp.eye(X.size)
+        r = Y - th * X
+        ll = jax.scipy.stats.multivariate_normal.logpdf(r, jnp.zeros(X.size), C)
+        return ll + theta_prior.log_prob(th) + ell_prior.log_prob(ell)
+
+    TH, EL = np.meshgrid(thetas, ells, indexing="ij")
+    lp = np.asarray(jax.vmap(logpost)(jnp.asarray(TH.ravel()), jnp.asarray(EL.ravel()))).reshape(TH.shape)
+    # Grid in (theta, log ell): weight by ell for the measure d ell = ell d log ell.
+    w = np.exp(lp - lp.max()) * EL
+    w /= w.sum()
+    exact = {"theta": (TH * w).sum(), "lengthscale": (EL * w).sum()}
+    res = probde.infer(model, DATA, probde.NUTS(num_chains=2, num_warmup=400, num_samples=1000),
+                       seed=4, num_prior_samples=0)
+    for name, value in exact.items():
+        x = res.idata["posterior"][name]
+        z = abs(float(x.mean()) - value) / float(az.mcse(x, method="mean"))
+        assert z < Z_MAX, (name, float(x.mean()), value)
+
+
+def test_constrained_prediction_is_exact_at_the_constraint():
+    disc = probde.GPDiscrepancy(rbf(), constraints=[probde.Constraint(0.0, value=0.0)])
+    model = probde.Model(linear_simulator(), {"theta": dist.Normal(0.5, 0.5)}, jnp.array([0.0]),
+                         probde.noise.Normal(sigma=SIGMA), t0=0.0, discrepancy=disc)
+    res = probde.infer(model, DATA, probde.NUTS(num_chains=1, num_warmup=100, num_samples=50),
+                       seed=0, num_prior_samples=0)
+    pred = res.predict(np.array([0.0, 1.0]))
+    delta = pred["delta"].values
+    assert np.all(np.abs(delta[..., 0, 0]) < 1e-3 * np.sqrt(VAR))
+    assert np.std(delta[..., 1, 0]) > 1e-3
+
+
+def test_latent_discrepancy_with_count_data():
+    """Poisson noise: delta is a latent non-centred GP on the log scale."""
+    decay = probde.ODE(lambda t, y, th: -th["k"] * y, state_names=("n",))
+    t = np.arange(1.0, 9.0)
+    counts = np.array([80, 62, 50, 45, 30, 28, 20, 19], float)
+    disc = probde.GPDiscrepancy(gpx.kernels.Matern52(lengthscale=3.0), variance=dist.HalfNormal(0.3))
+    model = probde.Model(decay, {"k": dist.LogNormal(np.log(0.2), 0.5)}, jnp.array([100.0]),
+                         probde.noise.Poisson(), discrepancy=disc, t0=0.0)
+    assert not disc.is_marginal(model.observation)
+    res = probde.infer(model, probde.TimeSeries(t, counts, observables=("n",)),
+                       probde.NUTS(num_chains=1, num_warmup=200, num_samples=200),
+                       seed=0, num_prior_samples=20)
+    post = res.idata["posterior"]
+    assert post["delta_z"].dims == ("chain", "draw", "delta_observable", "time")
+    assert "delta_z" not in res.parameter_names
+    pp = res.idata["posterior_predictive"]
+    np.testing.assert_allclose(pp["corrected"].values, (pp["mu"] * np.exp(pp["delta"])).values,
+                               rtol=F64)
+    assert 0.1 < float(post["k"].mean()) < 0.4
+    pred = res.predict(np.array([2.5, 10.0]))
+    assert np.all(np.isfinite(pred["y"].values))
+
+
+# ------------------------------------------------------------------ bad input
+def _model(disc, observation=None):
+    return probde.Model(linear_simulator(), {"theta": dist.Normal(0.5, 0.5)}, jnp.array([0.0]),
+                        observation or probde.noise.Normal(sigma=SIGMA), t0=0.0, discrepancy=disc)
+
+
+def test_bad_input_messages():
+    with pytest.raises(TypeError, match="kernel must be a gpjax kernel.*got 'rbf'"):
+        probde.GPDiscrepancy("rbf")
+    with pytest.raises(ValueError, match="'period' is not a hyperparameter of RBF.*lengthscale"):
+        probde.GPDiscrepancy(rbf(), period=2.0)
+    with pytest.raises(ValueError, match="hyperparameter lengthscale must be a positive number"):
+        probde.GPDiscrepancy(rbf(), lengthscale=-1.0)
+    with pytest.raises(ValueError, match="derivative need a kernel that is differentiable.*Matern32"):
+        probde.GPDiscrepancy(gpx.kernels.Matern32(), constraints=[probde.Constraint(0.0, derivative=1)])
+    with pytest.raises(ValueError, match="Constraint.derivative must be 0"):
+        probde.Constraint(0.0, derivative=2)
+    with pytest.raises(TypeError, match=r"constraints\[0\] must be a probde.Constraint"):
+        probde.GPDiscrepancy(rbf(), constraints=[0.0])
+    with pytest.raises(TypeError, match="discrepancy must be None, probde.GPDiscrepancy"):
+        _model("gp")
+    with pytest.raises(ValueError, match="discrepancy observables names 'z'"):
+        _model(probde.GPDiscrepancy(rbf(), observables=("z",)))
+    with pytest.raises(ValueError, match="marginalise=True needs noise that is Gaussian.*Poisson"):
+        _model(probde.GPDiscrepancy(rbf(), marginalise=True), probde.noise.Poisson())
+    model = _model(probde.GPDiscrepancy(rbf(), constraints=[probde.Constraint(7.0)]))
+    with pytest.raises(ValueError, match=r"constraints\[0\].at must lie in the modelled time range \[0.0, 4.0\].*got 7.0"):
+        probde.log_likelihood(model, DATA, {"theta": 0.5})
