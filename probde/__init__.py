@@ -1,7 +1,8 @@
 """probde: Bayesian calibration of dynamical models."""
 
 from . import datasets, noise
-from .discrepancy import Constraint, GPDiscrepancy
+from .design import latin_hypercube, sobol
+from .discrepancy import Constraint, EmulatorDiagnostics, GPDiscrepancy, GPEmulator
 from .dynamics import ODE, ForwardSensitivity, Solver, Trajectory, solve
 from .inference import NUTS, InferenceResult, infer, load, log_likelihood
 from .model import Model
@@ -11,7 +12,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Constraint",
+    "EmulatorDiagnostics",
     "GPDiscrepancy",
+    "GPEmulator",
     "ODE",
     "ForwardSensitivity",
     "InferenceResult",
@@ -22,8 +25,10 @@ __all__ = [
     "Trajectory",
     "datasets",
     "infer",
+    "latin_hypercube",
     "load",
     "log_likelihood",
     "noise",
+    "sobol",
     "solve",
 ]

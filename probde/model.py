@@ -13,7 +13,8 @@ import numpyro.distributions as dist
 from numpyro import handlers
 
 from ._checks import describe
-from .discrepancy.gp import GPDiscrepancy
+from .discrepancy.emulator import GPEmulator
+from .discrepancy.gp import GPDiscrepancy, NoDiscrepancy
 from .discrepancy.marginal import MarginalGP
 from .dynamics import ODE, Solver, solve
 from .noise import AbstractObservation
@@ -114,10 +115,17 @@ class Model:
         t0: float | None = None,
         derived: Mapping[str, Callable] | None = None,
         dims: Mapping[str, Sequence[str]] | None = None,
+        emulation: str = "modular",
     ):
-        if not isinstance(dynamics, ODE):
-            raise TypeError(f"dynamics must be a probde.ODE; got {describe(dynamics)}")
+        if not isinstance(dynamics, (ODE, GPEmulator)):
+            raise TypeError(
+                f"dynamics must be a probde.ODE or a probde.GPEmulator; got {describe(dynamics)}"
+            )
         self.dynamics = dynamics
+        self.emulator = dynamics if isinstance(dynamics, GPEmulator) else None
+        if emulation not in ("modular", "joint"):
+            raise ValueError(f"emulation must be 'modular' or 'joint'; got {emulation!r}")
+        self.emulation = emulation
         self.params = self._check_params(params)
         self.observation = self._check_observation(observation)
         self.observe = self._check_observe(observe)
@@ -127,6 +135,8 @@ class Model:
                 f"probde.MarkovGPDiscrepancy(...); got {describe(discrepancy)}"
             )
         self.discrepancy = discrepancy
+        if self.emulator is not None:
+            self._check_emulator(initial_state, discrepancy)
         if discrepancy is not None and self.observables is not None:
             discrepancy.check_model(self.observables, self.observation)
         if likelihood is not None:
@@ -151,7 +161,9 @@ class Model:
                     f"got {name!r}: {describe(fn)}"
                 )
         self.derived = derived
-        self.initial_state = self._check_initial_state(initial_state)
+        self.initial_state = (
+            None if self.emulator is not None else self._check_initial_state(initial_state)
+        )
         self.hyper_names = self._hyper_site_names()
         taken = set(self.params) | set(self.hyper_names.values())
         self.discrepancy_names = (
@@ -260,9 +272,38 @@ class Model:
         key = jax.random.PRNGKey(0)
         return {name: prior.sample(key) for name, prior in self.params.items()}
 
+    def _check_emulator(self, initial_state, discrepancy):
+        emu = self.emulator
+        if initial_state is not None:
+            raise ValueError(
+                "initial_state must be None when dynamics is a probde.GPEmulator (the emulator "
+                f"predicts the outputs directly); got {describe(initial_state)}"
+            )
+        if self.observation.hyperparameters().keys() != {"sigma"} or self.observation.log_link:
+            raise ValueError(
+                "an emulated simulator needs probde.noise.Normal observation noise (its "
+                "uncertainty is Gaussian and adds to the noise covariance); got "
+                f"{type(self.observation).__name__}"
+            )
+        if discrepancy is not None and discrepancy.observables is not None:
+            raise ValueError(
+                "with an emulator the discrepancy must cover all observables "
+                f"(observables=None); got {discrepancy.observables}"
+            )
+        missing = [n for n in emu.parameter_names if n not in self.params]
+        if missing:
+            raise ValueError(
+                f"the emulator takes parameters {list(emu.parameter_names)} but params has no "
+                f"prior for {missing}; params has {sorted(self.params)}"
+            )
+
     def _check_traces(self):
         """Trace the user's functions once with prior draws: name missing parameters."""
         theta = self._example_theta()
+        if self.emulator is not None:
+            for fn in self.derived.values():
+                jax.eval_shape(fn, theta)
+            return
         try:
             y0 = handlers.seed(self._initial_state, 0)(theta, None)
             S = self.dynamics.num_states
@@ -393,7 +434,9 @@ class Model:
                     f"observe(y, theta) returns shape {h.shape} but the data has "
                     f"{len(observables)} observables {observables}"
                 )
-        if not isinstance(self.initial_state, dist.Distribution) and not callable(self.initial_state):
+        if self.initial_state is not None and not isinstance(
+            self.initial_state, dist.Distribution
+        ) and not callable(self.initial_state):
             arr = self.initial_state
             if arr.ndim == 2 and arr.shape[0] != len(series):
                 raise ValueError(
@@ -404,6 +447,8 @@ class Model:
         if self.discrepancy is not None:
             self.discrepancy.check_model(tuple(observables), self.observation)
             start = self.t0 if self.t0 is not None else float(starts.min())
+            if self.emulator is not None:  # the emulator knows the simulator from its runs
+                start = min(start, float(np.min(self.emulator.times)))
             self.discrepancy.check_times(start, float(times[-1]))
         return PreparedData(
             times=times,
@@ -421,10 +466,10 @@ class Model:
         return data.times[None, :] >= starts[:, None]
 
     # ----------------------------------------------------------- numpyro model
-    def _sample_discrepancy_hyper(self, num: int):
+    def _sample_discrepancy_hyper(self, disc, num: int):
         """Discrepancy hyperparameters, each broadcast to `(O_d,)` (one per GP observable)."""
         out = {}
-        for arg, prior in self.discrepancy.priors.items():
+        for arg, prior in disc.priors.items():
             shape = tuple(prior.batch_shape) + tuple(prior.event_shape)
             if shape not in ((), (num,)):
                 raise ValueError(
@@ -470,6 +515,8 @@ class Model:
         E = data.num_experiments
         O = len(data.observables)
         disc = self.discrepancy
+        if disc is None and self.emulator is not None:
+            disc = NoDiscrepancy()  # the emulator's covariance still needs the GP algebra
         if disc is not None:
             index = disc.observable_index(data.observables)
             marginal = disc.is_marginal(self.observation)
@@ -479,10 +526,17 @@ class Model:
             theta = {name: numpyro.sample(name, prior) for name, prior in self.params.items()}
             for name, fn in self.derived.items():
                 numpyro.deterministic(name, fn(theta))
-            y0 = self._initial_state(theta, E)
-            traj = self._solve_all(theta, y0, starts, times)
-            ok = traj.ok
-            ys = jnp.where(ok[:, None, None], traj.ys, 1.0)
+            if self.emulator is None:
+                y0 = self._initial_state(theta, E)
+                traj = self._solve_all(theta, y0, starts, times)
+                ok, steps, extra = traj.ok, traj.num_steps, None
+                ys = jnp.where(ok[:, None, None], traj.ys, 1.0)
+            else:
+                y0 = self._sample_emulator_hyper()  # carried to _predict_new in y0's place
+                m, extra = self.emulator.predict(times, theta, y0)
+                ok = jnp.broadcast_to(jnp.all(jnp.isfinite(m)), (E,))
+                steps = jnp.zeros(E, dtype=jnp.int32)
+                ys = jnp.where(ok[:, None, None], jnp.broadcast_to(m, (E,) + m.shape), 1.0)
             mu = self._observe(ys, theta)
             valid = ok
             if self.observation.positive_mean:
@@ -491,7 +545,7 @@ class Model:
             hyper = self._sample_hyper(O)
             numpyro.deterministic(SOLVER_OK, ok)
             numpyro.deterministic(VALID, valid)
-            numpyro.deterministic(SOLVER_STEPS, traj.num_steps)
+            numpyro.deterministic(SOLVER_STEPS, steps)
             numpyro.deterministic(TRAJECTORY, ys)
             numpyro.deterministic(MEAN, mu)
             rejected = ~jnp.all(valid)
@@ -518,12 +572,12 @@ class Model:
                 if conditional and new_times is not None:
                     self._predict_new(theta, y0, starts, new_times, hyper, None, None)
                 return
-            dh = self._sample_discrepancy_hyper(index.size)
+            dh = self._sample_discrepancy_hyper(disc, index.size)
             loc = self.observation.link(mu)
             if marginal:
                 noise_var = jnp.broadcast_to(jnp.reshape(hyper["sigma"], (-1,)) ** 2, (O,))
                 gp = MarginalGP(disc, times, loc, noise_var, dh, index, mask,
-                                log=self.observation.log_link)
+                                log=self.observation.log_link, extra=extra)
                 if observed:
                     numpyro.sample(OBSERVED, gp, obs=values)
                     return
@@ -534,13 +588,15 @@ class Model:
                 r = jnp.where(mask, self.observation.link(values) - loc, 0.0)
                 keys = jax.random.split(numpyro.prng_key(), (E, index.size))
 
-                def draw(k, h, r_eo, var, m_eo):
-                    return disc.posterior_sample(k, h, times, r_eo, var, m_eo, query)
+                def draw(k, h, r_eo, var, m_eo, ex):
+                    return disc.posterior_sample(k, h, times, r_eo, var, m_eo, query, ex)
 
-                per_obs = jax.vmap(draw, in_axes=(0, None, 0, None, 0))  # over experiments
-                d_data, d_new = jax.vmap(per_obs, in_axes=(1, 0, 2, 0, 2), out_axes=2)(
-                    keys, dh, r[..., index], noise_var[index], mask[..., index]
-                )  # (E, T, O_d), (E, M, O_d)
+                ex = None if extra is None else extra[index]
+                per_obs = jax.vmap(draw, in_axes=(0, None, 0, None, 0, None))  # experiments
+                d_data, d_new = jax.vmap(
+                    per_obs, in_axes=(1, 0, 2, 0, 2, None if ex is None else 0), out_axes=2
+                )(keys, dh, r[..., index], noise_var[index], mask[..., index], ex)
+                # (E, T, O_d), (E, M, O_d)
             else:
                 # One experiment: no experiment axis in the posterior (as for initial_state).
                 shape = ([] if E == 1 else [E]) + [index.size, times.shape[0]]
@@ -576,10 +632,30 @@ class Model:
 
         return model_fn
 
+    def _sample_emulator_hyper(self):
+        """Joint Kennedy-O'Hagan: the emulator's hyperparameters are inferred with theta, and
+        the simulator runs enter the likelihood; modular: fixed at their fitted values."""
+        if self.emulation != "joint":
+            return None
+        hyper = {
+            k: numpyro.sample(f"emulator_{k}", prior)
+            for k, prior in self.emulator.hyperparameter_priors().items()
+        }
+        numpyro.factor("emulator_runs", self.emulator.training_log_marginal(hyper))
+        return hyper
+
     def _predict_new(self, theta, y0, starts, new_times, hyper, index, d_new):
         """Sites `mu_new`, `delta_new`, `corrected_new`, `y_new` at `new_times`."""
-        traj = self._solve_all(theta, y0, starts, new_times)
-        ys = jnp.where(traj.ok[:, None, None], traj.ys, jnp.nan)
+        if self.emulator is None:
+            traj = self._solve_all(theta, y0, starts, new_times)
+            ys = jnp.where(traj.ok[:, None, None], traj.ys, jnp.nan)
+        else:
+            # The emulator's uncertainty at the new times is added to the noise variance of
+            # y_new (its correlation with the uncertainty at the data times is dropped).
+            m, cov = self.emulator.predict(new_times, theta, y0)
+            ys = jnp.broadcast_to(m, (starts.shape[0],) + m.shape)
+            var = jnp.diagonal(cov, axis1=1, axis2=2).T[None]  # (1, M, O)
+            hyper = dict(hyper, sigma=jnp.sqrt(hyper["sigma"] ** 2 + var))
         mu = self._observe(ys, theta)
         numpyro.deterministic(MEAN + "_new", mu)
         delta = jnp.zeros(mu.shape, mu.dtype)

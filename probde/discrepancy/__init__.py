@@ -1,5 +1,6 @@
 """Model discrepancy (Kennedy-O'Hagan): GP terms for what the simulator misses."""
 
+from .emulator import EmulatorDiagnostics, GPEmulator
 from .gp import Constraint, GPDiscrepancy
 
-__all__ = ["Constraint", "GPDiscrepancy"]
+__all__ = ["Constraint", "EmulatorDiagnostics", "GPDiscrepancy", "GPEmulator"]

@@ -275,26 +275,38 @@ class GPDiscrepancy:
         mean, cov = dense.conditional(Kcc, Kpc, K, v, 0.0, ~zeros, self.jitter)
         return mean, cov
 
-    def log_marginal(self, values, times, residuals, noise_var, mask):
-        mean, K = self._prior_moments(values, times)
+    def _moments(self, values, times, query=None, extra=None):
+        mean, K = self._prior_moments(values, times, query)
+        if extra is not None:  # e.g. an emulator's predictive covariance at the data times
+            n = times.shape[0]
+            K = K.at[:n, :n].add(extra)
+        return mean, K
+
+    def log_marginal(self, values, times, residuals, noise_var, mask, extra=None):
+        mean, K = self._moments(values, times, extra=extra)
         return dense.log_marginal(K, residuals - mean, noise_var, mask, self.jitter)
 
-    def loo_pointwise(self, values, times, residuals, noise_var, mask):
-        mean, K = self._prior_moments(values, times)
+    def loo_pointwise(self, values, times, residuals, noise_var, mask, extra=None):
+        mean, K = self._moments(values, times, extra=extra)
         return dense.loo_pointwise(K, residuals - mean, noise_var, mask, self.jitter)
 
-    def posterior_sample(self, key, values, times, residuals, noise_var, mask, query):
-        """One joint draw of delta at `times` and `query` given residuals at `times`."""
+    def posterior_sample(self, key, values, times, residuals, noise_var, mask, query, extra=None):
+        """One joint draw of delta at `times` and `query` given residuals at `times`.
+
+        `extra (T, T)`: further covariance of the residuals that is not delta's (an
+        emulator's uncertainty); it enters the conditioning as correlated noise.
+        """
         n = times.shape[0]
         mean, K = self._prior_moments(values, times, query)
+        Kr = K[:n, :n] if extra is None else K[:n, :n] + extra
         pts_mean, cov = dense.conditional(
-            K[:n, :n], K[:, :n], K, residuals - mean[:n], noise_var, mask, self.jitter
+            Kr, K[:, :n], K, residuals - mean[:n], noise_var, mask, self.jitter
         )
         draw = dense.sample_mvn(key, mean + pts_mean, cov)
         return draw[:n], draw[n:]
 
-    def prior_sample(self, key, values, times):
-        mean, K = self._prior_moments(values, times)
+    def prior_sample(self, key, values, times, extra=None):
+        mean, K = self._moments(values, times, extra=extra)
         return dense.sample_mvn(key, mean, K)
 
     def latent(self, z, values, times):
@@ -329,3 +341,21 @@ def _derivative_kernel(kernel, di: int, dj: int):
     if dj:
         f = jax.grad(f, argnums=1)
     return f
+
+
+class NoDiscrepancy(GPDiscrepancy):
+    """delta = 0: the marginal-likelihood machinery without a discrepancy, used for models
+    whose simulator output is itself uncertain (an emulator's predictive covariance)."""
+
+    def __init__(self, jitter: float = 1e-8):
+        self.kernel = None
+        self._paths = {}
+        self.priors = {}
+        self.observables = None
+        self.constraints = ()
+        self.marginalise = True
+        self.jitter = jitter
+
+    def _prior_moments(self, values, times, query=None):
+        n = times.shape[0] + (0 if query is None else query.shape[0])
+        return jnp.zeros(n, times.dtype), jnp.zeros((n, n), times.dtype)

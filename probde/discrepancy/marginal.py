@@ -27,8 +27,11 @@ class MarginalGP(dist.Distribution):
 
     support = constraints.independent(constraints.real, 2)
 
-    def __init__(self, discrepancy, times, loc, noise_var, hyper, index, mask, log=False):
+    def __init__(self, discrepancy, times, loc, noise_var, hyper, index, mask, log=False,
+                 extra=None):
         self.discrepancy = discrepancy
+        # (O, T, T) further covariance per observable (an emulator's uncertainty), or None.
+        self.extra = extra
         self.times = times
         self.loc = loc
         self.noise_var = noise_var
@@ -45,16 +48,20 @@ class MarginalGP(dist.Distribution):
         return jnp.where(self.observed, z - self.loc, 0.0)
 
     def _per_series(self, fn, r):
-        """Apply `fn(hyper_o, r_eo, var_o, mask_eo)` to every (experiment, GP observable)."""
+        """Apply `fn(hyper_o, r_eo, var_o, mask_eo, extra_o)` to every (experiment, GP
+        observable)."""
         idx = self.index
         r_d = jnp.moveaxis(r[..., idx], -1, 1)  # (E, O_d, T)
         m_d = jnp.moveaxis(self.observed[..., idx], -1, 1)
         var_d = self.noise_var[idx]
+        extra = None if self.extra is None else self.extra[idx]
 
-        def per_obs(h, r_o, var, m_o):
-            return jax.vmap(lambda rr, mm: fn(h, rr, var, mm))(r_o, m_o)
+        def per_obs(h, r_o, var, m_o, ex):
+            return jax.vmap(lambda rr, mm: fn(h, rr, var, mm, ex))(r_o, m_o)
 
-        out = jax.vmap(per_obs, in_axes=(0, 1, 0, 1), out_axes=1)(self.hyper, r_d, var_d, m_d)
+        out = jax.vmap(per_obs, in_axes=(0, 1, 0, 1, None if extra is None else 0), out_axes=1)(
+            self.hyper, r_d, var_d, m_d, extra
+        )
         return out  # (E, O_d, ...)
 
     def _independent(self, r):
@@ -71,7 +78,8 @@ class MarginalGP(dist.Distribution):
     def log_prob(self, value):
         r = self._residuals(value)
         gp = self._per_series(
-            lambda h, rr, var, mm: self.discrepancy.log_marginal(h, self.times, rr, var, mm), r
+            lambda h, rr, var, mm, ex: self.discrepancy.log_marginal(h, self.times, rr, var, mm, ex),
+            r,
         )
         lp = jnp.sum(gp, axis=1)
         if self.other.size:
@@ -86,7 +94,8 @@ class MarginalGP(dist.Distribution):
         """
         r = self._residuals(value)
         gp = self._per_series(
-            lambda h, rr, var, mm: self.discrepancy.loo_pointwise(h, self.times, rr, var, mm), r
+            lambda h, rr, var, mm, ex: self.discrepancy.loo_pointwise(h, self.times, rr, var, mm, ex),
+            r,
         )  # (E, O_d, T)
         out = jnp.zeros(r.shape, dtype=self.loc.dtype)
         out = out.at[..., self.index].set(jnp.moveaxis(gp, 1, -1))
@@ -101,10 +110,13 @@ class MarginalGP(dist.Distribution):
         k_delta, k_noise = jax.random.split(key)
         keys = jax.random.split(k_delta, (E, self.index.size))
 
-        def per_obs(h, ks):
-            return jax.vmap(lambda k: self.discrepancy.prior_sample(k, h, self.times))(ks)
+        def per_obs(h, ks, ex):
+            return jax.vmap(lambda k: self.discrepancy.prior_sample(k, h, self.times, ex))(ks)
 
-        delta_d = jax.vmap(per_obs, in_axes=(0, 1), out_axes=2)(self.hyper, keys)  # (E, T, O_d)
+        extra = None if self.extra is None else self.extra[self.index]
+        delta_d = jax.vmap(per_obs, in_axes=(0, 1, None if extra is None else 0), out_axes=2)(
+            self.hyper, keys, extra
+        )  # (E, T, O_d)
         delta = jnp.zeros((E, T, O), dtype=self.loc.dtype).at[..., self.index].set(delta_d)
         eps = jax.random.normal(k_noise, (E, T, O), dtype=self.loc.dtype) * jnp.sqrt(self.noise_var)[None, None, :]
         z = self.loc + delta + eps

@@ -36,6 +36,8 @@ def predict(result, times, *, seed: int = 0) -> xr.Dataset:
     times = _check_times(times)
     prepared = model.prepare(data)
     start = np.full(prepared.num_experiments, model.t0) if model.t0 is not None else prepared.starts
+    if model.emulator is not None:  # an emulator predicts wherever it was trained
+        start = np.minimum(start, float(np.min(model.emulator.times)))
     fn = model.numpyro_model(prepared, predict_times=times)
     post = result.idata["posterior"].to_dataset()
     nc, nd = post.sizes["chain"], post.sizes["draw"]

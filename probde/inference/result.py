@@ -197,6 +197,13 @@ class InferenceResult:
 
         return plot_fit(self.idata, path=path, interval=interval, ax=ax)
 
+    def plot_discrepancy(self, path=None, *, interval: float = 0.9):
+        """Data, simulator, discrepancy and corrected process with bands (models with a
+        discrepancy). Call `predict(times)` first to draw them on a fine grid."""
+        from .plot import plot_discrepancy
+
+        return plot_discrepancy(self.idata, path=path, interval=interval)
+
     def to_netcdf(self, path) -> None:
         """Write the DataTree to a netCDF file (h5netcdf); `probde.load(path)` reads it back."""
         self.idata.to_netcdf(path, engine="h5netcdf")

@@ -1,0 +1,55 @@
+"""The "simple machine" of Brynjarsdottir & O'Hagan (2014), as probde models.
+
+Reality: zeta(x) = 0.65 x / (1 + x / 20) (work done by a machine with efficiency lost to
+friction). Simulator: eta(x, theta) = theta x (no friction), written as the ODE
+dy/dx = theta, y(0) = 0. Data: 11 equally spaced x in [0.2, 4] with N(0, 0.01^2) noise.
+The physical parameter is theta = 0.65, the slope of zeta at x = 0.
+"""
+
+import gpjax as gpx
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+
+import probde
+
+THETA_TRUE = 0.65
+NOISE_SD = 0.01
+VARIANTS = ("none", "gp", "constrained")
+
+
+def reality(x):
+    return THETA_TRUE * x / (1 + x / 20)
+
+
+def load_data(seed: int = 2014) -> probde.TimeSeries:
+    x = np.linspace(0.2, 4.0, 11)
+    y = reality(x) + np.random.default_rng(seed).normal(0.0, NOISE_SD, x.size)
+    return probde.TimeSeries(x, y, observables=("work",))
+
+
+def build_model(variant: str = "constrained") -> probde.Model:
+    """`none`: no discrepancy; `gp`: RBF GP discrepancy; `constrained`: the same GP with
+    delta(0) = 0 and delta'(0) = 0 (the simulator is right at x = 0, to first order)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}")
+    discrepancy = None
+    if variant != "none":
+        constraints = ()
+        if variant == "constrained":
+            constraints = (probde.Constraint(0.0), probde.Constraint(0.0, derivative=1))
+        discrepancy = probde.GPDiscrepancy(
+            gpx.kernels.RBF(),
+            lengthscale=dist.Gamma(4.0, 2.0),  # a smooth discrepancy, on the scale of x
+            variance=dist.HalfNormal(0.5),
+            constraints=constraints,
+        )
+    return probde.Model(
+        dynamics=probde.ODE(lambda x, y, theta: jnp.broadcast_to(theta["theta"], (1,)),
+                            state_names=("work",)),
+        params={"theta": dist.Uniform(0.0, 1.5)},
+        initial_state=jnp.array([0.0]),
+        observation=probde.noise.Normal(sigma=NOISE_SD),
+        discrepancy=discrepancy,
+        t0=0.0,
+    )
