@@ -2,7 +2,13 @@
 
 from . import datasets, noise
 from .design import latin_hypercube, sobol
-from .discrepancy import Constraint, EmulatorDiagnostics, GPDiscrepancy, GPEmulator
+from .discrepancy import (
+    Constraint,
+    EmulatorDiagnostics,
+    GPDiscrepancy,
+    GPEmulator,
+    MarkovGPDiscrepancy,
+)
 from .dynamics import ODE, ForwardSensitivity, Solver, Trajectory, solve
 from .inference import NUTS, InferenceResult, infer, load, log_likelihood
 from .model import Model
@@ -15,6 +21,7 @@ __all__ = [
     "EmulatorDiagnostics",
     "GPDiscrepancy",
     "GPEmulator",
+    "MarkovGPDiscrepancy",
     "ODE",
     "ForwardSensitivity",
     "InferenceResult",

@@ -14,7 +14,7 @@ from numpyro import handlers
 
 from ._checks import describe
 from .discrepancy.emulator import GPEmulator
-from .discrepancy.gp import GPDiscrepancy, NoDiscrepancy
+from .discrepancy.gp import GPDiscrepancy, MarkovGPDiscrepancy, NoDiscrepancy
 from .discrepancy.marginal import MarginalGP
 from .dynamics import ODE, Solver, solve
 from .noise import AbstractObservation
@@ -66,7 +66,8 @@ class Model:
 
     **Main arguments:**
 
-    - `dynamics`: a `probde.ODE`.
+    - `dynamics`: a `probde.ODE`, or a `probde.GPEmulator` standing in for an expensive
+      simulator.
     - `params`: dict mapping parameter names to numpyro distributions (the priors). The
       names are the posterior variables and the keys of `theta` in the vector field.
     - `initial_state`: the state at `t0`: a fixed array `(S,)` (or `(E, S)`, one row per
@@ -84,8 +85,16 @@ class Model:
       `R0 = beta / gamma` that land in the posterior.
     - `dims`: dict of site name -> dim names, overriding the automatic naming (a parameter
       of size S gets dim `state`).
-    - `discrepancy`, `likelihood`: model-discrepancy terms and filtering likelihoods for
-      SDEs; not available in this version (must be `None`).
+    - `discrepancy`: a model-discrepancy term, `probde.GPDiscrepancy(...)` or
+      `probde.MarkovGPDiscrepancy(...)`: the data are then
+      `h(y(t), theta) + delta(t) + noise` on the noise model's link scale (Kennedy &
+      O'Hagan 2001). See the guide "Model discrepancy and emulators".
+    - `likelihood`: filtering likelihoods for SDEs; not available in this version (must be
+      `None`).
+    - `emulation`: with `dynamics=probde.GPEmulator(...)` (an emulator of an expensive
+      simulator, `initial_state=None`): `"modular"` (default) fixes the emulator's
+      hyperparameters at their fitted values; `"joint"` infers them with theta, the
+      simulator runs entering the likelihood (the full Kennedy-O'Hagan model).
 
     **Example:**
 
@@ -284,6 +293,11 @@ class Model:
                 "an emulated simulator needs probde.noise.Normal observation noise (its "
                 "uncertainty is Gaussian and adds to the noise covariance); got "
                 f"{type(self.observation).__name__}"
+            )
+        if isinstance(discrepancy, MarkovGPDiscrepancy):
+            raise ValueError(
+                "an emulator's dense covariance cannot use MarkovGPDiscrepancy; use "
+                "GPDiscrepancy"
             )
         if discrepancy is not None and discrepancy.observables is not None:
             raise ValueError(

@@ -73,3 +73,23 @@ def test_boarding_school_flu_matches_published_posterior(tmp_path):
     assert float(az.rhat(idata["posterior"]["beta"])) < 1.05
     # Grinsztajn, Semenova, Margossian & Riou (2021), Statistics in Medicine 40(27).
     check_against(idata, {("beta", None): "1.73", ("gamma", None): "0.54", ("R0", None): "3.2"})
+
+
+@pytest.mark.slow
+def test_simple_machine_constrained_discrepancy_recovers_the_physical_parameter(tmp_path):
+    """Brynjarsdottir & O'Hagan (2014): without a discrepancy theta is confidently wrong; a
+    GP discrepancy constrained by delta(0) = delta'(0) = 0 recovers theta = 0.65, also
+    with the simulator replaced by an emulator."""
+    result, stdout = run_case_study("simple_machine", tmp_path)
+    table = pd.read_csv(tmp_path / "comparison.csv", index_col=0)
+    assert list(table.index) == ["none", "gp", "constrained", "emulated"]
+    assert not table.loc["none", "covers_0.65"]
+    assert table.loc["constrained", "covers_0.65"] and table.loc["emulated", "covers_0.65"]
+    # The unconstrained GP is honest about the confounding: a much wider posterior.
+    assert table.loc["gp", "theta_sd"] > 10 * table.loc["none", "theta_sd"]
+    for f in ("comparison.png", "emulator.png", "idata_emulated.nc"):
+        assert (tmp_path / f).stat().st_size > 0
+    pred = result.idata["predictions"]
+    assert {"mu", "delta", "corrected", "y"} <= set(pred.data_vars)
+    # delta(0) = 0 exactly in every draw of the constrained model.
+    assert float(abs(pred["delta"].sel(time=0.0)).max()) < 1e-4

@@ -3,7 +3,8 @@
 Reproduces the example of Brynjarsdottir & O'Hagan (2014), "Learning about physical
 parameters: the importance of model discrepancy", Inverse Problems 30: a simulator without
 friction fitted to a machine with friction, with no discrepancy, with a GP discrepancy, and
-with a GP discrepancy constrained by delta(0) = 0 and delta'(0) = 0.
+with a GP discrepancy constrained by delta(0) = 0 and delta'(0) = 0; and the constrained
+model again with the simulator replaced by a GP emulator trained on 12 runs.
 
     python case_studies/simple_machine/run.py --out results/simple_machine [--quick]
 
@@ -31,14 +32,18 @@ def main():
     sys.path.insert(0, str(HERE))
     from model import THETA_TRUE, VARIANTS, build_model, load_data, reality
 
-    steps = 300 if args.quick else 1000
-    method = probde.NUTS(num_chains=4, num_warmup=steps, num_samples=steps)
+    steps = 200 if args.quick else 1000
+    method = probde.NUTS(num_chains=4, num_warmup=steps, num_samples=steps, target_accept=0.95)
     data = load_data()
     grid = np.linspace(0.0, 4.0, 41)
     results, rows = {}, []
     for variant in VARIANTS:
         print(f"--- {variant} ---")
-        result = probde.infer(build_model(variant), data, method, seed=args.seed)
+        model = build_model(variant)
+        if model.emulator is not None:
+            print(model.emulator.summary())
+            model.emulator.plot_diagnostics(args.out / "emulator.png")
+        result = probde.infer(model, data, method, seed=args.seed)
         result.predict(grid)
         result.to_netcdf(args.out / f"idata_{variant}.nc")
         results[variant] = result
@@ -67,7 +72,7 @@ def plot_comparison(results, data, reality, theta_true, path):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for i, (variant, result) in enumerate(results.items()):
         theta = result.idata["posterior"]["theta"].values.ravel()
         left.hist(theta, bins=60, range=(0.3, 0.8), density=True, alpha=0.5, color=f"C{i}",

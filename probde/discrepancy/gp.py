@@ -359,3 +359,84 @@ class NoDiscrepancy(GPDiscrepancy):
     def _prior_moments(self, values, times, query=None):
         n = times.shape[0] + (0 if query is None else query.shape[0])
         return jnp.zeros(n, times.dtype), jnp.zeros((n, n), times.dtype)
+
+
+class MarkovGPDiscrepancy(GPDiscrepancy):
+    r"""The GP discrepancy of `GPDiscrepancy` in $O(T)$: Kalman filtering of its
+    state-space form.
+
+    Matern-1/2, 3/2, 5/2 and periodic kernels (and the sums and products gpjax's
+    `gpjax.state_space.to_sde` supports) are the covariances of linear SDEs, so the marginal
+    likelihood, the leave-one-out terms and posterior draws of $\delta$ cost $O(T)$ instead
+    of $O(T^3)$ (Hartikainen & Särkkä 2010; Särkkä & Solin 2019, ch. 12). The results equal
+    those of `GPDiscrepancy` with the same kernel (to rounding; periodic kernels use gpjax's
+    truncated series). Use it for long series (thousands to 100,000 points).
+
+    **Arguments:** as `GPDiscrepancy`, without `constraints` and `marginalise` (the noise
+    must be Gaussian on its link scale: `noise.Normal` or `noise.LogNormal`).
+
+    **Example:**
+
+    ```python
+    >>> import gpjax as gpx, numpyro.distributions as dist, probde
+    >>> d = probde.MarkovGPDiscrepancy(gpx.kernels.Matern32(), variance=dist.HalfNormal(1.0))
+    >>> d
+    MarkovGPDiscrepancy(kernel=Matern32, priors=['variance'], constraints=0)
+
+    ```
+    """
+
+    def __init__(self, kernel, *, observables=None, jitter: float = 1e-8, **hyperparameters):
+        for name in ("constraints", "marginalise"):
+            if name in hyperparameters:
+                raise ValueError(
+                    f"MarkovGPDiscrepancy takes no {name!r}; use GPDiscrepancy for "
+                    "constrained or latent (non-Gaussian noise) discrepancies"
+                )
+        from . import markov
+
+        markov.check_markov_kernel(kernel)
+        super().__init__(kernel, observables=observables, marginalise=True, jitter=jitter,
+                         **hyperparameters)
+
+    def check_model(self, observables, observation) -> None:
+        if not observation.gaussian_link:
+            raise ValueError(
+                "MarkovGPDiscrepancy needs noise that is Gaussian on its link scale "
+                f"(noise.Normal or noise.LogNormal); got {type(observation).__name__}: use "
+                "GPDiscrepancy (a latent GP) for other noise"
+            )
+        super().check_model(observables, observation)
+
+    @staticmethod
+    def _no_extra(extra):
+        if extra is not None:
+            raise ValueError("MarkovGPDiscrepancy cannot be combined with an emulator")
+
+    def log_marginal(self, values, times, residuals, noise_var, mask, extra=None):
+        from . import markov
+
+        self._no_extra(extra)
+        return markov.log_marginal(self.kernel_with(values), times, residuals, noise_var, mask)
+
+    def loo_pointwise(self, values, times, residuals, noise_var, mask, extra=None):
+        from . import markov
+
+        self._no_extra(extra)
+        return markov.loo_pointwise(self.kernel_with(values), times, residuals, noise_var, mask)
+
+    def posterior_sample(self, key, values, times, residuals, noise_var, mask, query, extra=None):
+        from . import markov
+
+        self._no_extra(extra)
+        return markov.sample_posterior(key, self.kernel_with(values), times, residuals,
+                                       noise_var, mask, query)
+
+    def prior_sample(self, key, values, times, extra=None):
+        from . import markov
+
+        self._no_extra(extra)
+        zeros = jnp.zeros(times.shape, times.dtype)
+        draw, _ = markov.sample_posterior(key, self.kernel_with(values), times, zeros, 1.0,
+                                          jnp.zeros(times.shape, bool), times[:0])
+        return draw
