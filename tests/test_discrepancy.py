@@ -243,3 +243,67 @@ def test_bad_input_messages():
     model = _model(probde.GPDiscrepancy(rbf(), constraints=[probde.Constraint(7.0)]))
     with pytest.raises(ValueError, match=r"constraints\[0\].at must lie in the modelled time range \[0.0, 4.0\].*got 7.0"):
         probde.log_likelihood(model, DATA, {"theta": 0.5})
+
+
+# ------------------------------------------------------- emulator and Markov in Model
+@pytest.fixture(scope="module")
+def emulator():
+    grid = np.linspace(0.0, 4.0, 9)
+    design = probde.latin_hypercube({"theta": (0.2, 1.2)}, 8, seed=0)
+    return probde.GPEmulator.fit(lambda th: th["theta"] * grid[:, None], grid, design,
+                                 observables=("y",), progress_bar=False)
+
+
+def test_emulated_likelihood_adds_the_emulator_covariance(emulator):
+    """y ~ N(m(theta), S(theta) + K + sigma^2 I): emulator, discrepancy and noise."""
+    model = probde.Model(emulator, {"theta": dist.Uniform(0.2, 1.2)}, None,
+                         probde.noise.Normal(sigma=SIGMA), discrepancy=probde.GPDiscrepancy(rbf()))
+    m, S = emulator.predict(jnp.asarray(X), {"theta": 0.6})
+    K = rbf_np(X, X)
+    C = np.asarray(S[0]) + K + SIGMA**2 * np.eye(X.size)
+    C += 1e-8 * np.mean(np.diag(K + np.asarray(S[0]))) * np.eye(X.size)
+    expected = stats.multivariate_normal(np.asarray(m[:, 0]), C).logpdf(Y)
+    got = probde.log_likelihood(model, DATA, {"theta": 0.6})
+    np.testing.assert_allclose(float(got), expected, rtol=F64)
+
+
+def test_joint_emulation_infers_emulator_hyperparameters(emulator):
+    from numpyro import handlers
+
+    model = probde.Model(emulator, {"theta": dist.Uniform(0.2, 1.2)}, None,
+                         probde.noise.Normal(sigma=SIGMA), emulation="joint")
+    fn = model.numpyro_model(model.prepare(DATA))
+    tr = handlers.trace(handlers.seed(fn, 0)).get_trace(observed=True)
+    names = {k for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]}
+    assert names == {"theta"} | {f"emulator_{k}" for k in emulator.hyperparameter_priors()}
+    hyper = {k[len("emulator_"):]: tr[k]["value"] for k in names if k.startswith("emulator_")}
+    np.testing.assert_allclose(float(tr["emulator_runs"]["fn"].log_prob(0.0)),
+                               float(emulator.training_log_marginal(hyper)), rtol=F64)
+
+
+def test_markov_discrepancy_in_a_model_equals_the_dense_one():
+    kernel = gpx.kernels.Matern32(lengthscale=0.8, variance=0.05)
+    lik = {}
+    for cls in (probde.GPDiscrepancy, probde.MarkovGPDiscrepancy):
+        model = _model(cls(kernel, jitter=0.0))  # the Kalman filter adds no jitter
+        lik[cls.__name__] = float(probde.log_likelihood(model, DATA, {"theta": 0.6}))
+    np.testing.assert_allclose(lik["MarkovGPDiscrepancy"], lik["GPDiscrepancy"], rtol=1e-8)
+
+
+def test_emulator_and_markov_bad_input(emulator):
+    with pytest.raises(ValueError, match="initial_state must be None when dynamics is a probde.GPEmulator"):
+        probde.Model(emulator, {"theta": dist.Uniform(0.2, 1.2)}, jnp.array([0.0]),
+                     probde.noise.Normal(sigma=SIGMA))
+    with pytest.raises(ValueError, match="emulated simulator needs probde.noise.Normal.*Poisson"):
+        probde.Model(emulator, {"theta": dist.Uniform(0.2, 1.2)}, None, probde.noise.Poisson())
+    with pytest.raises(ValueError, match=r"emulator takes parameters \['theta'\].*no prior for \['theta'\]"):
+        probde.Model(emulator, {"k": dist.Uniform(0.2, 1.2)}, None, probde.noise.Normal(sigma=SIGMA))
+    with pytest.raises(ValueError, match="emulation must be 'modular' or 'joint'"):
+        probde.Model(emulator, {"theta": dist.Uniform(0.2, 1.2)}, None,
+                     probde.noise.Normal(sigma=SIGMA), emulation="two-stage")
+    with pytest.raises(ValueError, match="MarkovGPDiscrepancy takes no 'constraints'"):
+        probde.MarkovGPDiscrepancy(gpx.kernels.Matern32(), constraints=[probde.Constraint(0.0)])
+    with pytest.raises(ValueError, match="MarkovGPDiscrepancy needs noise that is Gaussian.*Poisson"):
+        _model(probde.MarkovGPDiscrepancy(gpx.kernels.Matern32()), probde.noise.Poisson())
+    with pytest.raises(ValueError, match="kernel must have a state-space form.*got RBF"):
+        probde.MarkovGPDiscrepancy(rbf())
