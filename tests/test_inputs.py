@@ -146,9 +146,11 @@ def test_t0_after_first_observation():
         m.prepare(probde.TimeSeries([0.0, 1.0], [3.0, 1.0], observables=("x",)))
 
 
-def test_discrepancy_and_likelihood_not_yet_available():
-    with pytest.raises(NotImplementedError, match="pass discrepancy=None"):
+def test_discrepancy_of_wrong_type_and_likelihood_not_yet_available():
+    with pytest.raises(TypeError, match="discrepancy must be None, probde.GPDiscrepancy.*got <object"):
         model(discrepancy=object())
+    with pytest.raises(TypeError, match="dynamics must be a probde.ODE or a probde.GPEmulator"):
+        model(dynamics="ode")
     with pytest.raises(NotImplementedError, match="pass likelihood=None"):
         model(likelihood=object())
 

@@ -79,16 +79,19 @@ def plot_comparison(results, data, reality, theta_true, path):
                   label=variant)
         pred = result.idata["predictions"]
         x = pred["time"].values
-        corrected = pred["corrected"].stack(s=("chain", "draw")).transpose("s", ...).values[..., 0]
-        q = np.quantile(corrected, [0.05, 0.5, 0.95], axis=0)
+        # The simulator at the posterior theta: what each variant learned about the physics.
+        eta = pred["mu"].stack(s=("chain", "draw")).transpose("s", ...).values[..., 0]
+        q = np.quantile(eta, [0.05, 0.5, 0.95], axis=0)
         right.fill_between(x, q[0], q[2], color=f"C{i}", alpha=0.2)
-        right.plot(x, q[1], color=f"C{i}", label=f"{variant}: prediction of reality")
+        right.plot(x, q[1], color=f"C{i}", label=f"{variant}: simulator theta x")
     left.axvline(theta_true, color="k", ls="--", label="true theta")
     left.set_xlabel("theta")
     left.set_ylabel("posterior density")
     left.legend(fontsize="small")
     x = np.linspace(0.0, 4.0, 200)
     right.plot(x, reality(x), "k--", lw=1, label="reality zeta(x)")
+    right.plot(x, theta_true * x, "k:", lw=1, label="true physics 0.65 x")
+    right.set_title("simulator at the posterior theta (90% bands)", fontsize="medium")
     right.plot(data.times, data.values[:, 0], "ko", ms=4, label="data")
     right.set_xlabel("x")
     right.legend(fontsize="small")
