@@ -19,6 +19,10 @@ def parse_args(description: str) -> argparse.Namespace:
 
 def setup_jax(num_chains: int) -> None:
     """One CPU device per chain (before JAX starts), and float64 for the ODE numerics."""
+    # Chains already run one per core. A multithreaded BLAS on top (JAX's CPU linear algebra
+    # calls LAPACK through OpenBLAS) makes the small GP solves of a discrepancy or emulator
+    # wait on each other's threads: milliseconds instead of microseconds per gradient.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import numpyro
 
     numpyro.set_host_device_count(max(num_chains, os.cpu_count() or 1))

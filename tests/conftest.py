@@ -1,6 +1,12 @@
 """Strict JAX for the whole suite: float64, no implicit rank promotion, 4 CPU devices."""
 
-import numpyro
+import os
+
+# Single-threaded BLAS: small LAPACK calls (GP Cholesky and solves) otherwise stall on
+# thread hand-offs on a loaded 2-core machine (see case_studies/_common.py).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpyro  # noqa: E402
 
 numpyro.set_host_device_count(4)  # must precede JAX's backend start
 

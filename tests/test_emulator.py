@@ -8,6 +8,7 @@ smooth simulator against a binomial band; every validation error by its message.
 """
 
 import math
+import re
 
 import gpjax
 import jax
@@ -333,6 +334,40 @@ def test_predict_is_jit_and_vmap_friendly(emulator):
     f = jax.jit(lambda emu, th: emu.predict(TIMES, th)[0], static_argnums=0)
     np.testing.assert_allclose(f(emulator, thetas[0]), batched[0][0], rtol=1e-12)
     assert hash(emulator) == hash(emulator)
+
+
+def test_fitted_predict_and_its_gradient_solve_by_products(emulator):
+    # On CPU a triangular solve is a LAPACK trsm in scipy's multi-threaded OpenBLAS, whose
+    # thread hand-offs cost milliseconds on shared cores (a 108-point emulator made a model's
+    # gradient 25-50 times slower than the ODE's). At the fitted hyperparameters predict
+    # solves by products with the stored inverse factor: neither it nor its gradient may
+    # call LAPACK (the hyper= path must still factorise, so it does).
+    times = jnp.linspace(0.5, 9.5, 7)
+
+    def loss(theta, hyper=None):
+        mean, cov = emulator.predict(times, theta, hyper)
+        return jnp.sum(mean**2) + jnp.sum(cov)
+
+    def solves(fn, *args):  # the compiled program's solver calls (LAPACK on CPU) and ops
+        hlo = jax.jit(fn).lower(*args).compile().as_text()
+        ops = re.findall(r'custom_call_target="([^"]*)"|(triangular-solve)\(', hlo)
+        return [a + b for a, b in ops if re.search("lapack|solver|potrf|trsm|triangular", a + b)]
+
+    theta = jnp.array([0.83, 11.4])
+    assert solves(loss, theta) == [] and solves(jax.grad(loss), theta) == []
+    hyper = {k: jnp.asarray(v) for k, v in emulator.hyperparameters.items()}
+    assert solves(loss, theta, hyper) != []
+
+
+def test_solve_by_inverse_factor_matches_triangular_solve(emulator):
+    # the solve predict uses at the fitted hyperparameters, against LAPACK's trsm
+    from probde.discrepancy.emulator import _solve_lower_by_inverse
+
+    L, L_inv = emulator._chol[1], emulator._chol_inv[1]
+    B = jnp.asarray(np.random.default_rng(5).standard_normal((L.shape[0], 4)))
+    expected = jax.scipy.linalg.solve_triangular(L, B, lower=True)
+    got = _solve_lower_by_inverse(L, L_inv, B)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9 * np.max(np.abs(expected)))
 
 
 # ------------------------------------------------------------------ emulator: calibration
