@@ -14,6 +14,9 @@ the log marginal likelihood; the per-point noise, the filtered trajectory that t
 and the leave-one-out terms need, and backward sampling are written here, on the same
 `discretise`.
 
+All arrays are computed in JAX's default float dtype (float64 with `jax_enable_x64`, else
+float32); inputs of another dtype are converted.
+
 !!! note
     gpjax's state-space code broadcasts arrays of different ranks, which fails under
     `jax_numpy_rank_promotion="raise"`; every call into it is therefore traced under
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
@@ -92,7 +96,17 @@ def _describe(kernel) -> str:
 
 
 # ----------------------------------------------------------------------------- gpjax calls
+def _float():
+    """JAX's default float dtype (float64 with `jax_enable_x64`, else float32)."""
+    return jnp.result_type(float)
+
+
 def _sde(kernel):
+    # gpjax builds the constant parts of an SDE (the identity at dt = 0, ...) in the default
+    # float dtype; float32 hyperparameters under x64 would make its `lax.cond` branches
+    # disagree, so everything is computed in the default dtype.
+    dtype = _float()
+    kernel = jax.tree.map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, kernel)
     with jax.numpy_rank_promotion("allow"):
         return to_sde(kernel)
 
@@ -105,6 +119,7 @@ def _discretise(sde, dt):
 def _time_steps(times):
     """`dt[0] = 0` (the filter starts from the stationary prior at `times[0]`, whatever its
     value), `dt[i] = t_i - t_{i-1}`."""
+    times = times.astype(_float())
     return jnp.concatenate([jnp.zeros((1,), times.dtype), jnp.diff(times)])
 
 
@@ -112,9 +127,10 @@ def _inputs(residuals, noise_var, mask):
     """Mask, residuals and noise variances with safe values (0, 1) at missing points, so
     that neither the value nor the gradient sees what is stored there."""
     n = residuals.shape[0]
+    dtype = _float()
     mask = jnp.ones(n, dtype=bool) if mask is None else mask
-    r = jnp.where(mask, residuals, 0.0)
-    noise_var = jnp.where(mask, jnp.broadcast_to(noise_var, (n,)), 1.0)
+    r = jnp.where(mask, residuals, 0.0).astype(dtype)
+    noise_var = jnp.where(mask, jnp.broadcast_to(noise_var, (n,)), 1.0).astype(dtype)
     return mask, r, noise_var
 
 
@@ -241,7 +257,7 @@ def log_marginal(
     dts = _time_steps(times)
     if jnp.ndim(noise_var) == 0:
         with jax.numpy_rank_promotion("allow"):
-            return kalman_filter(sde, r, dts, mask, jnp.sqrt(noise_var))
+            return kalman_filter(sde, r, dts, mask, jnp.sqrt(jnp.asarray(noise_var, r.dtype)))
     return _log_marginal_per_point_noise(sde, dts, r, mask, nv)
 
 
@@ -287,7 +303,7 @@ def _merged(times, r, nv, mask, query_times):
     """Data and query points on one sorted grid (data first on ties); query points are
     unobserved. Returns the grid arrays and the grid positions of data and query points."""
     n, m = times.shape[0], query_times.shape[0]
-    grid = jnp.concatenate([times, query_times.astype(times.dtype)])
+    grid = jnp.concatenate([times.astype(_float()), query_times.astype(_float())])
     order = jnp.argsort(grid, stable=True)
     where = jnp.argsort(order)  # where[j] = grid position of point j
     obs = jnp.concatenate([mask, jnp.zeros((m,), bool)])[order]
