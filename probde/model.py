@@ -576,15 +576,19 @@ class Model:
                 k: jnp.reshape(v, (1,) * (mu.ndim - jnp.ndim(v)) + jnp.shape(v)) if jnp.ndim(v) else v
                 for k, v in hyper.items()
             }
-            if disc is None:
-                noise = self.observation.distribution(mu, hyper)
+            def observe_independent(prediction, index=None, d_new=None):
+                """Independent noise around `prediction`; predictions at new times."""
+                noise = self.observation.distribution(prediction, hyper)
                 if observed:
                     with handlers.mask(mask=mask):
                         numpyro.sample(OBSERVED, noise, obs=values)
                 else:
                     numpyro.sample(OBSERVED, noise)
                 if conditional and new_times is not None:
-                    self._predict_new(theta, y0, starts, new_times, hyper, None, None)
+                    self._predict_new(theta, y0, starts, new_times, hyper, index, d_new)
+
+            if disc is None:
+                observe_independent(mu)
                 return
             dh = self._sample_discrepancy_hyper(disc, index.size)
             loc = self.observation.link(mu)
@@ -635,14 +639,7 @@ class Model:
             corrected = self.observation.inverse_link(loc + delta)
             numpyro.deterministic(DELTA, delta)
             numpyro.deterministic(CORRECTED, corrected)
-            noise = self.observation.distribution(corrected, hyper)
-            if observed:
-                with handlers.mask(mask=mask):
-                    numpyro.sample(OBSERVED, noise, obs=values)
-            else:
-                numpyro.sample(OBSERVED, noise)
-            if conditional and new_times is not None:
-                self._predict_new(theta, y0, starts, new_times, hyper, index, d_new)
+            observe_independent(corrected, index, d_new)
 
         return model_fn
 
