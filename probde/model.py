@@ -30,9 +30,9 @@ TRAJECTORY = "trajectory"
 MEAN = "mu"
 OBSERVED = "y"
 INITIAL_STATE = "initial_state"
-DELTA = "delta"
+DELTA = "discrepancy"
 CORRECTED = "corrected"
-DELTA_Z = "delta_z"
+DELTA_Z = "discrepancy_z"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -513,8 +513,8 @@ class Model:
         `fn(True)` conditions on the data; `fn(False)` samples the observations (prior and
         posterior predictive). With a discrepancy, `fn(False, conditional=True)` draws the
         discrepancy from its posterior given the data and the other latent values (records
-        `delta` and `corrected`) and then the observations, the posterior predictive of the
-        Kennedy-O'Hagan model. `predict_times` adds sites `*_new` (`mu_new`, `delta_new`,
+        `discrepancy` and `corrected`) and then the observations, the posterior predictive of the
+        Kennedy-O'Hagan model. `predict_times` adds sites `*_new` (`mu_new`, `discrepancy_new`,
         `corrected_new`, `y_new`) at those times in the conditional mode.
         `on_failure(rejected)` is called under `jax.debug.callback` with the per-evaluation
         rejection flag (used by `probde.infer` to count failures).
@@ -656,7 +656,7 @@ class Model:
         return hyper
 
     def _predict_new(self, theta, y0, starts, new_times, hyper, index, d_new):
-        """Sites `mu_new`, `delta_new`, `corrected_new`, `y_new` at `new_times`."""
+        """Sites `mu_new`, `discrepancy_new`, `corrected_new`, `y_new` at `new_times`."""
         if self.emulator is None:
             traj = self._solve_all(theta, y0, starts, new_times)
             ys = jnp.where(traj.ok[:, None, None], traj.ys, jnp.nan)

@@ -90,9 +90,9 @@ def test_simple_machine_constrained_discrepancy_recovers_the_physical_parameter(
     for f in ("comparison.png", "emulator.png", "idata_emulated.nc"):
         assert (tmp_path / f).stat().st_size > 0
     pred = result.idata["predictions"]
-    assert {"mu", "delta", "corrected", "y"} <= set(pred.data_vars)
+    assert {"mu", "discrepancy", "corrected", "y"} <= set(pred.data_vars)
     # delta(0) = 0 exactly in every draw of the constrained model.
-    assert float(abs(pred["delta"].sel(time=0.0)).max()) < 1e-4
+    assert float(abs(pred["discrepancy"].sel(time=0.0)).max()) < 1e-4
 
 
 @pytest.mark.slow
@@ -105,4 +105,4 @@ def test_logistic_growth_discrepancy_improves_held_out_predictions(tmp_path):
     assert table.loc["gp", "interp_lpd"] > table.loc["none", "interp_lpd"]
     assert table.loc["gp", "truth_cov90_interp"] > table.loc["none", "truth_cov90_interp"]
     assert table.loc["gp", "K_covered"] and not table.loc["none", "K_covered"]
-    assert {"delta", "corrected"} <= set(result.idata["posterior_predictive"].data_vars)
+    assert {"discrepancy", "corrected"} <= set(result.idata["posterior_predictive"].data_vars)

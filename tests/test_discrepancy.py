@@ -141,8 +141,8 @@ def test_linear_simulator_posterior_is_the_exact_gaussian():
     loo = az.loo(res.idata)
     assert np.isfinite(loo.elpd)
     pp = res.idata["posterior_predictive"]
-    assert {"delta", "corrected", "mu", "y"} <= set(pp.data_vars)
-    np.testing.assert_allclose(pp["corrected"].values, (pp["mu"] + pp["delta"]).values, rtol=F64)
+    assert {"discrepancy", "corrected", "mu", "y"} <= set(pp.data_vars)
+    np.testing.assert_allclose(pp["corrected"].values, (pp["mu"] + pp["discrepancy"]).values, rtol=F64)
     # delta | y, theta is the GP posterior: its mean over draws ~ the residual smoother.
     pred = res.predict(np.array([0.0, 2.0, 5.0]))
     assert pred["corrected"].dims == ("chain", "draw", "time", "observable")
@@ -187,7 +187,7 @@ def test_constrained_prediction_is_exact_at_the_constraint():
     res = probde.infer(model, DATA, probde.NUTS(num_chains=1, num_warmup=100, num_samples=50),
                        seed=0, num_prior_samples=0)
     pred = res.predict(np.array([0.0, 1.0]))
-    delta = pred["delta"].values
+    delta = pred["discrepancy"].values
     assert np.all(np.abs(delta[..., 0, 0]) < 1e-3 * np.sqrt(VAR))
     assert np.std(delta[..., 1, 0]) > 1e-3
 
@@ -205,10 +205,10 @@ def test_latent_discrepancy_with_count_data():
                        probde.NUTS(num_chains=1, num_warmup=200, num_samples=200),
                        seed=0, num_prior_samples=20)
     post = res.idata["posterior"]
-    assert post["delta_z"].dims == ("chain", "draw", "delta_observable", "time")
-    assert "delta_z" not in res.parameter_names
+    assert post["discrepancy_z"].dims == ("chain", "draw", "discrepancy_observable", "time")
+    assert "discrepancy_z" not in res.parameter_names
     pp = res.idata["posterior_predictive"]
-    np.testing.assert_allclose(pp["corrected"].values, (pp["mu"] * np.exp(pp["delta"])).values,
+    np.testing.assert_allclose(pp["corrected"].values, (pp["mu"] * np.exp(pp["discrepancy"])).values,
                                rtol=F64)
     assert 0.1 < float(post["k"].mean()) < 0.4
     pred = res.predict(np.array([2.5, 10.0]))
@@ -307,3 +307,18 @@ def test_emulator_and_markov_bad_input(emulator):
         _model(probde.MarkovGPDiscrepancy(gpx.kernels.Matern32()), probde.noise.Poisson())
     with pytest.raises(ValueError, match="kernel must have a state-space form.*got RBF"):
         probde.MarkovGPDiscrepancy(rbf())
+
+
+def test_a_parameter_named_delta_coexists_with_a_discrepancy():
+    """Lotka-Volterra calls a rate `delta`: the discrepancy's sites must not take that name."""
+    lv = probde.ODE(lambda t, z, th: jnp.stack([(th["alpha"] - th["beta"] * z[1]) * z[0],
+                                                (th["delta"] * z[0] - th["gamma"]) * z[1]]),
+                    state_names=("hare", "lynx"))
+    priors = {k: dist.LogNormal(np.log(v), 0.1) for k, v in
+              {"alpha": 0.55, "beta": 0.028, "gamma": 0.8, "delta": 0.024}.items()}
+    model = probde.Model(lv, priors, jnp.array([30.0, 4.0]), probde.noise.LogNormal(sigma=0.25),
+                         t0=0.0, discrepancy=probde.GPDiscrepancy(rbf(), variance=dist.HalfNormal(0.1)))
+    data = probde.TimeSeries([1.0, 2.0, 3.0], [[40.0, 5.0], [50.0, 8.0], [45.0, 15.0]],
+                             observables=("hare", "lynx"))
+    theta = {"alpha": 0.55, "beta": 0.028, "gamma": 0.8, "delta": 0.024, "variance": 0.05}
+    assert np.isfinite(float(probde.log_likelihood(model, data, theta)))

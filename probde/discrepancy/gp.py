@@ -110,7 +110,7 @@ class GPDiscrepancy:
     - `kernel`: a gpjax kernel on the time axis (`gpjax.kernels.RBF()`, `Matern32()`,
       `Periodic()`, sums and products). Its numbers are the fixed hyperparameter values.
     - `**hyperparameters`: a number (fixed) or a numpyro distribution (inferred with
-      $\theta$; the posterior variable has the argument's name, prefixed `delta_` if a
+      $\theta$; the posterior variable has the argument's name, prefixed `discrepancy_` if a
       parameter already has it) for each hyperparameter to override, e.g.
       `lengthscale=dist.LogNormal(0.0, 1.0), variance=dist.HalfNormal(1.0)`. In a sum or
       product the names carry the index of the term: `lengthscale_0`, `period_1`.
@@ -236,7 +236,7 @@ class GPDiscrepancy:
         return bool(self.marginalise)
 
     def site_names(self, taken: set[str]) -> dict[str, str]:
-        return {k: (f"delta_{k}" if k in taken else k) for k in self.priors}
+        return {k: (f"discrepancy_{k}" if k in taken else k) for k in self.priors}
 
     def observable_index(self, observables: Sequence[str]) -> np.ndarray:
         names = observables if self.observables is None else self.observables

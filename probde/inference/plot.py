@@ -83,8 +83,8 @@ def plot_discrepancy(idata, *, path=None, interval=0.9, group=None):
     if group is None:
         group = "predictions" if "predictions" in idata.children else "posterior_predictive"
     pred = idata[group]
-    if "delta" not in pred:
-        raise ValueError(f"plot_discrepancy needs a model with a discrepancy; {group} has no delta")
+    if "discrepancy" not in pred:
+        raise ValueError(f"plot_discrepancy needs a model with a discrepancy; {group} has no discrepancy")
     obs = idata["observed_data"]["y"]
     observables = list(obs["observable"].values)
     experiments = list(obs["experiment"].values) if "experiment" in obs.dims else [None]
@@ -107,7 +107,7 @@ def plot_discrepancy(idata, *, path=None, interval=0.9, group=None):
                 top.plot(times, q[1], color=colour, lw=1.5, label=f"{label} ({int(interval * 100)}%)")
             top.plot(obs["time"].values, obs.sel(sel).values, "o", color="k", ms=4, label="data")
             top.set_ylabel(name if exp is None else f"{name} ({exp})")
-            q = np.nanquantile(_draws(pred["delta"], sel), [lo, 0.5, hi], axis=0)
+            q = np.nanquantile(_draws(pred["discrepancy"], sel), [lo, 0.5, hi], axis=0)
             bottom.fill_between(times, q[0], q[2], alpha=0.3, color="C3")
             bottom.plot(times, q[1], color="C3", lw=1.5, label="discrepancy delta")
             bottom.axhline(0.0, color="grey", lw=0.8)

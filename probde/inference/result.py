@@ -23,9 +23,9 @@ def _site_dims(name, value_shape, model, data):
     if name == INITIAL_STATE:
         return ["state"] if data.single else ["experiment", "state"]
     if name == DELTA_Z:
-        return ([] if data.single else ["experiment"]) + ["delta_observable", "time"]
+        return ([] if data.single else ["experiment"]) + ["discrepancy_observable", "time"]
     if model.discrepancy is not None and name in model.discrepancy_names.values():
-        return ["delta_observable"] if value_shape else []
+        return ["discrepancy_observable"] if value_shape else []
     hyper = set(model.hyper_names.values())
     if value_shape == (O,) and name in hyper:
         return ["observable"]
@@ -69,7 +69,7 @@ def build_datatree(
             coords["experiment"] = list(data.experiments)
         if model.discrepancy is not None:
             idx = model.discrepancy.observable_index(data.observables)
-            coords["delta_observable"] = [data.observables[i] for i in idx]
+            coords["discrepancy_observable"] = [data.observables[i] for i in idx]
         for name, value in posterior.items():
             d = _site_dims(name, tuple(value.shape[2:]), model, data)
             if d is not None:
@@ -154,7 +154,7 @@ class InferenceResult:
         """Posterior predictions at new `times`, one per posterior draw.
 
         Returns an `xarray.Dataset` with `mu` (the simulator's prediction), and for a model
-        with a discrepancy `delta` (drawn from its posterior given the data) and `corrected`
+        with a discrepancy `discrepancy` (delta, drawn from its posterior given the data) and `corrected`
         (the simulator corrected by the discrepancy: the model's estimate of the true
         process), and `y` (new observations). Dims: chain, draw, (experiment,) time,
         observable. With `group` (default `"predictions"`) the dataset is also stored in
