@@ -91,8 +91,10 @@ def test_simple_machine_constrained_discrepancy_recovers_the_physical_parameter(
         assert (tmp_path / f).stat().st_size > 0
     pred = result.idata["predictions"]
     assert {"mu", "discrepancy", "corrected", "y"} <= set(pred.data_vars)
-    # delta(0) = 0 exactly in every draw of the constrained model.
-    assert float(abs(pred["discrepancy"].sel(time=0.0)).max()) < 1e-4
+    # delta(0) = 0 in every draw of the constrained model, exactly up to the relative jitter
+    # 1e-8 of the GP algebra: the conditioned sd at x = 0 is sqrt(1e-8 * variance).
+    sd = np.sqrt(1e-8 * result.idata["posterior"]["variance"])
+    assert float((abs(pred["discrepancy"].sel(time=0.0, observable="work")) / sd).max()) < Z_MAX + 1
 
 
 @pytest.mark.slow
