@@ -31,13 +31,17 @@ def setup_jax(num_chains: int) -> None:
     jax.config.update("jax_enable_x64", True)
 
 
-def write_outputs(result, out: pathlib.Path) -> None:
-    """Print the ArviZ summary; write idata.nc, summary.csv and fit.png."""
+def write_outputs(result, out: pathlib.Path, plot=None) -> None:
+    """Print the ArviZ summary; write idata.nc, summary.csv and fit.png, drawn by
+    `plot(result, path)` (default `result.plot_fit`)."""
     summary = result.summary()
     print(summary.to_string())
     summary.to_csv(out / "summary.csv")
     result.to_netcdf(out / "idata.nc")
-    result.plot_fit(out / "fit.png")
+    if plot is None:
+        result.plot_fit(out / "fit.png")
+    else:
+        plot(result, out / "fit.png")
     print(f"solver failures (rejected proposals): {result.solver_failures}")
     print(f"divergences: {int(result.idata['sample_stats']['diverging'].sum())}")
     print(f"wrote {out / 'idata.nc'}, {out / 'summary.csv'}, {out / 'fit.png'}")

@@ -540,17 +540,9 @@ class Model:
             theta = {name: numpyro.sample(name, prior) for name, prior in self.params.items()}
             for name, fn in self.derived.items():
                 numpyro.deterministic(name, fn(theta))
-            if self.emulator is None:
-                y0 = self._initial_state(theta, E)
-                traj = self._solve_all(theta, y0, starts, times)
-                ok, steps, extra = traj.ok, traj.num_steps, None
-                ys = jnp.where(ok[:, None, None], traj.ys, 1.0)
-            else:
-                y0 = self._sample_emulator_hyper()  # carried to _predict_new in y0's place
-                m, extra = self.emulator.predict(times, theta, y0)
-                ok = jnp.broadcast_to(jnp.all(jnp.isfinite(m)), (E,))
-                steps = jnp.zeros(E, dtype=jnp.int32)
-                ys = jnp.where(ok[:, None, None], jnp.broadcast_to(m, (E,) + m.shape), 1.0)
+            simulate = self._simulator(theta, starts)
+            ys, ok, steps, extra = simulate(times)
+            ys = jnp.where(ok[:, None, None], ys, 1.0)
             mu = self._observe(ys, theta)
             valid = ok
             if self.observation.positive_mean:
@@ -585,7 +577,7 @@ class Model:
                 else:
                     numpyro.sample(OBSERVED, noise)
                 if conditional and new_times is not None:
-                    self._predict_new(theta, y0, starts, new_times, hyper, index, d_new)
+                    self._predict_new(simulate, theta, new_times, hyper, index, d_new)
 
             if disc is None:
                 observe_independent(mu)
@@ -655,16 +647,38 @@ class Model:
         numpyro.factor("emulator_runs", self.emulator.training_log_marginal(hyper))
         return hyper
 
-    def _predict_new(self, theta, y0, starts, new_times, hyper, index, d_new):
-        """Sites `mu_new`, `discrepancy_new`, `corrected_new`, `y_new` at `new_times`."""
+    def _simulator(self, theta, starts):
+        """`times -> (ys (E, T, S), ok (E,), solver steps (E,), covariance (O, T, T) | None)`.
+
+        An ODE is solved from each experiment's initial state (sampled here); an emulator
+        predicts the outputs with their covariance (its hyperparameters sampled here in
+        joint emulation).
+        """
+        E = starts.shape[0]
         if self.emulator is None:
-            traj = self._solve_all(theta, y0, starts, new_times)
-            ys = jnp.where(traj.ok[:, None, None], traj.ys, jnp.nan)
-        else:
+            y0 = self._initial_state(theta, E)
+
+            def simulate(times):
+                traj = self._solve_all(theta, y0, starts, times)
+                return traj.ys, traj.ok, traj.num_steps, None
+
+            return simulate
+        emulator_hyper = self._sample_emulator_hyper()
+
+        def simulate(times):
+            m, cov = self.emulator.predict(times, theta, emulator_hyper)
+            ok = jnp.broadcast_to(jnp.all(jnp.isfinite(m)), (E,))
+            return jnp.broadcast_to(m, (E,) + m.shape), ok, jnp.zeros(E, jnp.int32), cov
+
+        return simulate
+
+    def _predict_new(self, simulate, theta, new_times, hyper, index, d_new):
+        """Sites `mu_new`, `discrepancy_new`, `corrected_new`, `y_new` at `new_times`."""
+        ys, ok, _, cov = simulate(new_times)
+        ys = jnp.where(ok[:, None, None], ys, jnp.nan)
+        if cov is not None:
             # The emulator's uncertainty at the new times is added to the noise variance of
             # y_new (its correlation with the uncertainty at the data times is dropped).
-            m, cov = self.emulator.predict(new_times, theta, y0)
-            ys = jnp.broadcast_to(m, (starts.shape[0],) + m.shape)
             var = jnp.diagonal(cov, axis1=1, axis2=2).T[None]  # (1, M, O)
             hyper = dict(hyper, sigma=jnp.sqrt(hyper["sigma"] ** 2 + var))
         mu = self._observe(ys, theta)

@@ -112,8 +112,8 @@ def main():
     table.to_csv(args.out / "comparison.csv")
 
     main_result = results["gp"]
-    _common.write_outputs(main_result, args.out)
-    plot_fit(main_result, times, values, held, reality, args.out / "fit.png")
+    _common.write_outputs(main_result, args.out,
+                          plot=lambda r, path: plot_fit(r, times, values, held, reality, path))
     plot_comparison(results, times, values, interp, extrap, grid, reality,
                     args.out / "comparison.png")
     print(f"wrote {args.out / 'comparison.csv'}, {args.out / 'comparison.png'}")

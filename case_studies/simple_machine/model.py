@@ -37,9 +37,10 @@ def fit_emulator(num_runs: int = 12, seed: int = 0) -> probde.GPEmulator:
     """Treat the ODE as an expensive simulator: run it at a Latin-hypercube design of theta
     and emulate eta(x, theta) with a GP on (x, theta)."""
     grid = np.linspace(0.0, 4.0, 9)
+    ode = simulator()  # one ODE for all runs: its solve is compiled once
 
     def run(theta):  # one "expensive" simulator run
-        traj = probde.solve(simulator(), jnp.array([0.0]), {"theta": theta["theta"]},
+        traj = probde.solve(ode, jnp.array([0.0]), theta,
                             jnp.asarray(grid[1:]), t0=0.0)
         return np.concatenate([[0.0], np.asarray(traj.ys[:, 0])])[:, None]
 

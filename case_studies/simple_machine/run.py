@@ -59,8 +59,7 @@ def main():
     print(table.to_string())
     table.to_csv(args.out / "comparison.csv")
     main_result = results["constrained"]
-    _common.write_outputs(main_result, args.out)
-    main_result.plot_discrepancy(args.out / "fit.png")
+    _common.write_outputs(main_result, args.out, plot=lambda r, path: r.plot_discrepancy(path))
     plot_comparison(results, data, reality, THETA_TRUE, args.out / "comparison.png")
     print(f"wrote {args.out / 'comparison.csv'}, {args.out / 'comparison.png'}")
 

@@ -138,6 +138,16 @@ def _forward_sensitivity_solve(dynamics, solver, t0, times, y0, theta):
     return f(x, t0, times)
 
 
+@eqx.filter_jit
+def _solve_compiled(dynamics, solver, adjoint, t0, times, y0, theta):
+    # Called eagerly (e.g. a loop of simulator runs), the solve would otherwise be traced and
+    # compiled again at every call, because the diffrax term closes over a new function each
+    # time; under an outer jit this is inlined.
+    if isinstance(adjoint, ForwardSensitivity):
+        return _forward_sensitivity_solve(dynamics, solver, t0, times, y0, theta)
+    return _diffrax_solve(dynamics, solver, adjoint, t0, times, y0, theta)
+
+
 def solve(
     dynamics: ODE,
     y0,
@@ -184,12 +194,10 @@ def solve(
     y0 = jnp.asarray(y0, dtype=jnp.result_type(float))
     times = times.astype(jnp.result_type(float))
     t0 = times[0] if t0 is None else jnp.asarray(t0, dtype=times.dtype)
+    theta = jax.tree.map(jnp.asarray, theta)  # numbers as arrays: one compile for all values
     num_inputs = int(ravel_pytree((y0, theta))[0].shape[0])
     adjoint = solver.resolve_adjoint(num_inputs)
-    if isinstance(adjoint, ForwardSensitivity):
-        ys, aux = _forward_sensitivity_solve(dynamics, solver, t0, times, y0, theta)
-    else:
-        ys, aux = _diffrax_solve(dynamics, solver, adjoint, t0, times, y0, theta)
+    ys, aux = _solve_compiled(dynamics, solver, adjoint, t0, times, y0, theta)
     # The flag and statistics are not differentiable; say so, so that downstream reductions
     # (jnp.all over experiments) are never asked for a derivative.
     ok, num_steps, num_accepted, num_rejected = jax.lax.stop_gradient(aux)

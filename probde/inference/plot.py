@@ -18,9 +18,8 @@ def plot_fit(idata, *, path=None, interval=0.9, ax=None):
         raise ValueError("plot_fit needs the posterior_predictive and observed_data groups")
     pred = idata["posterior_predictive"]["y"]
     obs = idata["observed_data"]["y"]
-    observables = list(obs["observable"].values)
-    experiments = list(obs["experiment"].values) if "experiment" in obs.dims else [None]
-    n_panels = len(observables) * len(experiments)
+    panels = _panels(obs)
+    n_panels = len(panels)
     if ax is None:
         fig, axes = plt.subplots(n_panels, 1, figsize=(7, 2.6 * n_panels), squeeze=False, sharex=True)
         axes = axes[:, 0]
@@ -29,37 +28,41 @@ def plot_fit(idata, *, path=None, interval=0.9, ax=None):
         fig = axes[0].figure
     lo, hi = (1 - interval) / 2, 1 - (1 - interval) / 2
     times = obs["time"].values
-    i = 0
-    for exp in experiments:
-        for name in observables:
-            sel = {"observable": name}
-            if exp is not None:
-                sel["experiment"] = exp
-            draws = _draws(pred, sel)
-            q = np.nanquantile(draws, [lo, 0.5, hi], axis=0)
-            a = axes[i]
-            a.fill_between(times, q[0], q[2], alpha=0.3, color="C0",
-                           label=f"{int(interval * 100)}% posterior predictive")
-            a.plot(times, q[1], color="C0", lw=1.5, label="posterior predictive median")
-            group = idata["posterior_predictive"]
-            corrected = "corrected" in group
-            if "mu" in group:
-                mu = _draws(group["mu"], sel)
-                a.plot(times, np.nanmedian(mu, axis=0), color="C1", lw=1, ls="--",
-                       label="simulator median" if corrected else "model (noise-free) median")
-            if corrected:
-                c = np.nanquantile(_draws(group["corrected"], sel), [lo, 0.5, hi], axis=0)
-                a.plot(times, c[1], color="C2", lw=1.2, label="simulator + discrepancy median")
-                a.fill_between(times, c[0], c[2], alpha=0.25, color="C2")
-            a.plot(times, obs.sel(sel).values, "o", color="k", ms=4, label="data")
-            a.set_ylabel(name if exp is None else f"{name} ({exp})")
-            i += 1
+    group = idata["posterior_predictive"]
+    corrected = "corrected" in group
+    for a, (label, sel) in zip(axes, panels):
+        q = np.nanquantile(_draws(pred, sel), [lo, 0.5, hi], axis=0)
+        a.fill_between(times, q[0], q[2], alpha=0.3, color="C0",
+                       label=f"{int(interval * 100)}% posterior predictive")
+        a.plot(times, q[1], color="C0", lw=1.5, label="posterior predictive median")
+        if "mu" in group:
+            mu = _draws(group["mu"], sel)
+            a.plot(times, np.nanmedian(mu, axis=0), color="C1", lw=1, ls="--",
+                   label="simulator median" if corrected else "model (noise-free) median")
+        if corrected:
+            c = np.nanquantile(_draws(group["corrected"], sel), [lo, 0.5, hi], axis=0)
+            a.plot(times, c[1], color="C2", lw=1.2, label="simulator + discrepancy median")
+            a.fill_between(times, c[0], c[2], alpha=0.25, color="C2")
+        a.plot(times, obs.sel(sel).values, "o", color="k", ms=4, label="data")
+        a.set_ylabel(label)
     axes[0].legend(loc="upper right", fontsize="small")
     axes[-1].set_xlabel("time")
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def _panels(obs):
+    """One `(label, selection)` per observable and experiment of the observed data."""
+    observables = list(obs["observable"].values)
+    experiments = list(obs["experiment"].values) if "experiment" in obs.dims else [None]
+    return [
+        (name if exp is None else f"{name} ({exp})",
+         {"observable": name} if exp is None else {"observable": name, "experiment": exp})
+        for exp in experiments
+        for name in observables
+    ]
 
 
 def _draws(da, sel):
@@ -86,34 +89,27 @@ def plot_discrepancy(idata, *, path=None, interval=0.9, group=None):
     if "discrepancy" not in pred:
         raise ValueError(f"plot_discrepancy needs a model with a discrepancy; {group} has no discrepancy")
     obs = idata["observed_data"]["y"]
-    observables = list(obs["observable"].values)
-    experiments = list(obs["experiment"].values) if "experiment" in obs.dims else [None]
-    n = len(observables) * len(experiments)
+    panels = _panels(obs)
+    n = len(panels)
     fig, axes = plt.subplots(2, n, figsize=(5.5 * n, 5.5), squeeze=False, sharex="col",
                              gridspec_kw={"height_ratios": [2, 1]})
     lo, hi = (1 - interval) / 2, 1 - (1 - interval) / 2
     times = pred["time"].values
-    j = 0
-    for exp in experiments:
-        for name in observables:
-            sel = {"observable": name}
-            if exp is not None:
-                sel["experiment"] = exp
-            top, bottom = axes[0, j], axes[1, j]
-            for var, colour, label in (("mu", "C1", "simulator"),
-                                       ("corrected", "C2", "simulator + discrepancy")):
-                q = np.nanquantile(_draws(pred[var], sel), [lo, 0.5, hi], axis=0)
-                top.fill_between(times, q[0], q[2], alpha=0.25, color=colour)
-                top.plot(times, q[1], color=colour, lw=1.5, label=f"{label} ({int(interval * 100)}%)")
-            top.plot(obs["time"].values, obs.sel(sel).values, "o", color="k", ms=4, label="data")
-            top.set_ylabel(name if exp is None else f"{name} ({exp})")
-            q = np.nanquantile(_draws(pred["discrepancy"], sel), [lo, 0.5, hi], axis=0)
-            bottom.fill_between(times, q[0], q[2], alpha=0.3, color="C3")
-            bottom.plot(times, q[1], color="C3", lw=1.5, label="discrepancy delta")
-            bottom.axhline(0.0, color="grey", lw=0.8)
-            bottom.set_xlabel("time")
-            bottom.set_ylabel("delta")
-            j += 1
+    for j, (label, sel) in enumerate(panels):
+        top, bottom = axes[0, j], axes[1, j]
+        for var, colour, legend in (("mu", "C1", "simulator"),
+                                    ("corrected", "C2", "simulator + discrepancy")):
+            q = np.nanquantile(_draws(pred[var], sel), [lo, 0.5, hi], axis=0)
+            top.fill_between(times, q[0], q[2], alpha=0.25, color=colour)
+            top.plot(times, q[1], color=colour, lw=1.5, label=f"{legend} ({int(interval * 100)}%)")
+        top.plot(obs["time"].values, obs.sel(sel).values, "o", color="k", ms=4, label="data")
+        top.set_ylabel(label)
+        q = np.nanquantile(_draws(pred["discrepancy"], sel), [lo, 0.5, hi], axis=0)
+        bottom.fill_between(times, q[0], q[2], alpha=0.3, color="C3")
+        bottom.plot(times, q[1], color="C3", lw=1.5, label="discrepancy delta")
+        bottom.axhline(0.0, color="grey", lw=0.8)
+        bottom.set_xlabel("time")
+        bottom.set_ylabel("delta")
     axes[0, 0].legend(fontsize="small")
     axes[1, 0].legend(fontsize="small")
     fig.tight_layout()
