@@ -190,6 +190,13 @@ def test_constrained_prediction_is_exact_at_the_constraint():
     delta = pred["discrepancy"].values
     assert np.all(np.abs(delta[..., 0, 0]) < 1e-3 * np.sqrt(VAR))
     assert np.std(delta[..., 1, 0]) > 1e-3
+    with pytest.raises(ValueError, match="times must be sorted in increasing order"):
+        res.predict(np.array([2.0, 1.0]))
+    with pytest.raises(ValueError, match="times must be a non-empty 1-D array; got shape"):
+        res.predict(np.zeros((2, 2)))
+    loaded = probde.InferenceResult(res.idata)  # as from probde.load(path) without the model
+    with pytest.raises(ValueError, match=r"predict needs the model and data.*probde.load\(path, model=model"):
+        loaded.predict(np.array([1.0]))
 
 
 def test_latent_discrepancy_with_count_data():
