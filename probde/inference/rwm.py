@@ -1,0 +1,451 @@
+"""`probde.RandomWalkMetropolis`: adaptive random-walk Metropolis, exact with noisy
+(pseudo-marginal) likelihood estimates."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax, random
+from jax.flatten_util import ravel_pytree
+
+from numpyro import handlers
+from numpyro.infer import MCMC, init_to_uniform
+from numpyro.infer.hmc_util import build_adaptation_schedule
+from numpyro.infer.mcmc import MCMCKernel
+from numpyro.infer.util import initialize_model, potential_energy
+from numpyro.util import is_prng_key
+
+from .methods import _CHAIN_METHODS, AbstractMethod, _positive_int
+
+# numpyro state fields collected per transition and the ArviZ sample_stats names they become.
+_EXTRA_FIELDS = {
+    "potential_energy": "lp",
+    "accept_prob": "acceptance_rate",
+    "step_size": "step_size",
+}
+# Robbins-Monro gain (t + 1)^-RM_DECAY for log(scale); 1/2 < RM_DECAY <= 1.
+_RM_DECAY = 0.6
+# Windowed covariance regularisation (Stan's): n/(n+5) S + 1e-3 * 5/(n+5) I.
+_SHRINK_N = 5.0
+_SHRINK_TARGET = 1e-3
+
+
+class RWMState(NamedTuple):
+    """State of `RandomWalkMetropolisKernel` (one chain; with `chain_method="vectorized"`
+    every field has a leading chain dimension).
+
+    - `i`: iteration (warmup and sampling together).
+    - `z`: unconstrained latent values (a dict keyed by site names).
+    - `potential_energy`: the kept estimate of -log density at `z`. With a random
+      (pseudo-marginal) likelihood this is the estimate drawn when `z` was proposed; it is
+      never recomputed.
+    - `accept_prob`: min(1, exp(log ratio)) of the transition that produced this state.
+    - `mean_accept_prob`: running mean of `accept_prob` (reset when sampling starts).
+    - `step_size`: the proposal scale used by that transition.
+    - `log_scale`, `log_scale_avg`, `rm_count`: Robbins-Monro adaptation of log(scale),
+      its running (Polyak) average and the step count since the last reset.
+    - `cov_chol`: Cholesky factor of the proposal covariance.
+    - `wf_mean`, `wf_m2`, `wf_n`: Welford accumulators of the current adaptation window.
+    - `rng_key`: the chain's key.
+    """
+
+    i: Any
+    z: Any
+    potential_energy: Any
+    accept_prob: Any
+    mean_accept_prob: Any
+    step_size: Any
+    log_scale: Any
+    log_scale_avg: Any
+    rm_count: Any
+    cov_chol: Any
+    wf_mean: Any
+    wf_m2: Any
+    wf_n: Any
+    rng_key: Any
+
+
+class RandomWalkMetropolisKernel(MCMCKernel):
+    """numpyro `MCMCKernel` for adaptive Gaussian random-walk Metropolis on a numpyro model.
+
+    Every log-density evaluation runs the model under a fresh PRNG key (what
+    `numpyro.prng_key()` returns inside the model), and the current state's estimate is
+    kept, so with an unbiased likelihood estimate the chain targets the exact posterior
+    (pseudo-marginal MCMC). Use through `probde.RandomWalkMetropolis`, or directly with
+    `numpyro.infer.MCMC`. The potential at unconstrained `z` with key `k` is
+    `numpyro.infer.util.potential_energy(handlers.seed(model, k), args, kwargs, z)`.
+    """
+
+    sample_field = "z"
+
+    def __init__(self, model, *, target_accept=0.234, init_strategy=None):
+        self._model = model
+        self._target_accept = float(target_accept)
+        self._init_strategy = init_to_uniform() if init_strategy is None else init_strategy
+        self._sample_fn = None
+        self._postprocess_fn = None
+        self._unravel = None
+        self._param_values = {}
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def default_fields(self):
+        return ("z",)
+
+    def get_diagnostics_str(self, state):
+        return f"scale {float(state.step_size):.2e}. acc. prob={float(state.mean_accept_prob):.2f}"
+
+    def postprocess_fn(self, model_args, model_kwargs):
+        if self._postprocess_fn is None:
+            raise RuntimeError(
+                "RandomWalkMetropolisKernel.init must be called before postprocess_fn"
+            )
+        return self._postprocess_fn(*model_args, **model_kwargs)
+
+    # ------------------------------------------------------------------ log density
+    def _potential(self, x, key, model_args, model_kwargs):
+        """-log density at flat unconstrained `x`, with the model's randomness from `key`."""
+        model = handlers.seed(self._model, rng_seed=key)
+        if self._param_values:
+            model = handlers.substitute(model, data=self._param_values)
+        pe = potential_energy(model, model_args, model_kwargs, self._unravel(x))
+        # Non-finite values (failed solves, impossible predictions, NaN) are rejections.
+        return jnp.where(jnp.isfinite(pe), pe, jnp.inf)
+
+    # ------------------------------------------------------------------------ init
+    def find_initial_params(self, rng_key, model_args=(), model_kwargs=None):
+        """Feasible unconstrained starting points (a batch of them for a batch of keys), drawn
+        by this kernel's `init_strategy`; numpyro's RuntimeError when there is none. Also
+        prepares the kernel for this model (postprocessing, `param` sites)."""
+        model_kwargs = {} if model_kwargs is None else model_kwargs
+        info = initialize_model(
+            rng_key,
+            self._model,
+            init_strategy=self._init_strategy,
+            dynamic_args=True,
+            model_args=model_args,
+            model_kwargs=model_kwargs,
+            validate_grad=False,
+        )
+        for name, site in info.model_trace.items():
+            latent = site["type"] == "sample" and not site["is_observed"]
+            if latent and site["fn"].support.is_discrete:
+                raise ValueError(
+                    "RandomWalkMetropolis samples continuous parameters only; the model's site "
+                    f"{name!r} is a discrete latent variable"
+                )
+        self._postprocess_fn = info.postprocess_fn
+        self._param_values = {
+            k: site["value"]
+            for k, site in info.model_trace.items()
+            if site["type"] in ("param", "mutable")
+        }
+        return info.param_info.z
+
+    def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
+        model_kwargs = {} if model_kwargs is None else model_kwargs
+        vectorized = not is_prng_key(rng_key)
+        if vectorized:
+            keys = jax.vmap(random.split)(rng_key)
+            key_init, key_state = keys[:, 0], keys[:, 1]
+        else:
+            key_init, key_state = random.split(rng_key)
+        # Given starting points and a kernel already prepared (by `find_initial_params`)
+        # need no search and no further trace of the model.
+        if init_params is None or self._postprocess_fn is None:
+            found = self.find_initial_params(key_init, model_args, model_kwargs)
+            init_params = found if init_params is None else init_params
+        z0 = init_params
+        proto = jax.tree.map(lambda v: v[0], z0) if vectorized else z0
+        x_proto, self._unravel = ravel_pytree(proto)
+        dim = int(x_proto.size)
+        dtype = x_proto.dtype
+        init_log_scale = math.log(2.38 / math.sqrt(max(dim, 1)))
+        schedule = build_adaptation_schedule(num_warmup)
+        slow = schedule[1:-1]  # the covariance windows, between the fast start and end
+        slow_start = slow[0].start if slow else -1
+        slow_end = slow[-1].end if slow else -1
+        slow_ends = jnp.asarray([w.end for w in slow] or [-1], dtype=jnp.int32)
+        target = self._target_accept
+
+        def init_one(z, key):
+            key, key_pe = random.split(key)
+            x, _ = ravel_pytree(z)
+            pe = self._potential(x, key_pe, model_args, model_kwargs)
+            zero = jnp.zeros((), dtype)
+            return RWMState(
+                i=jnp.zeros((), jnp.int32),
+                z=z,
+                potential_energy=pe,
+                accept_prob=zero,
+                mean_accept_prob=zero,
+                step_size=jnp.exp(jnp.asarray(init_log_scale, dtype)),
+                log_scale=jnp.asarray(init_log_scale, dtype),
+                log_scale_avg=jnp.asarray(init_log_scale, dtype),
+                rm_count=jnp.zeros((), jnp.int32),
+                cov_chol=jnp.eye(dim, dtype=dtype),
+                wf_mean=jnp.zeros((dim,), dtype),
+                wf_m2=jnp.zeros((dim, dim), dtype),
+                wf_n=jnp.zeros((), jnp.int32),
+                rng_key=key,
+            )
+
+        def transition(state, model_args, model_kwargs):
+            i = state.i
+            key, key_eps, key_pe, key_u = random.split(state.rng_key, 4)
+            x, _ = ravel_pytree(state.z)
+            scale = jnp.exp(state.log_scale)
+            eps = random.normal(key_eps, x.shape, dtype)
+            x_prop = x + scale * (state.cov_chol @ eps)
+            # A fresh estimate at the proposal; the current one is kept (pseudo-marginal).
+            pe_prop = self._potential(x_prop, key_pe, model_args, model_kwargs)
+            log_ratio = jnp.where(jnp.isfinite(pe_prop), state.potential_energy - pe_prop, -jnp.inf)
+            accept_prob = jnp.exp(jnp.minimum(log_ratio, 0.0))
+            accept = random.uniform(key_u, (), dtype) < accept_prob
+            x_new = jnp.where(accept, x_prop, x)
+            pe_new = jnp.where(accept, pe_prop, state.potential_energy)
+
+            # Robbins-Monro on log(scale) toward the target acceptance probability, with a
+            # running average of the iterates (frozen at the end of warmup).
+            t = state.rm_count + 1
+            gain = jnp.asarray(t, dtype) ** -_RM_DECAY
+            log_scale = state.log_scale + gain * (accept_prob - target)
+            log_scale_avg = state.log_scale_avg + (log_scale - state.log_scale_avg) / t
+
+            # Welford accumulation of the draws in the slow (covariance) windows.
+            in_slow = (i >= slow_start) & (i <= slow_end)
+            wf_n = state.wf_n + in_slow.astype(jnp.int32)
+            delta = x_new - state.wf_mean
+            mean_upd = state.wf_mean + delta / jnp.maximum(wf_n, 1).astype(dtype)
+            wf_mean = jnp.where(in_slow, mean_upd, state.wf_mean)
+            m2_upd = state.wf_m2 + jnp.outer(delta, x_new - mean_upd)
+            wf_m2 = jnp.where(in_slow, m2_upd, state.wf_m2)
+
+            def end_window(carry):
+                chol, mean, m2, n, _, _, _ = carry
+                nf = n.astype(dtype)
+                cov = m2 / jnp.maximum(nf - 1.0, 1.0)
+                cov = (nf / (nf + _SHRINK_N)) * cov + (
+                    _SHRINK_TARGET * _SHRINK_N / (nf + _SHRINK_N)
+                ) * jnp.eye(dim, dtype=dtype)
+                new_chol = jnp.linalg.cholesky(cov)
+                new_chol = jnp.where(jnp.all(jnp.isfinite(new_chol)), new_chol, chol)
+                ls0 = jnp.asarray(init_log_scale, dtype)
+                return (new_chol, jnp.zeros_like(mean), jnp.zeros_like(m2), jnp.zeros_like(n),
+                        ls0, ls0, jnp.zeros((), jnp.int32))
+
+            carry = (state.cov_chol, wf_mean, wf_m2, wf_n, log_scale, log_scale_avg, t)
+            at_window_end = jnp.any(i == slow_ends)
+            carry = lax.cond(at_window_end, end_window, lambda c: c, carry)
+            cov_chol, wf_mean, wf_m2, wf_n, log_scale, log_scale_avg, rm_count = carry
+            # Sampling uses the averaged scale of the last adaptation stretch.
+            log_scale = jnp.where(i == num_warmup - 1, log_scale_avg, log_scale)
+
+            warm = i < num_warmup
+            adapted = (log_scale, log_scale_avg, rm_count, cov_chol, wf_mean, wf_m2, wf_n)
+            frozen = (state.log_scale, state.log_scale_avg, state.rm_count, state.cov_chol,
+                      state.wf_mean, state.wf_m2, state.wf_n)
+            (log_scale, log_scale_avg, rm_count, cov_chol, wf_mean, wf_m2, wf_n) = jax.tree.map(
+                lambda a, b: jnp.where(warm, a, b), adapted, frozen
+            )
+
+            n_mean = jnp.where(warm, i + 1, i - num_warmup + 1).astype(dtype)
+            prev_mean = jnp.where(i == num_warmup, jnp.zeros((), dtype), state.mean_accept_prob)
+            mean_accept_prob = prev_mean + (accept_prob - prev_mean) / n_mean
+
+            return RWMState(
+                i=i + 1,
+                z=self._unravel(x_new),
+                potential_energy=pe_new,
+                accept_prob=accept_prob,
+                mean_accept_prob=mean_accept_prob,
+                step_size=scale,
+                log_scale=log_scale,
+                log_scale_avg=log_scale_avg,
+                rm_count=rm_count,
+                cov_chol=cov_chol,
+                wf_mean=wf_mean,
+                wf_m2=wf_m2,
+                wf_n=wf_n,
+                rng_key=key,
+            )
+
+        if vectorized:
+            state = jax.jit(jax.vmap(init_one))(z0, key_state)
+
+            def sample_fn(state, model_args, model_kwargs):
+                return jax.vmap(lambda s: transition(s, model_args, model_kwargs))(state)
+        else:
+            state = jax.jit(init_one)(z0, key_state)
+            sample_fn = transition
+        self._sample_fn = sample_fn
+        return state
+
+    def sample(self, state, model_args, model_kwargs):
+        model_kwargs = {} if model_kwargs is None else model_kwargs
+        return self._sample_fn(state, model_args, model_kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomWalkMetropolis(AbstractMethod):
+    """Adaptive random-walk Metropolis: gradient-free, and exact with a noisy likelihood.
+
+    Proposals are Gaussian steps in the unconstrained space, `z' = z + scale * L @ eps`.
+    During warmup the proposal covariance `L L^T` is adapted to the draws' covariance
+    (regularised, refreshed at the end of numpyro's doubling windows, starting from the
+    identity) and `log(scale)` by Robbins-Monro toward `target_accept` (starting at
+    `2.38 / sqrt(d)`); both are frozen for sampling.
+
+    **When to use it:** models whose log likelihood is a random, unbiased-in-exp estimate
+    — a particle filter for a stochastic model — and models that cannot be differentiated.
+    Each log-density evaluation runs the model under a fresh key (`numpyro.prng_key()`
+    inside the model draws from it) and the current state's estimate is kept, never
+    recomputed, so with an unbiased likelihood estimate the chain targets the exact
+    posterior (pseudo-marginal MCMC; Andrieu & Roberts 2009). For smooth, deterministic
+    models prefer `probde.NUTS`: random-walk Metropolis needs many more log-density
+    evaluations per effective draw, the more so the more parameters.
+
+    **Main arguments:**
+
+    - `num_chains`, `num_warmup`, `num_samples`: chains, warmup (adaptation) iterations
+      and kept draws per chain. One iteration is one log-density evaluation.
+    - `target_accept`: target mean acceptance probability of the scale adaptation: 0.234
+      is optimal for many parameters and an exact likelihood; with a noisy likelihood the
+      optimum is lower (about 0.07 when the log-likelihood estimate's standard deviation
+      is the efficient 1.8, Sherlock, Thiery, Roberts & Rosenthal 2015).
+
+    **Other arguments:**
+
+    - `chain_method`: `"sequential"`, `"parallel"` (one chain per JAX device),
+      `"vectorized"` (all chains in one vmapped program) or `"auto"` (default): parallel
+      when there are as many devices as chains, else sequential.
+    - `thinning`: keep every `thinning`-th draw.
+    - `init_radius`: chains start at points drawn uniformly in (-r, r) in the unconstrained
+      space; infeasible points are redrawn.
+
+    `sample_stats` gets `lp` (the kept log-density estimate), `acceptance_rate` (each
+    transition's acceptance probability), `step_size` (the proposal scale), and
+    `diverging` (always False) and `n_steps` (always 1) for compatibility with NUTS.
+
+    **Example:**
+
+    ```python
+    >>> import jax.numpy as jnp, numpyro, numpyro.distributions as dist, probde
+    >>> def model(data):
+    ...     mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    ...     numpyro.sample("y", dist.Normal(mu, 1.0), obs=data)
+    >>> data = jnp.array([0.9, 1.4, 1.1, 0.7, 1.2])
+    >>> method = probde.RandomWalkMetropolis(num_chains=1, num_warmup=500, num_samples=1000)
+    >>> result = probde.infer(model, data, method, seed=0, num_prior_samples=0)
+    >>> 0.7 < float(result.idata.posterior["mu"].mean()) < 1.1  # exact: 5.3 / 6 = 0.88
+    True
+
+    ```
+    """
+
+    num_chains: int = 4
+    num_warmup: int = 2000
+    num_samples: int = 2000
+    thinning: int = 1
+    target_accept: float = 0.234
+    chain_method: str = "auto"
+    init_radius: float = 2.0
+
+    def __post_init__(self):
+        for name in ("num_chains", "num_samples", "thinning"):
+            _positive_int(name, getattr(self, name))
+        if (not isinstance(self.num_warmup, int) or isinstance(self.num_warmup, bool)
+                or self.num_warmup < 0):
+            raise ValueError(f"num_warmup must be a non-negative integer; got {self.num_warmup!r}")
+        if (not isinstance(self.target_accept, (int, float)) or isinstance(self.target_accept, bool)
+                or not 0 < self.target_accept < 1):
+            raise ValueError(f"target_accept must be in (0, 1); got {self.target_accept!r}")
+        if not isinstance(self.chain_method, str) or self.chain_method not in _CHAIN_METHODS:
+            raise ValueError(
+                f"chain_method must be one of {_CHAIN_METHODS}; got {self.chain_method!r}"
+            )
+        if (not isinstance(self.init_radius, (int, float)) or isinstance(self.init_radius, bool)
+                or not 0 < self.init_radius < math.inf):
+            raise ValueError(
+                f"init_radius must be a positive finite number; got {self.init_radius!r}"
+            )
+
+    def resolved_chain_method(self) -> str:
+        """The chain method used on this machine."""
+        if self.chain_method != "auto":
+            return self.chain_method
+        if self.num_chains > 1 and jax.local_device_count() >= self.num_chains:
+            return "parallel"
+        return "sequential"
+
+    def kernel(self, model_fn) -> RandomWalkMetropolisKernel:
+        """The numpyro kernel these options describe, for `model_fn`."""
+        return RandomWalkMetropolisKernel(
+            model_fn,
+            target_accept=self.target_accept,
+            init_strategy=init_to_uniform(radius=self.init_radius),
+        )
+
+    def mcmc(
+        self, model_fn, *, progress_bar: bool = False, chain_method: str | None = None
+    ) -> MCMC:
+        """The numpyro `MCMC` object `run` uses."""
+        return self._mcmc(self.kernel(model_fn), progress_bar, chain_method)
+
+    def _mcmc(self, kernel, progress_bar, chain_method=None):
+        return MCMC(
+            kernel,
+            num_warmup=self.num_warmup,
+            num_samples=self.num_samples,
+            num_chains=self.num_chains,
+            thinning=self.thinning,
+            chain_method=chain_method or self.resolved_chain_method(),
+            progress_bar=progress_bar,
+        )
+
+    def _initial_points(self, kernel, key, model_kwargs):
+        """Feasible unconstrained starting points, one per chain (leading chain dimension
+        when `num_chains > 1`); a clear RuntimeError when there are none."""
+        keys = random.split(key, self.num_chains)
+        try:
+            return kernel.find_initial_params(
+                keys if self.num_chains > 1 else keys[0], model_kwargs=model_kwargs
+            )
+        except RuntimeError as err:
+            if "Cannot find valid initial parameters" not in str(err):
+                raise
+            raise RuntimeError(
+                "RandomWalkMetropolis found no feasible starting point: at every one of 100 "
+                f"points drawn uniformly in (-{self.init_radius}, {self.init_radius}) in the "
+                "unconstrained space (for some chain) the solve failed, a prediction was "
+                "impossible for the noise model, or the log density was not finite. Check the "
+                "priors and initial_state against the data's scale, raise "
+                "Solver(max_steps=...), or use a stiff solver such as diffrax.Kvaerno5()"
+            ) from err
+
+    def run(self, model_fn, key, *, progress_bar, model_kwargs):
+        key_init, key_run = random.split(key)
+        kernel = self.kernel(model_fn)
+        # Starting points are found here, outside any chain transformation, so that an
+        # infeasible model is a clear error with every chain method (under pmap numpyro
+        # cannot check); this also prepares the kernel, so chains do not trace the model again.
+        init_params = self._initial_points(kernel, key_init, model_kwargs)
+        mcmc = self._mcmc(kernel, progress_bar)
+        mcmc.run(
+            key_run, init_params=init_params, extra_fields=tuple(_EXTRA_FIELDS), **model_kwargs
+        )
+        samples = mcmc.get_samples(group_by_chain=True)
+        extra = mcmc.get_extra_fields(group_by_chain=True)
+        stats = {_EXTRA_FIELDS[k]: v for k, v in extra.items()}
+        stats["lp"] = -stats["lp"]
+        shape = stats["lp"].shape
+        stats["diverging"] = jnp.zeros(shape, dtype=bool)
+        stats["n_steps"] = jnp.ones(shape, dtype=jnp.int32)
+        return samples, stats
