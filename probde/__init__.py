@@ -9,8 +9,18 @@ from .discrepancy import (
     GPEmulator,
     MarkovGPDiscrepancy,
 )
-from .dynamics import ODE, ForwardSensitivity, Solver, Trajectory, solve
-from .inference import NUTS, InferenceResult, infer, load, log_likelihood
+from .dynamics import ODE, SDE, ForwardSensitivity, Solver, Trajectory, simulate, solve
+from .inference import (
+    EKF,
+    NUTS,
+    UKF,
+    InferenceResult,
+    ParticleFilter,
+    RandomWalkMetropolis,
+    infer,
+    load,
+    log_likelihood,
+)
 from .model import Model
 from .observations import TimeSeries
 
@@ -18,17 +28,22 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Constraint",
+    "EKF",
     "EmulatorDiagnostics",
     "GPDiscrepancy",
     "GPEmulator",
     "MarkovGPDiscrepancy",
     "ODE",
+    "ParticleFilter",
+    "SDE",
     "ForwardSensitivity",
     "InferenceResult",
     "Model",
     "NUTS",
+    "RandomWalkMetropolis",
     "Solver",
     "TimeSeries",
+    "UKF",
     "Trajectory",
     "datasets",
     "infer",
@@ -36,6 +51,7 @@ __all__ = [
     "load",
     "log_likelihood",
     "noise",
+    "simulate",
     "sobol",
     "solve",
 ]

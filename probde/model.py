@@ -17,8 +17,10 @@ from .discrepancy.emulator import GPEmulator
 from .discrepancy.gp import GPDiscrepancy, MarkovGPDiscrepancy, NoDiscrepancy
 from .discrepancy.marginal import MarginalGP
 from .dynamics import ODE, Solver, solve
+from .dynamics.sde import SDE, AbstractLikelihood
 from .noise import AbstractObservation
 from .observations import TimeSeries
+from ._sde_model import check_sde_model, gaussian_initial, initial_mean, sde_initial, sde_model_fn
 
 # Names of the bookkeeping sites the model records; `probde.infer` moves them out of the
 # posterior (solver statistics go to sample_stats, trajectories to the predictive groups).
@@ -126,11 +128,13 @@ class Model:
         dims: Mapping[str, Sequence[str]] | None = None,
         emulation: str = "modular",
     ):
-        if not isinstance(dynamics, (ODE, GPEmulator)):
+        if not isinstance(dynamics, (ODE, SDE, GPEmulator)):
             raise TypeError(
-                f"dynamics must be a probde.ODE or a probde.GPEmulator; got {describe(dynamics)}"
+                "dynamics must be a probde.ODE, a probde.SDE or a probde.GPEmulator; got "
+                f"{describe(dynamics)}"
             )
         self.dynamics = dynamics
+        self.sde = dynamics if isinstance(dynamics, SDE) else None
         self.emulator = dynamics if isinstance(dynamics, GPEmulator) else None
         if emulation not in ("modular", "joint"):
             raise ValueError(f"emulation must be 'modular' or 'joint'; got {emulation!r}")
@@ -148,11 +152,17 @@ class Model:
             self._check_emulator(initial_state, discrepancy)
         if discrepancy is not None and self.observables is not None:
             discrepancy.check_model(self.observables, self.observation)
-        if likelihood is not None:
-            raise NotImplementedError(
-                "filtering likelihoods (for SDEs) are not available in this version of probde; "
-                f"pass likelihood=None (got {describe(likelihood)})"
+        if self.sde is None and likelihood is not None:
+            raise ValueError(
+                "likelihood is for SDE models (a filter integrating out the latent path); "
+                f"an ODE model takes likelihood=None; got {describe(likelihood)}"
             )
+        if self.sde is not None and not isinstance(likelihood, AbstractLikelihood):
+            raise TypeError(
+                "an SDE model needs likelihood=probde.EKF(), probde.UKF() or "
+                f"probde.ParticleFilter(...); got {describe(likelihood)}"
+            )
+        self.likelihood = likelihood
         solver = Solver() if solver is None else solver
         if not isinstance(solver, Solver):
             raise TypeError(f"solver must be a probde.Solver; got {describe(solver)}")
@@ -179,6 +189,8 @@ class Model:
             {} if discrepancy is None else discrepancy.site_names(taken | {DELTA_Z})
         )
         self.dims = {} if dims is None else {k: tuple(v) for k, v in dims.items()}
+        if self.sde is not None:
+            check_sde_model(self)
         clash = set(self.derived) & (taken | set(self.discrepancy_names.values()))
         if clash:
             raise ValueError(f"derived names clash with parameter names: {sorted(clash)}")
@@ -319,6 +331,9 @@ class Model:
                 jax.eval_shape(fn, theta)
             return
         try:
+            if self.sde is not None:
+                self._check_sde_traces(theta)
+                return
             y0 = handlers.seed(self._initial_state, 0)(theta, None)
             S = self.dynamics.num_states
             out = jax.eval_shape(
@@ -342,6 +357,19 @@ class Model:
                 f"initial_state) but params defines no prior for it; params has "
                 f"{sorted(self.params)}"
             ) from None
+
+    def _check_sde_traces(self, theta):
+        x0 = initial_mean(self, theta)
+        self.sde.check(x0, theta)
+        if self.likelihood.gaussian:
+            gaussian_initial(sde_initial(self, theta), self.sde.num_states,
+                             type(self.likelihood).__name__)
+        if callable(self.observe):
+            h = jax.eval_shape(self.observe, x0, theta)
+            if len(h.shape) != 1:
+                raise ValueError(f"observe(y, theta) must return a 1-D array; got shape {h.shape}")
+        for fn in self.derived.values():
+            jax.eval_shape(fn, theta)
 
     # --------------------------------------------------------------------- pieces
     @property
@@ -441,7 +469,10 @@ class Model:
             raise ValueError(f"experiment names must be unique; got {names}")
         if callable(self.observe):
             theta = self._example_theta()
-            y0 = handlers.seed(self._initial_state, 0)(theta, None)
+            if self.sde is not None:
+                y0 = initial_mean(self, theta)[None]
+            else:
+                y0 = handlers.seed(self._initial_state, 0)(theta, None)
             h = jax.eval_shape(self.observe, y0[0], theta)
             if h.shape != (len(observables),):
                 raise ValueError(
@@ -519,6 +550,12 @@ class Model:
         `on_failure(rejected)` is called under `jax.debug.callback` with the per-evaluation
         rejection flag (used by `probde.infer` to count failures).
         """
+        if self.sde is not None:
+            if predict_times is not None:
+                raise NotImplementedError(
+                    "predictions at new times are not available for SDE models in this version"
+                )
+            return sde_model_fn(self, data, on_failure=on_failure)
         times = jnp.asarray(data.times, dtype=jnp.result_type(float))
         # Each experiment starts at its own first time (or the model's t0). Save times before
         # an experiment's start are clipped to it; they are masked (no data there).

@@ -1,7 +1,8 @@
-"""Dynamics: ODE definitions, solver options and `solve`."""
+"""Dynamics: ODE and SDE definitions, sample paths, solver options and `solve`."""
 
 from .ode import ODE
+from .sde import SDE, AbstractLikelihood, simulate
 from .solve import Trajectory, solve
 from .solver import ForwardSensitivity, Solver
 
-__all__ = ["ODE", "ForwardSensitivity", "Solver", "Trajectory", "solve"]
+__all__ = ["AbstractLikelihood", "ODE", "SDE", "simulate", "ForwardSensitivity", "Solver", "Trajectory", "solve"]

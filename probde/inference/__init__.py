@@ -1,9 +1,23 @@
-"""Inference: `infer`, methods (`NUTS`), results (`InferenceResult`, `load`) and
-`log_likelihood`."""
+"""Inference: `infer`, methods (`NUTS`, `RandomWalkMetropolis`), results (`InferenceResult`,
+`load`) and `log_likelihood`."""
 
+from .filters import EKF, UKF
 from .infer import infer
 from .likelihood import log_likelihood
 from .methods import NUTS, AbstractMethod
+from .particle import ParticleFilter
 from .result import InferenceResult, load
+from .rwm import RandomWalkMetropolis
 
-__all__ = ["AbstractMethod", "InferenceResult", "NUTS", "infer", "load", "log_likelihood"]
+__all__ = [
+    "AbstractMethod",
+    "EKF",
+    "ParticleFilter",
+    "UKF",
+    "InferenceResult",
+    "NUTS",
+    "RandomWalkMetropolis",
+    "infer",
+    "load",
+    "log_likelihood",
+]

@@ -12,7 +12,13 @@ from numpyro import handlers
 from numpyro.infer import log_likelihood as _numpyro_log_likelihood
 
 from .._checks import describe
-from ..discrepancy.marginal import MarginalGP
+from .._sde_model import (
+    FILTERED_COV,
+    FILTERED_MEAN,
+    SMOOTHED_COV,
+    SMOOTHED_MEAN,
+    STATE_SITES,
+)
 from ..model import (
     CORRECTED,
     DELTA,
@@ -121,7 +127,18 @@ def _by_chain(samples, num_chains):
     return {k: np.asarray(v).reshape((num_chains, -1) + v.shape[1:]) for k, v in samples.items()}
 
 
+def _check_method(model, method):
+    if model.sde is not None and model.likelihood.needs_key and isinstance(method, NUTS):
+        raise ValueError(
+            f"{type(model.likelihood).__name__} gives a random, non-differentiable estimate "
+            "of the likelihood, which NUTS cannot use; pass "
+            "method=probde.RandomWalkMetropolis(...) (exact pseudo-marginal MCMC), or use "
+            "likelihood=probde.EKF() / probde.UKF() with NUTS"
+        )
+
+
 def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, progress_bar):
+    _check_method(model, method)
     prepared = model.prepare(data)
     counter = FailureCounter()
     fn_count = model.numpyro_model(prepared, on_failure=counter)
@@ -149,7 +166,12 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
     for k in pred_sites:
         post_pred[k] = np.where(active, post_pred[k], np.nan)
     loglik = pointwise_log_likelihood(fn, flat)
-    loglik = np.where(prepared.mask, np.asarray(loglik), np.nan)
+    if loglik is not None:
+        loglik = np.where(prepared.mask, np.asarray(loglik), np.nan)
+        loglik = {OBSERVED: loglik.reshape((num_chains, -1) + loglik.shape[1:])}
+    states = None
+    if model.sde is not None:
+        states = _latent_states(fn, flat, key_post, num_chains)
 
     prior = prior_pred = None
     if num_prior:
@@ -173,21 +195,37 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
             OBSERVED: post_pred[OBSERVED].reshape((num_chains, -1) + post_pred[OBSERVED].shape[1:]),
             **_by_chain({k: post_pred[k] for k in pred_sites if k != OBSERVED}, num_chains),
         },
-        log_likelihood={OBSERVED: loglik.reshape((num_chains, -1) + loglik.shape[1:])},
+        log_likelihood=loglik,
         prior=prior,
         prior_predictive=prior_pred,
         solver_failures=failures,
+        states=states,
     )
     _warn(idata, failures, model)
     return InferenceResult(idata, model=model, data=data)
 
 
-def pointwise_log_likelihood(fn, flat):
-    """`(draws, E, T, O)` pointwise log-likelihood of the observed site `y`.
+def _latent_states(fn, flat, key, num_chains):
+    """Filtered and smoothed state moments per posterior draw (SDE models):
+    `{"filtered_states": {"mean", "cov"}, "smoothed_states": {...}}`, by chain."""
+    out = Predictive(fn, posterior_samples=flat, return_sites=list(STATE_SITES))(
+        key, observed=True, states=True
+    )
+    out = _by_chain({k: np.asarray(v) for k, v in out.items()}, num_chains)
+    groups = {"filtered_states": {"mean": out[FILTERED_MEAN], "cov": out[FILTERED_COV]}}
+    if SMOOTHED_MEAN in out:
+        groups["smoothed_states"] = {"mean": out[SMOOTHED_MEAN], "cov": out[SMOOTHED_COV]}
+    return groups
 
-    Independent noise gives the log density of each value. With a marginalised discrepancy
-    the values are correlated, and the terms are the leave-one-out predictive densities
-    `log p(y_i | y_-i, theta)` (what PSIS-LOO needs for a non-factorised likelihood).
+
+def pointwise_log_likelihood(fn, flat):
+    """`(draws, E, T, O)` pointwise log-likelihood of the observed site `y`, or `None`.
+
+    Independent noise gives the log density of each value. With a marginalised discrepancy,
+    or an SDE whose path a Gaussian filter integrates out, the values are correlated, and
+    the terms are the leave-one-out predictive densities `log p(y_i | y_-i, theta)` (what
+    PSIS-LOO needs for a non-factorised likelihood). The particle filter provides none
+    (`None`).
     """
 
     def one(sample):
@@ -197,11 +235,16 @@ def pointwise_log_likelihood(fn, flat):
             )
         site = tr[OBSERVED]
         d = site["fn"]
-        if isinstance(d, MarginalGP):
+        if hasattr(d, "loo_pointwise"):
             return d.loo_pointwise(site["value"])
         return d.log_prob(site["value"])
 
     n = next(iter(flat.values())).shape[0]
+    with handlers.block(), handlers.seed(rng_seed=0):
+        probe = handlers.trace(fn).get_trace(observed=True)
+    d = probe[OBSERVED]["fn"]
+    if hasattr(d, "loo_pointwise") and d.loo_pointwise(probe[OBSERVED]["value"]) is None:
+        return None
     return jax.jit(lambda f: jax.lax.map(one, f, batch_size=min(n, 64)))(flat)
 
 

@@ -16,12 +16,14 @@ def _latent_names(model: Model, prepared) -> list[str]:
     return [k for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
 
 
-def log_likelihood(model: Model, data, params: dict):
+def log_likelihood(model: Model, data, params: dict, *, seed: int = 0):
     r"""$\log p(\text{data} \mid \text{params})$, summed over all observed values.
 
     Pure and jit-able in `params` (the data and model are fixed): use it to profile,
     optimise or plot the likelihood. A failed solve (or an impossible prediction) gives
-    `-inf`.
+    `-inf`. For an SDE model it is the filter's log-likelihood (the latent path integrated
+    out); with `probde.ParticleFilter` it is the log of an unbiased, random estimate, drawn
+    with `seed`.
 
     **Arguments:**
 
@@ -29,7 +31,8 @@ def log_likelihood(model: Model, data, params: dict):
     - `data`: a `probde.TimeSeries` or a list of them.
     - `params`: dict with exactly the model's latent variable names: the keys of
       `Model(params=...)`, inferred noise parameters (`sigma`, ...) and `initial_state` when
-      the initial state is a distribution.
+      the initial state is a distribution (ODE models).
+    - `seed`: random seed of the particle filter (other likelihoods ignore it).
 
     **Example:**
 
@@ -47,6 +50,8 @@ def log_likelihood(model: Model, data, params: dict):
     """
     if not isinstance(model, Model):
         raise TypeError(f"model must be a probde.Model; got {describe(model)}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an integer; got {describe(seed)}")
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of parameter values; got {describe(params)}")
     prepared = model.prepare(data)
@@ -60,7 +65,7 @@ def log_likelihood(model: Model, data, params: dict):
         )
     fn = model.numpyro_model(prepared)
     with handlers.block():
-        tr = handlers.trace(handlers.substitute(handlers.seed(fn, rng_seed=0), data=params)).get_trace(
+        tr = handlers.trace(handlers.substitute(handlers.seed(fn, rng_seed=seed), data=params)).get_trace(
             observed=True
         )
     site = tr[OBSERVED]

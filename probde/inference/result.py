@@ -53,6 +53,7 @@ def build_datatree(
     prior,
     prior_predictive,
     solver_failures,
+    states=None,
 ):
     """Assemble the DataTree with named dims and coordinates (internal)."""
     dims: dict = {}
@@ -89,7 +90,16 @@ def build_datatree(
 
         posterior_predictive = squeeze(posterior_predictive)
         missing = not data.mask.all()
-        if missing:
+        if states:
+            coords["state_col"] = list(model.dynamics.state_names)
+            states = {name: squeeze(group) for name, group in states.items()}
+            for name, group in states.items():
+                dims_g = {"mean": exp + ["time", "state"], "cov": exp + ["time", "state", "state_col"]}
+                groups[name] = group
+                dims.update(dims_g)
+        if log_likelihood is None:
+            pass
+        elif missing:
             # ArviZ's LOO needs one finite value per observation: keep observed values only,
             # along `obs_id`, with coordinates that say where each one came from.
             log_likelihood = {k: v[:, :, data.mask] for k, v in log_likelihood.items()}
@@ -101,7 +111,8 @@ def build_datatree(
         groups["observed_data"] = {OBSERVED: _squeeze_experiment(data.values, data, 0)}
     if posterior_predictive:
         groups["posterior_predictive"] = posterior_predictive
-    groups["log_likelihood"] = log_likelihood
+    if log_likelihood is not None:
+        groups["log_likelihood"] = log_likelihood
     if prior:
         groups["prior"] = prior
     if prior_predictive:

@@ -1,0 +1,292 @@
+"""Stochastic differential equations: `probde.SDE`, sample paths, and the likelihood interface.
+
+The filters that turn an SDE into a likelihood live in `probde.inference` (a higher layer);
+this module defines what they must provide (`AbstractLikelihood`) so that `probde.Model`
+can call them without importing upward.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from .ode import ODE
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SDE:
+    r"""An Itô stochastic differential equation
+    $dX = f(t, X, \theta)\,dt + L(t, X, \theta)\,dW$, with $W$ a standard Wiener process.
+
+    **Main arguments:**
+
+    - `drift`: `f(t, x, theta) -> (S,)`, written with `jax.numpy`.
+    - `diffusion`: `L(t, x, theta)`: either shape `(S,)` (diagonal noise: one independent
+      Wiener process per state, `L = diag(...)`) or a matrix `(S, W)` (general noise:
+      `W` Wiener processes, possibly correlated across states). The process-noise
+      covariance per unit time is `L L'`.
+    - `state_names`: one name per state.
+
+    **Other arguments:**
+
+    - `linear`: declare that the drift is affine in `x`, `f = A(theta) x + b(theta)`, and
+      the diffusion does not depend on `x` or `t`. The Gaussian filters then use the exact
+      discretisation (matrix exponential, Van Loan 1978) instead of solving the moment
+      equations. probde checks the declaration on a prior draw.
+
+    **Example:**
+
+    ```python
+    >>> import jax.numpy as jnp, probde
+    >>> ou = probde.SDE(lambda t, x, th: -th["k"] * x,
+    ...                 lambda t, x, th: jnp.array([th["s"]]), state_names=("x",),
+    ...                 linear=True)
+    >>> ou.num_states
+    1
+
+    ```
+    """
+
+    drift: Callable
+    diffusion: Callable
+    state_names: tuple[str, ...]
+    linear: bool = False
+
+    def __post_init__(self):
+        for name in ("drift", "diffusion"):
+            fn = getattr(self, name)
+            if not callable(fn):
+                raise TypeError(
+                    f"{name} must be a callable {name[0]}(t, x, theta); got {fn!r} of type "
+                    f"{type(fn).__name__}"
+                )
+        # Reuse ODE's checks of the state names.
+        names = ODE(self.drift, self.state_names).state_names
+        object.__setattr__(self, "state_names", names)
+        if not isinstance(self.linear, bool):
+            raise TypeError(f"linear must be True or False; got {self.linear!r}")
+
+    @property
+    def num_states(self) -> int:
+        """The number of states, `len(state_names)`."""
+        return len(self.state_names)
+
+    @property
+    def vector_field(self):
+        """The drift, so that an SDE can be traced like an ODE (`f(t, x, theta)`)."""
+        return self.drift
+
+    def noise_matrix(self, t, x, theta):
+        """`L(t, x, theta)` as an `(S, W)` matrix (a diagonal diffusion becomes `diag(L)`)."""
+        L = jnp.asarray(self.diffusion(t, x, theta))
+        return jnp.diag(L) if L.ndim == 1 else L
+
+    def check(self, x, theta):
+        """Check the shapes of drift and diffusion at state `x` (raises ValueError)."""
+        S = self.num_states
+        f = jax.eval_shape(lambda y: self.drift(0.0, y, theta), x)
+        if f.shape != (S,):
+            raise ValueError(
+                f"drift must return shape ({S},) (one value per state {self.state_names}); "
+                f"got shape {f.shape}"
+            )
+        L = jax.eval_shape(lambda y: jnp.asarray(self.diffusion(0.0, y, theta)), x)
+        if not (L.shape == (S,) or (len(L.shape) == 2 and L.shape[0] == S and L.shape[1] >= 1)):
+            raise ValueError(
+                f"diffusion must return shape ({S},) (diagonal noise) or ({S}, W) (a matrix "
+                f"with one row per state and one column per Wiener process); got shape {L.shape}"
+            )
+        if self.linear:
+            self._check_linear(x, theta)
+
+    def _check_linear(self, x, theta):
+        """A declared linear SDE: drift affine in x, diffusion free of x and t."""
+        x = jnp.asarray(x, dtype=jnp.result_type(float))
+        other = x + 1.0 + jnp.arange(x.shape[0], dtype=x.dtype)
+        jac = jax.jacfwd(self.drift, argnums=1)
+        A1, A2 = jac(0.0, x, theta), jac(0.37, other, theta)
+        L1, L2 = self.noise_matrix(0.0, x, theta), self.noise_matrix(0.37, other, theta)
+        tol = 1e-6 * (1.0 + jnp.max(jnp.abs(A1)))
+        if not bool(jnp.all(jnp.abs(A1 - A2) <= tol)):
+            raise ValueError(
+                "linear=True declares a drift A x + b with A constant, but the drift's "
+                "Jacobian changes with x or t; pass linear=False"
+            )
+        if not bool(jnp.all(jnp.abs(L1 - L2) <= 1e-6 * (1.0 + jnp.max(jnp.abs(L1))))):
+            raise ValueError(
+                "linear=True needs a diffusion that depends on neither x nor t; pass "
+                "linear=False"
+            )
+
+    def __hash__(self):
+        return hash((id(self.drift), id(self.diffusion), self.state_names, self.linear))
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, SDE)
+            and other.drift is self.drift
+            and other.diffusion is self.diffusion
+            and other.state_names == self.state_names
+            and other.linear == self.linear
+        )
+
+
+def sde_step(sde: SDE, theta, x, t_start, t_end, key, num_steps: int, solver=None):
+    """Advance one sample path from `t_start` to `t_end` in `num_steps` equal steps.
+
+    The step uses diffrax's SDE machinery (Euler-Maruyama by default; any diffrax SDE
+    solver that works with a fixed step). Returns `(x_end, ok)`. `t_end == t_start`
+    returns `x`.
+    """
+    solver = diffrax.Euler() if solver is None else solver
+    W = sde.noise_matrix(t_start, x, theta).shape[1]
+    brownian = diffrax.UnsafeBrownianPath(shape=(W,), key=key)
+    terms = diffrax.MultiTerm(
+        diffrax.ODETerm(lambda t, y, args: sde.drift(t, y, args)),
+        diffrax.ControlTerm(lambda t, y, args: sde.noise_matrix(t, y, args), brownian),
+    )
+    sol = diffrax.diffeqsolve(
+        terms,
+        solver,
+        t_start,
+        t_end,
+        (t_end - t_start) / num_steps,
+        x,
+        args=theta,
+        stepsize_controller=diffrax.ConstantStepSize(),
+        saveat=diffrax.SaveAt(t1=True),
+        max_steps=num_steps + 2,
+        # UnsafeBrownianPath (fast, fixed steps) supports forward-mode differentiation only;
+        # sample paths are simulated, not differentiated.
+        adjoint=diffrax.ForwardMode(),
+        throw=False,
+    )
+    x_end = sol.ys[-1]
+    ok = (sol.result == diffrax.RESULTS.successful) & jnp.all(jnp.isfinite(x_end))
+    return x_end, ok
+
+
+def simulate(sde: SDE, x0, theta, times, key, *, t0=None, num_steps: int = 20, solver=None):
+    """A sample path of `sde` from `x0` at `t0`, recorded at `times`.
+
+    **Arguments:**
+
+    - `sde`: a `probde.SDE`; `x0`: `(S,)`; `theta`: dict of parameters.
+    - `times`: `(T,)` non-decreasing record times, not before `t0`.
+    - `key`: a JAX random key.
+    - `t0`: start time (default `times[0]`).
+    - `num_steps`: fixed steps between consecutive record times (Euler-Maruyama by
+      default: weak order 1, so the step must be small against the drift's time scale).
+    - `solver`: a diffrax SDE solver for fixed steps, e.g. `diffrax.Heun()` (Stratonovich)
+      or `diffrax.Euler()` (Itô, default).
+
+    **Returns:** `(xs, ok)`: states `(T, S)` and whether every step succeeded.
+
+    **Example:**
+
+    ```python
+    >>> import jax, jax.numpy as jnp, probde
+    >>> ou = probde.SDE(lambda t, x, th: -x, lambda t, x, th: jnp.array([0.5]),
+    ...                 state_names=("x",))
+    >>> xs, ok = probde.simulate(ou, jnp.array([1.0]), {}, jnp.linspace(0.0, 1.0, 5),
+    ...                          jax.random.PRNGKey(0))
+    >>> xs.shape, bool(ok)
+    ((5, 1), True)
+
+    ```
+    """
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a probde.SDE; got {sde!r} of type {type(sde).__name__}")
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer; got {num_steps!r}")
+    times = jnp.asarray(times, dtype=jnp.result_type(float))
+    x0 = jnp.asarray(x0, dtype=times.dtype)
+    if x0.shape != (sde.num_states,):
+        raise ValueError(
+            f"x0 must have shape ({sde.num_states},), one value per state {sde.state_names}; "
+            f"got shape {x0.shape}"
+        )
+    start = times[0] if t0 is None else jnp.asarray(t0, times.dtype)
+    starts = jnp.concatenate([start[None], times[:-1]])
+    keys = jax.random.split(key, times.shape[0])
+
+    def step(carry, inp):
+        x, ok = carry
+        ta, tb, k = inp
+        x_new, ok_step = sde_step(sde, theta, x, ta, tb, k, num_steps, solver)
+        return (x_new, ok & ok_step), x_new
+
+    (_, ok), xs = jax.lax.scan(step, (x0, jnp.array(True)), (starts, times, keys))
+    return xs, ok
+
+
+# ------------------------------------------------------------------ likelihood interface
+class FilterInputs(eqx.Module):
+    """What a filter needs besides the SDE and theta (one experiment).
+
+    - `times` `(T,)`, `t0` (time of the initial state), `values` `(T, O)` (on the noise
+      model's link scale for Gaussian filters; anything where `mask` is False), `mask`
+      `(T, O)`.
+    - `observe(x) -> (O,)`: noise-free prediction of the observables (on the link scale for
+      Gaussian filters).
+    - `noise_var` `(O,)`: Gaussian observation-noise variances (Gaussian filters).
+    - `log_density(prediction (O,), value (O,)) -> (O,)`: pointwise observation log
+      densities (particle filter; any noise model).
+    """
+
+    times: Float[Array, " T"]
+    t0: Float[Array, ""]
+    values: Float[Array, "T O"]
+    mask: Bool[Array, "T O"]
+    observe: Callable = eqx.field(static=True)
+    noise_var: Array | None = None
+    log_density: Callable | None = eqx.field(static=True, default=None)
+
+
+class FilterOutput(eqx.Module):
+    """A filter's result for one experiment.
+
+    - `log_lik`: `log p(y | theta)` (the particle filter: the log of an unbiased estimate).
+    - `ok`: every moment solve / path step succeeded and the result is finite.
+    - `num_steps`: solver steps taken.
+    - `filtered_mean` `(T, S)`, `filtered_cov` `(T, S, S)`: moments of `x(t_k) | y_{1:k}`.
+    - `smoothed_mean`, `smoothed_cov`: moments of `x(t_k) | y_{1:T}` (when requested and
+      available), else `None`.
+    - `pointwise` `(T, O)`: per-observation log-likelihood terms for LOO (leave-one-out
+      predictive densities where the filter provides them), else `None`.
+    """
+
+    log_lik: Float[Array, ""]
+    ok: Bool[Array, ""]
+    num_steps: Int[Array, ""]
+    filtered_mean: Float[Array, "T S"]
+    filtered_cov: Float[Array, "T S S"]
+    smoothed_mean: Float[Array, "T S"] | None = None
+    smoothed_cov: Float[Array, "T S S"] | None = None
+    pointwise: Float[Array, "T O"] | None = None
+
+
+class AbstractLikelihood(abc.ABC):
+    """Extension point: a filter that gives `log p(y | theta)` of a discretely observed SDE.
+
+    `gaussian = True` marks filters that need a Gaussian initial state and Gaussian
+    observation noise on the noise model's link scale (EKF, UKF); the particle filter
+    accepts any noise model and any initial-state distribution.
+    """
+
+    gaussian: bool = True
+    needs_key: bool = False
+
+    @abc.abstractmethod
+    def run(self, sde: SDE, theta, initial, inputs: FilterInputs, solver, key, *,
+            smooth: bool = False) -> FilterOutput:
+        """Filter one experiment. `initial` is `(mean (S,), cov (S, S))` for Gaussian
+        filters and a numpyro distribution of `x(t0)` otherwise; `solver` is the model's
+        `probde.Solver`; `key` a random key (filters that need one)."""

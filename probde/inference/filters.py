@@ -1,0 +1,413 @@
+"""Continuous-discrete Gaussian filters and smoothers: `probde.EKF`, `probde.UKF`.
+
+Between observations the mean and covariance of X follow the moment equations
+(Jazwinski 1970; Särkkä & Solin 2019, ch. 9-10)
+
+    dm/dt = E[f(X)],   dP/dt = Cov(X, f(X)) + Cov(f(X), X) + E[L L'],
+
+with the expectations taken by linearisation at the mean (EKF) or by sigma points (UKF).
+They are solved with diffrax (the model's `probde.Solver`), one solve per interval inside
+a `lax.scan`, so the cost is linear in the number of observations. A declared linear SDE
+(`probde.SDE(..., linear=True)`) is discretised exactly instead (Van Loan 1978).
+
+At each observation the Gaussian update uses the Joseph form (EKF) or the sigma-point
+update (UKF); covariances are symmetrised after every step. Missing components are masked
+with static shapes (their rows of the observation Jacobian are zeroed and their residuals
+set to 0, and their constant is removed from the log-likelihood).
+
+The smoother is the Rauch-Tung-Striebel recursion on the transition's linearisation
+`Phi = d m(t_{k+1}) / d m(t_k)`, solved with the moments (`dPhi/dt = A Phi`, with `A` the
+drift's Jacobian at the mean for the EKF and its statistical linearisation
+`Cov(f(X), X) P^{-1}` for the UKF); exact for linear SDEs.
+
+No JAX library we depend on has continuous-discrete filters (gpjax's Kalman filter is for
+its own discretised GP state-space models, linear and time-invariant), hence this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+
+from ..dynamics.sde import SDE, AbstractLikelihood, FilterInputs, FilterOutput
+
+
+def _sym(P):
+    return 0.5 * (P + jnp.swapaxes(P, -1, -2))
+
+
+def _jitter(P):
+    """A relative jitter for Cholesky factors of covariances that may be singular."""
+    S = P.shape[-1]
+    eps = jnp.finfo(P.dtype).eps
+    return (eps * (1.0 + jnp.trace(P) / S)) * jnp.eye(S, dtype=P.dtype)
+
+
+# --------------------------------------------------------------------------- sigma points
+@dataclasses.dataclass(frozen=True)
+class _SigmaRule:
+    alpha: float
+    beta: float
+    kappa: float
+
+    def weights(self, n: int, dtype):
+        lam = self.alpha**2 * (n + self.kappa) - n
+        c = n + lam
+        wm = jnp.concatenate([jnp.array([lam / c]), jnp.full(2 * n, 0.5 / c)]).astype(dtype)
+        wc = wm.at[0].add(1.0 - self.alpha**2 + self.beta)
+        return wm, wc, math.sqrt(c)
+
+    def points(self, m, P):
+        """Sigma points `(2n + 1, n)` and weights for N(m, P)."""
+        n = m.shape[0]
+        wm, wc, scale = self.weights(n, m.dtype)
+        chol = jnp.linalg.cholesky(_sym(P) + _jitter(P))
+        offsets = scale * jnp.concatenate([chol.T, -chol.T], axis=0)  # (2n, n)
+        X = jnp.concatenate([m[None], m[None] + offsets], axis=0)
+        return X, wm, wc
+
+
+# ---------------------------------------------------------------------- moment equations
+def _ekf_rhs(sde: SDE, theta, with_phi: bool):
+    jac = jax.jacfwd(sde.drift, argnums=1)
+
+    def rhs(t, state, args):
+        m, P = state[0], state[1]
+        F = jac(t, m, theta)
+        L = sde.noise_matrix(t, m, theta)
+        dP = F @ P + P @ F.T + L @ L.T
+        out = (sde.drift(t, m, theta), _sym(dP))
+        if with_phi:
+            out = out + (F @ state[2],)
+        return out
+
+    return rhs
+
+
+def _ukf_rhs(sde: SDE, theta, rule: _SigmaRule, with_phi: bool):
+    def rhs(t, state, args):
+        m, P = state[0], state[1]
+        X, wm, wc = rule.points(m, P)
+        fX = jax.vmap(lambda x: sde.drift(t, x, theta))(X)
+        Ef = wm @ fX
+        dX = X - m
+        C = (dX * wc[:, None]).T @ (fX - Ef)  # Cov(X, f(X))
+        LX = jax.vmap(lambda x: sde.noise_matrix(t, x, theta))(X)
+        LL = jnp.einsum("k,kij,klj->il", wc, LX, LX)
+        out = (Ef, _sym(C + C.T + LL))
+        if with_phi:
+            # Statistical linearisation of the drift, A = Cov(f, X) P^{-1}.
+            Pj = _sym(P) + _jitter(P)
+            A = jsl.cho_solve(jsl.cho_factor(Pj), C).T
+            out = out + (A @ state[2],)
+        return out
+
+    return rhs
+
+
+def _solve_moments(rhs, state, t_start, t_end, solver):
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(rhs),
+        solver.solver,
+        t_start,
+        t_end,
+        solver.dt0,
+        state,
+        stepsize_controller=solver.controller(),
+        saveat=diffrax.SaveAt(t1=True),
+        max_steps=solver.max_steps,
+        adjoint=_adjoint(solver),
+        throw=False,
+    )
+    out = jax.tree.map(lambda a: a[-1], sol.ys)
+    ok = sol.result == diffrax.RESULTS.successful
+    return out, ok, sol.stats["num_steps"]
+
+
+def _adjoint(solver):
+    # probde's ForwardSensitivity wraps whole ODE solves; inside a filter's scan the moment
+    # solves are differentiated by diffrax's own adjoints.
+    adj = solver.adjoint
+    if isinstance(adj, diffrax.AbstractAdjoint):
+        return adj
+    return diffrax.RecursiveCheckpointAdjoint()
+
+
+def _exact_linear(sde: SDE, theta, m, P, t_start, t_end):
+    """Exact transition of a linear SDE over `[t_start, t_end]`: `(m', P', Phi)`.
+
+    `F = expm(A dt)`, offset from the augmented matrix `[[A, b], [0, 0]]`, and
+    `Q = int_0^dt expm(A s) L L' expm(A s)' ds` from Van Loan's block matrix.
+    """
+    S = m.shape[0]
+    zero = jnp.zeros_like(m)
+    A = jax.jacfwd(sde.drift, argnums=1)(t_start, zero, theta)
+    b = sde.drift(t_start, zero, theta)
+    L = sde.noise_matrix(t_start, zero, theta)
+    dt = t_end - t_start
+    top = jnp.concatenate([A, b[:, None]], axis=1)
+    aug = jnp.concatenate([top, jnp.zeros((1, S + 1), m.dtype)], axis=0)
+    E = jsl.expm(aug * dt)
+    F, offset = E[:S, :S], E[:S, S]
+    QC = L @ L.T
+    M = jnp.block([[-A, QC], [jnp.zeros_like(A), A.T]]) * dt
+    G = jsl.expm(M)
+    Q = _sym(G[S:, S:].T @ G[:S, S:])
+    return F @ m + offset, _sym(F @ P @ F.T + Q), F
+
+
+# ------------------------------------------------------------------------- update steps
+def _gaussian_loglik(r, Schol, n_obs):
+    z = jsl.solve_triangular(Schol, r, lower=True)
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(Schol)))
+    return -0.5 * (z @ z + logdet + n_obs * jnp.log(2.0 * jnp.pi))
+
+
+def _ekf_update(m, P, y, mask, h, noise_var):
+    hx = h(m)
+    H = jax.jacfwd(h)(m)
+    H = jnp.where(mask[:, None], H, 0.0)
+    r = jnp.where(mask, y - hx, 0.0)
+    R = jnp.diag(jnp.where(mask, noise_var, 1.0))
+    S = _sym(H @ P @ H.T + R)
+    chol = jnp.linalg.cholesky(S)
+    K = jsl.cho_solve((chol, True), H @ P).T  # P H' S^{-1}
+    IKH = jnp.eye(m.shape[0], dtype=m.dtype) - K @ H
+    Rm = jnp.diag(jnp.where(mask, noise_var, 0.0))
+    P_new = _sym(IKH @ P @ IKH.T + K @ Rm @ K.T)  # Joseph form
+    ll = _gaussian_loglik(r, chol, jnp.sum(mask))
+    return m + K @ r, P_new, ll
+
+
+def _ukf_update(rule: _SigmaRule):
+    def update(m, P, y, mask, h, noise_var):
+        X, wm, wc = rule.points(m, P)
+        Y = jax.vmap(h)(X)
+        yhat = wm @ Y
+        dY = jnp.where(mask[None, :], Y - yhat, 0.0)
+        r = jnp.where(mask, y - yhat, 0.0)
+        R = jnp.diag(jnp.where(mask, noise_var, 1.0))
+        S = _sym((dY * wc[:, None]).T @ dY + R)
+        C = ((X - m) * wc[:, None]).T @ dY  # Cov(X, h(X))
+        chol = jnp.linalg.cholesky(S)
+        K = jsl.cho_solve((chol, True), C.T).T
+        Sm = S - jnp.diag(jnp.where(mask, 0.0, 1.0))  # the masked unit entries carry no gain
+        P_new = _sym(P - K @ Sm @ K.T)
+        ll = _gaussian_loglik(r, chol, jnp.sum(mask))
+        return m + K @ r, P_new, ll
+
+    return update
+
+
+# ----------------------------------------------------------------------------- filter
+def gaussian_filter(predict, update, m0, P0, inputs: FilterInputs, *, with_phi: bool):
+    """Run a continuous-discrete Gaussian filter.
+
+    `predict(m, P, t_start, t_end) -> ((m, P[, Phi]), ok, steps)`; `update(m, P, y, mask, h,
+    var) -> (m, P, loglik)`. Returns the filtered and predicted moments, the transition
+    linearisations (when `with_phi`), the per-time log-likelihood increments, ok and steps.
+    """
+    times = inputs.times
+    starts = jnp.concatenate([inputs.t0[None], times[:-1]])
+
+    def step(carry, inp):
+        m, P, ok, steps = carry
+        ta, tb, y, mask = inp
+        state, ok_k, n = predict(m, P, ta, tb)
+        mp, Pp = state[0], _sym(state[1])
+        Phi = state[2] if with_phi else None
+        mf, Pf, ll = update(mp, Pp, y, mask, inputs.observe, inputs.noise_var)
+        finite = jnp.isfinite(ll) & jnp.all(jnp.isfinite(mf)) & jnp.all(jnp.isfinite(Pf))
+        ok_new = ok & ok_k & finite
+        # After a failure the carry is reset to finite values so that later steps (and
+        # their gradients) stay finite; the whole evaluation is rejected through `ok`.
+        mf = jnp.where(ok_new, mf, m)
+        Pf = jnp.where(ok_new, Pf, P)
+        out = (mf, Pf, mp, Pp, ll) + ((Phi,) if with_phi else ())
+        return (mf, Pf, ok_new, steps + n), out
+
+    init = (m0, _sym(P0), jnp.array(True), jnp.array(0, dtype=jnp.int32))
+    (_, _, ok, steps), outs = jax.lax.scan(
+        step, init, (starts, times, inputs.values, inputs.mask)
+    )
+    return ok, steps, outs
+
+
+def rts_smoother(mf, Pf, mp, Pp, Phi):
+    """Rauch-Tung-Striebel smoother from filtered `(mf, Pf)`, predicted `(mp, Pp)` and the
+    transition linearisations `Phi[k]` (from time k-1 to k); all with leading dim T."""
+
+    def step(carry, inp):
+        ms_next, Ps_next = carry
+        m_f, P_f, m_p_next, P_p_next, Phi_next = inp
+        Pj = _sym(P_p_next) + _jitter(P_p_next)
+        G = jsl.cho_solve(jsl.cho_factor(Pj), Phi_next @ P_f).T  # P_f Phi' P_p^{-1}
+        ms = m_f + G @ (ms_next - m_p_next)
+        Ps = _sym(P_f + G @ (Ps_next - P_p_next) @ G.T)
+        return (ms, Ps), (ms, Ps)
+
+    last = (mf[-1], Pf[-1])
+    _, (ms, Ps) = jax.lax.scan(
+        step, last, (mf[:-1], Pf[:-1], mp[1:], Pp[1:], Phi[1:]), reverse=True
+    )
+    ms = jnp.concatenate([ms, mf[-1:]], axis=0)
+    Ps = jnp.concatenate([Ps, Pf[-1:]], axis=0)
+    return ms, Ps
+
+
+def _loo(mean, var, y, mask, noise_var):
+    """Leave-one-out predictive log densities from the smoothed moments of the predicted
+    observation `(mean, var)` (each `(T, O)`): remove the observation's own information,
+    `1/v_loo = 1/v - 1/r`, `m_loo = v_loo (m/v - y/r)`, then `y ~ N(m_loo, v_loo + r)`."""
+    r = noise_var
+    v_s = jnp.minimum(var, r * (1.0 - 1e-9))  # the posterior variance is below the noise's
+    v_loo = 1.0 / (1.0 / v_s - 1.0 / r)
+    m_loo = v_loo * (mean / v_s - y / r)
+    total = v_loo + r
+    lp = -0.5 * (jnp.log(2.0 * jnp.pi * total) + (y - m_loo) ** 2 / total)
+    return jnp.where(mask, lp, 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _GaussianFilter(AbstractLikelihood):
+    exact_linear: bool = True
+
+    gaussian = True
+
+    def _predictor(self, sde, theta, solver, with_phi):
+        raise NotImplementedError
+
+    def _update(self):
+        raise NotImplementedError
+
+    def _observation_moments(self, m, P, h):
+        raise NotImplementedError
+
+    def run(self, sde, theta, initial, inputs, solver, key, *, smooth=False):
+        m0, P0 = initial
+        with_phi = bool(smooth)
+        if sde.linear and self.exact_linear:
+            def predict(m, P, ta, tb):
+                mn, Pn, F = _exact_linear(sde, theta, m, P, ta, tb)
+                state = (mn, Pn) + ((F,) if with_phi else ())
+                return state, jnp.array(True), jnp.array(0, dtype=jnp.int32)
+        else:
+            rhs = self._rhs(sde, theta, with_phi)
+
+            def predict(m, P, ta, tb):
+                state = (m, P) + ((jnp.eye(m.shape[0], dtype=m.dtype),) if with_phi else ())
+                out, ok, n = _solve_moments(rhs, state, ta, tb, solver)
+                return out, ok, n.astype(jnp.int32)
+
+        ok, steps, outs = gaussian_filter(predict, self._update(), m0, P0, inputs,
+                                          with_phi=with_phi)
+        mf, Pf, mp, Pp, ll = outs[:5]
+        log_lik = jnp.sum(ll)
+        result = dict(log_lik=jnp.where(ok, log_lik, -jnp.inf), ok=ok & jnp.isfinite(log_lik),
+                      num_steps=steps, filtered_mean=mf, filtered_cov=Pf)
+        if smooth:
+            ms, Ps = rts_smoother(mf, Pf, mp, Pp, outs[5])
+            mean, var = jax.vmap(lambda m, P: self._observation_moments(m, P, inputs.observe))(
+                ms, Ps
+            )
+            result.update(
+                smoothed_mean=ms,
+                smoothed_cov=Ps,
+                pointwise=_loo(mean, var, inputs.values, inputs.mask, inputs.noise_var),
+            )
+        return FilterOutput(**result)
+
+
+@dataclasses.dataclass(frozen=True)
+class EKF(_GaussianFilter):
+    r"""Continuous-discrete extended Kalman filter (and RTS smoother) as the likelihood.
+
+    Between observations, $m$ and $P$ follow $\dot m = f(t, m)$,
+    $\dot P = F P + P F^\top + L L^\top$ ($F$ the drift's Jacobian at $m$), solved with
+    the model's `probde.Solver`; at observations, the Joseph-form Kalman update with the
+    observation function linearised at the predicted mean. Exact for linear-Gaussian models
+    (up to the solver's tolerance); for declared linear SDEs the transition is computed
+    exactly by matrix exponentials (`exact_linear=True`).
+
+    Needs Gaussian observation noise on the noise model's link scale (`noise.Normal`, or
+    `noise.LogNormal`, which is Gaussian in the log) and a Gaussian (or fixed) initial state.
+
+    **Example:**
+
+    ```python
+    >>> import probde
+    >>> probde.EKF()
+    EKF(exact_linear=True)
+
+    ```
+    """
+
+    def _rhs(self, sde, theta, with_phi):
+        return _ekf_rhs(sde, theta, with_phi)
+
+    def _update(self):
+        return _ekf_update
+
+    def _observation_moments(self, m, P, h):
+        H = jax.jacfwd(h)(m)
+        return h(m), jnp.einsum("os,st,ot->o", H, P, H)
+
+
+@dataclasses.dataclass(frozen=True)
+class UKF(_GaussianFilter):
+    r"""Continuous-discrete unscented (sigma-point) Kalman filter and smoother.
+
+    The moment equations' expectations $E[f(X)]$, $\mathrm{Cov}(X, f(X))$ and
+    $E[L L^\top]$ are computed with $2n + 1$ sigma points of the current Gaussian
+    (Särkkä 2007), and so is the update. The default `alpha=1, beta=0, kappa=0` is the
+    spherical cubature rule (equal positive weights, no centre point; Arasaratnam & Haykin
+    2009), which keeps covariances positive; the classic unscented choice is
+    `alpha=1e-3, beta=2, kappa=0`.
+
+    Same requirements as `probde.EKF`; more accurate than the EKF when the drift or the
+    observation function is strongly nonlinear over the spread of the state.
+
+    **Example:**
+
+    ```python
+    >>> import probde
+    >>> probde.UKF().alpha
+    1.0
+
+    ```
+    """
+
+    alpha: float = 1.0
+    beta: float = 0.0
+    kappa: float = 0.0
+
+    def __post_init__(self):
+        for name in ("alpha", "beta", "kappa"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise TypeError(f"{name} must be a finite number; got {v!r}")
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be positive; got {self.alpha!r}")
+        if not isinstance(self.exact_linear, bool):
+            raise TypeError(f"exact_linear must be True or False; got {self.exact_linear!r}")
+
+    @property
+    def _rule(self):
+        return _SigmaRule(float(self.alpha), float(self.beta), float(self.kappa))
+
+    def _rhs(self, sde, theta, with_phi):
+        return _ukf_rhs(sde, theta, self._rule, with_phi)
+
+    def _update(self):
+        return _ukf_update(self._rule)
+
+    def _observation_moments(self, m, P, h):
+        X, wm, wc = self._rule.points(m, P)
+        Y = jax.vmap(h)(X)
+        mean = wm @ Y
+        return mean, wc @ (Y - mean) ** 2
