@@ -119,7 +119,7 @@ def initial_mean(model, theta):
     return value if value.ndim == 1 else value[0]
 
 
-def sde_model_fn(model, data, *, on_failure=None, sim_steps: int = 20):
+def sde_model_fn(model, data, *, on_failure=None, predict_times=None, sim_steps: int = 20):
     """The numpyro model function of an SDE model for prepared data.
 
     `fn(observed=True, conditional=False, states=False)`: `observed` conditions on the
@@ -127,6 +127,9 @@ def sde_model_fn(model, data, *, on_failure=None, sim_steps: int = 20):
     otherwise paths are simulated: from the smoother's marginals when `conditional` (the
     posterior predictive given the data; Gaussian filters), or as free sample paths of
     the SDE (prior predictive, and the particle filter's posterior predictive).
+    `predict_times` adds sites `trajectory_new`, `mu_new`, `y_new` at those times in the
+    predictive modes (for Gaussian filters, from the smoother run on the union of the data
+    and new times).
     """
     from .model import (  # noqa: PLC0415 (model imports this module)
         MEAN,
@@ -154,6 +157,19 @@ def sde_model_fn(model, data, *, on_failure=None, sim_steps: int = 20):
     jacobian = 0.0
     if lik.gaussian and obs_model.log_link:  # LogNormal: the density of y, not of log y
         jacobian = -jnp.sum(jnp.where(mask, jnp.log(raw), 0.0))
+    # The predictive modes run on `grid`: the data times, merged with `predict_times`.
+    if predict_times is None:
+        grid = (times, raw, link_values, mask)
+        idx_data = np.arange(T)
+        idx_new = None
+    else:
+        union = np.union1d(np.asarray(data.times), np.asarray(predict_times, dtype=float))
+        idx_data = np.searchsorted(union, np.asarray(data.times))
+        idx_new = np.searchsorted(union, np.asarray(predict_times, dtype=float))
+        g_raw = jnp.ones((E, union.size, O), times.dtype).at[:, idx_data].set(raw)
+        g_mask = jnp.zeros((E, union.size, O), bool).at[:, idx_data].set(mask)
+        grid = (jnp.asarray(union, times.dtype), g_raw,
+                obs_model.link(g_raw) if lik.gaussian else g_raw, g_mask)
 
     def model_fn(observed: bool = True, conditional: bool = False, states: bool = False):
         theta = {name: numpyro.sample(name, prior) for name, prior in model.params.items()}
@@ -166,8 +182,13 @@ def sde_model_fn(model, data, *, on_failure=None, sim_steps: int = 20):
             return model._observe(x[None, None], theta)[0, 0]
 
         if observed or (conditional and lik.gaussian):
-            out = _filter_all(model, theta, hyper, init, h, times, starts, link_values, raw,
-                              mask, smooth=states or conditional)
+            if observed:
+                out = _filter_all(model, theta, hyper, init, h, times, starts, link_values,
+                                  raw, mask, smooth=states)
+            else:
+                g_times, g_raw, g_link, g_mask = grid
+                out = _filter_all(model, theta, hyper, init, h, g_times, starts, g_link, g_raw,
+                                  g_mask, smooth=True)
             ok = out.ok
             numpyro.deterministic(SOLVER_STEPS, out.num_steps)
             if observed:
@@ -216,11 +237,12 @@ def sde_model_fn(model, data, *, on_failure=None, sim_steps: int = 20):
             x0 = _draw_initial(init, jax.random.split(key_init, E), E, S, times.dtype)
 
             def path(x, start, k):
-                return simulate(sde, x, theta, jnp.maximum(times, start), k, t0=start,
+                return simulate(sde, x, theta, jnp.maximum(grid[0], start), k, t0=start,
                                 num_steps=sim_steps)
 
             xs, ok = jax.vmap(path)(x0, starts, jax.random.split(key_path, E))
-            numpyro.deterministic(SOLVER_STEPS, jnp.full(E, sim_steps * T, jnp.int32))
+            numpyro.deterministic(SOLVER_STEPS,
+                                  jnp.full(E, sim_steps * grid[0].shape[0], jnp.int32))
         numpyro.deterministic(SOLVER_OK, ok)
         xs = jnp.where(ok[:, None, None], xs, 1.0)
         mu = model._observe(xs, theta)
@@ -229,11 +251,15 @@ def sde_model_fn(model, data, *, on_failure=None, sim_steps: int = 20):
             valid = valid & jnp.all(mu > 0, axis=(1, 2))
         numpyro.deterministic(VALID, valid)
         mu = jnp.where(valid[:, None, None], mu, 1.0)
-        numpyro.deterministic(TRAJECTORY, xs)
-        numpyro.deterministic(MEAN, mu)
         hyper_b = {k: jnp.reshape(v, (1,) * (3 - jnp.ndim(v)) + jnp.shape(v)) if jnp.ndim(v) else v
                    for k, v in hyper.items()}
-        numpyro.sample(OBSERVED, obs_model.distribution(mu, hyper_b))
+        numpyro.deterministic(TRAJECTORY, xs[:, idx_data])
+        numpyro.deterministic(MEAN, mu[:, idx_data])
+        numpyro.sample(OBSERVED, obs_model.distribution(mu[:, idx_data], hyper_b))
+        if idx_new is not None:
+            numpyro.deterministic(TRAJECTORY + "_new", xs[:, idx_new])
+            numpyro.deterministic(MEAN + "_new", mu[:, idx_new])
+            numpyro.sample(OBSERVED + "_new", obs_model.distribution(mu[:, idx_new], hyper_b))
 
     return model_fn
 

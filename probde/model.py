@@ -551,11 +551,7 @@ class Model:
         rejection flag (used by `probde.infer` to count failures).
         """
         if self.sde is not None:
-            if predict_times is not None:
-                raise NotImplementedError(
-                    "predictions at new times are not available for SDE models in this version"
-                )
-            return sde_model_fn(self, data, on_failure=on_failure)
+            return sde_model_fn(self, data, on_failure=on_failure, predict_times=predict_times)
         times = jnp.asarray(data.times, dtype=jnp.result_type(float))
         # Each experiment starts at its own first time (or the model's t0). Save times before
         # an experiment's start are clipped to it; they are masked (no data there).

@@ -264,7 +264,7 @@ def _loo(mean, var, y, mask, noise_var):
     """Leave-one-out predictive log densities from the smoothed moments of the predicted
     observation `(mean, var)` (each `(T, O)`): remove the observation's own information,
     `1/v_loo = 1/v - 1/r`, `m_loo = v_loo (m/v - y/r)`, then `y ~ N(m_loo, v_loo + r)`."""
-    r = noise_var
+    r = noise_var[None, :]  # (1, O), aligned with the (T, O) moments explicitly
     v_s = jnp.minimum(var, r * (1.0 - 1e-9))  # the posterior variance is below the noise's
     v_loo = 1.0 / (1.0 / v_s - 1.0 / r)
     m_loo = v_loo * (mean / v_s - y / r)

@@ -254,9 +254,10 @@ def _warn(idata, failures, model):
     evaluations = int(np.asarray(stats["n_steps"]).sum())
     if failures > FAILURE_WARN_FRACTION * evaluations:
         warnings.warn(
-            f"{failures} proposals were rejected because the ODE solve failed or predicted an "
-            f"impossible value (e.g. a non-positive mean for {type(model.observation).__name__} "
-            "noise) during warmup and sampling ({evaluations} gradient evaluations after warmup); "
+            f"{failures} proposals were rejected because the solve (or the filter) failed or "
+            "predicted an impossible value (e.g. a non-positive mean for "
+            f"{type(model.observation).__name__} noise) during warmup and sampling "
+            f"({evaluations} log-density evaluations after warmup); "
             "the run is valid, but to waste less time "
             f"raise Solver(max_steps=...) (now {model.solver.max_steps}), use a stiff solver "
             "such as diffrax.Kvaerno5(), or tighten the priors",
@@ -279,7 +280,11 @@ def _infer_function(model_fn, data, method, key_run, key_post, key_prior, num_pr
     stats = {k: np.asarray(v) for k, v in stats.items()}
     flat = _flatten(samples)
     args = () if data is None else (data,)
-    loglik = _without_factors(_numpyro_log_likelihood(model_fn, flat, *args))
+    # Seeded, so that a model drawing randomness with numpyro.prng_key() (e.g. a particle
+    # filter) gets a key here as it did in the sampler.
+    loglik = _without_factors(
+        _numpyro_log_likelihood(handlers.seed(model_fn, key_post), flat, *args)
+    )
     post_pred = Predictive(model_fn, posterior_samples=flat)(key_post, None) if data is not None else {}
     post_pred = {k: v for k, v in _without_factors(post_pred).items() if k not in samples}
     prior = prior_pred = None

@@ -19,7 +19,13 @@ def plot_fit(idata, *, path=None, interval=0.9, ax=None):
     pred = idata["posterior_predictive"]["y"]
     obs = idata["observed_data"]["y"]
     panels = _panels(obs)
-    n_panels = len(panels)
+    group = idata["posterior_predictive"]
+    # SDE models: the unobserved states' smoothed posterior gets panels of its own.
+    hidden = []
+    if "smoothed_states" in idata.children and "trajectory" in group:
+        observables = set(obs["observable"].values.tolist())
+        hidden = [s for s in group["trajectory"]["state"].values.tolist() if s not in observables]
+    n_panels = len(panels) + len(hidden) * (len(panels) // max(len(obs["observable"]), 1))
     if ax is None:
         fig, axes = plt.subplots(n_panels, 1, figsize=(7, 2.6 * n_panels), squeeze=False, sharex=True)
         axes = axes[:, 0]
@@ -28,14 +34,19 @@ def plot_fit(idata, *, path=None, interval=0.9, ax=None):
         fig = axes[0].figure
     lo, hi = (1 - interval) / 2, 1 - (1 - interval) / 2
     times = obs["time"].values
-    group = idata["posterior_predictive"]
     corrected = "corrected" in group
+    sde = "smoothed_states" in idata.children
     for a, (label, sel) in zip(axes, panels):
         q = np.nanquantile(_draws(pred, sel), [lo, 0.5, hi], axis=0)
         a.fill_between(times, q[0], q[2], alpha=0.3, color="C0",
                        label=f"{int(interval * 100)}% posterior predictive")
         a.plot(times, q[1], color="C0", lw=1.5, label="posterior predictive median")
-        if "mu" in group:
+        if sde and "mu" in group:
+            m = np.nanquantile(_draws(group["mu"], sel), [lo, 0.5, hi], axis=0)
+            a.fill_between(times, m[0], m[2], alpha=0.3, color="C1",
+                           label=f"{int(interval * 100)}% latent state (smoothed)")
+            a.plot(times, m[1], color="C1", lw=1.2)
+        elif "mu" in group:
             mu = _draws(group["mu"], sel)
             a.plot(times, np.nanmedian(mu, axis=0), color="C1", lw=1, ls="--",
                    label="simulator median" if corrected else "model (noise-free) median")
@@ -45,6 +56,15 @@ def plot_fit(idata, *, path=None, interval=0.9, ax=None):
             a.fill_between(times, c[0], c[2], alpha=0.25, color="C2")
         a.plot(times, obs.sel(sel).values, "o", color="k", ms=4, label="data")
         a.set_ylabel(label)
+    experiments = list(obs["experiment"].values) if "experiment" in obs.dims else [None]
+    extra = [(s, e) for e in experiments for s in hidden]
+    for a, (state, exp) in zip(axes[len(panels):], extra):
+        sel = {"state": state} if exp is None else {"state": state, "experiment": exp}
+        q = np.nanquantile(_draws(group["trajectory"], sel), [lo, 0.5, hi], axis=0)
+        a.fill_between(times, q[0], q[2], alpha=0.3, color="C1",
+                       label=f"{int(interval * 100)}% latent state (smoothed)")
+        a.plot(times, q[1], color="C1", lw=1.2)
+        a.set_ylabel(f"{state} (unobserved)" if exp is None else f"{state} ({exp}, unobserved)")
     axes[0].legend(loc="upper right", fontsize="small")
     axes[-1].set_xlabel("time")
     fig.tight_layout()
@@ -66,7 +86,7 @@ def _panels(obs):
 
 
 def _draws(da, sel):
-    """`(samples, time)` draws of one observable (and experiment)."""
+    """`(samples, time)` draws of one observable or state (and experiment)."""
     return da.sel(sel).stack(sample=("chain", "draw")).transpose("sample", "time").values
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import xarray as xr
 from numpyro.infer import Predictive
 
-from ..model import CORRECTED, DELTA, MEAN, OBSERVED
+from ..model import CORRECTED, DELTA, MEAN, OBSERVED, TRAJECTORY
 
 _SITES = (MEAN, DELTA, CORRECTED, OBSERVED)
 
@@ -42,7 +42,8 @@ def predict(result, times, *, seed: int = 0) -> xr.Dataset:
     post = result.idata["posterior"].to_dataset()
     nc, nd = post.sizes["chain"], post.sizes["draw"]
     flat = {k: np.asarray(v.values).reshape((nc * nd,) + v.shape[2:]) for k, v in post.data_vars.items()}
-    sites = [s + "_new" for s in _SITES]
+    names = (MEAN, OBSERVED, TRAJECTORY) if model.sde is not None else _SITES
+    sites = [s + "_new" for s in names]
     out = Predictive(fn, posterior_samples=flat, return_sites=sites)(
         jax.random.PRNGKey(seed), observed=False, conditional=True
     )
@@ -52,12 +53,15 @@ def predict(result, times, *, seed: int = 0) -> xr.Dataset:
     if not prepared.single:
         coords["experiment"] = list(prepared.experiments)
     variables = {}
-    for name in _SITES:
+    for name in names:
         arr = np.where(active[None], np.asarray(out[name + "_new"]), np.nan)
         arr = arr.reshape((nc, nd) + arr.shape[1:])
         if prepared.single:
             arr = arr[:, :, 0]
-        variables[name] = (["chain", "draw"] + exp + ["time", "observable"], arr)
+        last = "state" if name == TRAJECTORY else "observable"
+        variables[name] = (["chain", "draw"] + exp + ["time", last], arr)
+    if model.sde is not None:
+        coords["state"] = list(model.dynamics.state_names)
     coords["chain"] = post["chain"].values
     coords["draw"] = post["draw"].values
     return xr.Dataset(variables, coords=coords)

@@ -168,7 +168,10 @@ class InferenceResult:
         with a discrepancy `discrepancy` (delta, drawn from its posterior given the data) and `corrected`
         (the simulator corrected by the discrepancy: the model's estimate of the true
         process), and `y` (new observations). Dims: chain, draw, (experiment,) time,
-        observable. With `group` (default `"predictions"`) the dataset is also stored in
+        observable. For an SDE model: `trajectory` (latent states: drawn from the smoothed
+        posterior given the data for EKF/UKF, i.e. interpolation and forecasting on a finer
+        grid; free sample paths for the particle filter), `mu` and `y`. With `group`
+        (default `"predictions"`) the dataset is also stored in
         `idata` under that group name (replacing an earlier one).
 
         Needs the model and data of the run: a result read back with `probde.load` has
@@ -201,7 +204,9 @@ class InferenceResult:
         """Data with posterior predictive bands, one panel per observable (and experiment).
 
         Draws the observed data as points, the central `interval` of the posterior
-        predictive distribution as a band and its median as a line. Returns the matplotlib
+        predictive distribution as a band and its median as a line. For an SDE model with a
+        Gaussian filter it also draws the smoothed latent state of each observable (the
+        noise-free `mu`) and adds a panel per unobserved state. Returns the matplotlib
         figure; saves it to `path` when given.
         """
         from .plot import plot_fit
