@@ -30,11 +30,14 @@ import dataclasses
 import math
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
+from jax.flatten_util import ravel_pytree
 
 from ..dynamics.sde import SDE, AbstractLikelihood, FilterInputs, FilterOutput
+from ..dynamics.solver import ForwardSensitivity
 
 
 def _sym(P):
@@ -95,8 +98,8 @@ def _ukf_rhs(sde: SDE, theta, rule: _SigmaRule, with_phi: bool):
         X, wm, wc = rule.points(m, P)
         fX = jax.vmap(lambda x: sde.drift(t, x, theta))(X)
         Ef = wm @ fX
-        dX = X - m
-        C = (dX * wc[:, None]).T @ (fX - Ef)  # Cov(X, f(X))
+        dX = X - m[None]
+        C = (dX * wc[:, None]).T @ (fX - Ef[None])  # Cov(X, f(X))
         LX = jax.vmap(lambda x: sde.noise_matrix(t, x, theta))(X)
         LL = jnp.einsum("k,kij,klj->il", wc, LX, LX)
         out = (Ef, _sym(C + C.T + LL))
@@ -110,7 +113,7 @@ def _ukf_rhs(sde: SDE, theta, rule: _SigmaRule, with_phi: bool):
     return rhs
 
 
-def _solve_moments(rhs, state, t_start, t_end, solver):
+def _solve_moments(rhs, state, t_start, t_end, solver, adjoint):
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(rhs),
         solver.solver,
@@ -121,7 +124,7 @@ def _solve_moments(rhs, state, t_start, t_end, solver):
         stepsize_controller=solver.controller(),
         saveat=diffrax.SaveAt(t1=True),
         max_steps=solver.max_steps,
-        adjoint=_adjoint(solver),
+        adjoint=adjoint,
         throw=False,
     )
     out = jax.tree.map(lambda a: a[-1], sol.ys)
@@ -129,13 +132,42 @@ def _solve_moments(rhs, state, t_start, t_end, solver):
     return out, ok, sol.stats["num_steps"]
 
 
-def _adjoint(solver):
-    # probde's ForwardSensitivity wraps whole ODE solves; inside a filter's scan the moment
-    # solves are differentiated by diffrax's own adjoints.
-    adj = solver.adjoint
-    if isinstance(adj, diffrax.AbstractAdjoint):
-        return adj
-    return diffrax.RecursiveCheckpointAdjoint()
+def _forward_mode(solver, num_inputs: int) -> bool:
+    """Differentiate the whole filter in forward mode (see `_forward_gradient`)?"""
+    adj = solver.resolve_adjoint(num_inputs)
+    return isinstance(adj, ForwardSensitivity)
+
+
+def _forward_gradient(fn, args):
+    """`fn(args) -> (log_lik, *aux)` with the gradient of `log_lik` computed in forward mode.
+
+    The filter is a scan of small adaptive solves. Reverse mode through it (diffrax's
+    checkpointed adjoint, per interval) costs many times the forward pass; with few inputs
+    (parameters, initial moments, noise variances) one forward pass carrying all their
+    tangents at once is cheaper. The Jacobian is kept and `grad` costs one product with it,
+    as for `probde.ForwardSensitivity` on ODE solves. The auxiliary outputs are not
+    differentiable through this function (their gradients are stopped).
+    """
+    flat, unravel = ravel_pytree(args)
+
+    @jax.custom_vjp
+    def call(x):
+        return fn(unravel(x))
+
+    def call_fwd(x):
+        def value(x):
+            out = fn(unravel(x))
+            return out[0], out
+
+        jac, out = jax.jacfwd(value, has_aux=True)(x)
+        return out, jac
+
+    def call_bwd(jac, cotangents):
+        return (cotangents[0] * jac,)
+
+    call.defvjp(call_fwd, call_bwd)
+    out = call(flat)
+    return (out[0],) + tuple(jax.lax.stop_gradient(o) for o in out[1:])
 
 
 def _exact_linear(sde: SDE, theta, m, P, t_start, t_end):
@@ -189,11 +221,11 @@ def _ukf_update(rule: _SigmaRule):
         X, wm, wc = rule.points(m, P)
         Y = jax.vmap(h)(X)
         yhat = wm @ Y
-        dY = jnp.where(mask[None, :], Y - yhat, 0.0)
+        dY = jnp.where(mask[None, :], Y - yhat[None], 0.0)
         r = jnp.where(mask, y - yhat, 0.0)
         R = jnp.diag(jnp.where(mask, noise_var, 1.0))
         S = _sym((dY * wc[:, None]).T @ dY + R)
-        C = ((X - m) * wc[:, None]).T @ dY  # Cov(X, h(X))
+        C = ((X - m[None]) * wc[:, None]).T @ dY  # Cov(X, h(X))
         chol = jnp.linalg.cholesky(S)
         K = jsl.cho_solve((chol, True), C.T).T
         Sm = S - jnp.diag(jnp.where(mask, 0.0, 1.0))  # the masked unit entries carry no gain
@@ -289,6 +321,25 @@ class _GaussianFilter(AbstractLikelihood):
         raise NotImplementedError
 
     def run(self, sde, theta, initial, inputs, solver, key, *, smooth=False):
+        noise_var = inputs.noise_var
+        args = (theta, initial, noise_var)
+        num_inputs = ravel_pytree(args)[0].shape[0]
+        if not smooth and _forward_mode(solver, num_inputs):
+            def fn(a):
+                th, init, var = a
+                out = self._run(sde, th, init, eqx.tree_at(lambda i: i.noise_var, inputs, var),
+                                solver, diffrax.ForwardMode(), smooth=False)
+                return (out.log_lik, out.ok, out.num_steps, out.filtered_mean, out.filtered_cov)
+
+            log_lik, ok, steps, mf, Pf = _forward_gradient(fn, args)
+            return FilterOutput(log_lik=log_lik, ok=ok, num_steps=steps, filtered_mean=mf,
+                                filtered_cov=Pf)
+        adjoint = solver.adjoint
+        if not isinstance(adjoint, diffrax.AbstractAdjoint):
+            adjoint = diffrax.RecursiveCheckpointAdjoint()
+        return self._run(sde, theta, initial, inputs, solver, adjoint, smooth=smooth)
+
+    def _run(self, sde, theta, initial, inputs, solver, adjoint, *, smooth):
         m0, P0 = initial
         with_phi = bool(smooth)
         if sde.linear and self.exact_linear:
@@ -301,7 +352,7 @@ class _GaussianFilter(AbstractLikelihood):
 
             def predict(m, P, ta, tb):
                 state = (m, P) + ((jnp.eye(m.shape[0], dtype=m.dtype),) if with_phi else ())
-                out, ok, n = _solve_moments(rhs, state, ta, tb, solver)
+                out, ok, n = _solve_moments(rhs, state, ta, tb, solver, adjoint)
                 return out, ok, n.astype(jnp.int32)
 
         ok, steps, outs = gaussian_filter(predict, self._update(), m0, P0, inputs,
@@ -410,4 +461,4 @@ class UKF(_GaussianFilter):
         X, wm, wc = self._rule.points(m, P)
         Y = jax.vmap(h)(X)
         mean = wm @ Y
-        return mean, wc @ (Y - mean) ** 2
+        return mean, wc @ (Y - mean[None]) ** 2
