@@ -101,7 +101,9 @@ def _ukf_rhs(sde: SDE, theta, rule: _SigmaRule, with_phi: bool):
         dX = X - m[None]
         C = (dX * wc[:, None]).T @ (fX - Ef[None])  # Cov(X, f(X))
         LX = jax.vmap(lambda x: sde.noise_matrix(t, x, theta))(X)
-        LL = jnp.einsum("k,kij,klj->il", wc, LX, LX)
+        # E[L L^T]: an expectation, so the mean weights (the covariance weights wc add
+        # 1 - alpha^2 + beta at the centre and would scale a constant L L^T by that much).
+        LL = jnp.einsum("k,kij,klj->il", wm, LX, LX)
         out = (Ef, _sym(C + C.T + LL))
         if with_phi:
             # Statistical linearisation of the drift, A = Cov(f, X) P^{-1}.
@@ -144,29 +146,41 @@ def _forward_gradient(fn, args):
     The filter is a scan of small adaptive solves. Reverse mode through it (diffrax's
     checkpointed adjoint, per interval) costs many times the forward pass; with few inputs
     (parameters, initial moments, noise variances) one forward pass carrying all their
-    tangents at once is cheaper. The Jacobian is kept and `grad` costs one product with it,
-    as for `probde.ForwardSensitivity` on ODE solves. The auxiliary outputs are not
+    tangents at once is cheaper. Only inputs that are being differentiated carry a tangent
+    (`symbolic_zeros` tells which: a fixed initial state or noise level costs nothing).
+    The Jacobian is kept and `grad` costs one product with it, as for
+    `probde.ForwardSensitivity` on ODE solves. The auxiliary outputs are not
     differentiable through this function (their gradients are stopped).
     """
-    flat, unravel = ravel_pytree(args)
+    leaves, treedef = jax.tree.flatten(args)
 
     @jax.custom_vjp
-    def call(x):
-        return fn(unravel(x))
+    def call(*xs):
+        return fn(jax.tree.unflatten(treedef, xs))
 
-    def call_fwd(x):
-        def value(x):
-            out = fn(unravel(x))
+    def call_fwd(*primals):
+        values = [p.value for p in primals]
+        idx = [i for i, p in enumerate(primals) if p.perturbed]
+
+        def value(sub):
+            full = list(values)
+            for i, v in zip(idx, sub):
+                full[i] = v
+            out = fn(jax.tree.unflatten(treedef, full))
             return out[0], out
 
-        jac, out = jax.jacfwd(value, has_aux=True)(x)
-        return out, jac
+        jac, out = jax.jacfwd(value, has_aux=True)([values[i] for i in idx])
+        return out, (jac, idx)
 
-    def call_bwd(jac, cotangents):
-        return (cotangents[0] * jac,)
+    def call_bwd(res, cotangents):
+        jac, idx = res
+        grads = [None] * len(leaves)
+        for i, j in zip(idx, jac):
+            grads[i] = cotangents[0] * j
+        return tuple(grads)
 
-    call.defvjp(call_fwd, call_bwd)
-    out = call(flat)
+    call.defvjp(call_fwd, call_bwd, symbolic_zeros=True)
+    out = call(*leaves)
     return (out[0],) + tuple(jax.lax.stop_gradient(o) for o in out[1:])
 
 
