@@ -325,6 +325,10 @@ class _GaussianFilter(AbstractLikelihood):
 
     gaussian = True
 
+    def __post_init__(self):
+        if not isinstance(self.exact_linear, bool):
+            raise TypeError(f"exact_linear must be True or False; got {self.exact_linear!r}")
+
     def _predictor(self, sde, theta, solver, with_phi):
         raise NotImplementedError
 
@@ -458,8 +462,7 @@ class UKF(_GaussianFilter):
                 raise TypeError(f"{name} must be a finite number; got {v!r}")
         if not self.alpha > 0:
             raise ValueError(f"alpha must be positive; got {self.alpha!r}")
-        if not isinstance(self.exact_linear, bool):
-            raise TypeError(f"exact_linear must be True or False; got {self.exact_linear!r}")
+        super().__post_init__()
 
     @property
     def _rule(self):

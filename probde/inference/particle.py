@@ -122,7 +122,7 @@ class ParticleFilter(AbstractLikelihood):
             inc = jax.scipy.special.logsumexp(lw) - jnp.log(N)
             w = jax.nn.softmax(lw)
             mean = w @ xs
-            d = xs - mean
+            d = xs - mean[None]
             cov = (d * w[:, None]).T @ d
             idx = _resample(k_res, lw, self.resampling)
             ok = ok & jnp.isfinite(inc)
