@@ -68,8 +68,8 @@ class Model:
 
     **Main arguments:**
 
-    - `dynamics`: a `probde.ODE`, or a `probde.GPEmulator` standing in for an expensive
-      simulator.
+    - `dynamics`: a `probde.ODE`, a `probde.SDE` (then give `likelihood`), or a
+      `probde.GPEmulator` standing in for an expensive simulator.
     - `params`: dict mapping parameter names to numpyro distributions (the priors). The
       names are the posterior variables and the keys of `theta` in the vector field.
     - `initial_state`: the state at `t0`: a fixed array `(S,)` (or `(E, S)`, one row per
@@ -91,8 +91,15 @@ class Model:
       `probde.MarkovGPDiscrepancy(...)`: the data are then
       `h(y(t), theta) + delta(t) + noise` on the noise model's link scale (Kennedy &
       O'Hagan 2001). See the guide "Model discrepancy and emulators".
-    - `likelihood`: filtering likelihoods for SDEs; not available in this version (must be
-      `None`).
+    - `likelihood`: for an SDE, the filter that integrates out the latent path:
+      `probde.EKF()` or `probde.UKF()` (Gaussian; sampled with NUTS) or
+      `probde.ParticleFilter(...)` (any noise model and initial distribution; sampled with
+      `probde.RandomWalkMetropolis`). The initial state is then the distribution of
+      `x(t0)` (integrated out, not a posterior variable): a fixed array, a numpyro
+      `Normal`/`MultivariateNormal` (any distribution for the particle filter), or a
+      function of theta returning one. The Gaussian filters need `noise.Normal` or
+      `noise.LogNormal` (Gaussian on the log scale). No discrepancy term. See the tutorial
+      "Stochastic models and filtering".
     - `emulation`: with `dynamics=probde.GPEmulator(...)` (an emulator of an expensive
       simulator, `initial_state=None`): `"modular"` (default) fixes the emulator's
       hyperparameters at their fitted values; `"joint"` infers them with theta, the
