@@ -146,13 +146,13 @@ def test_t0_after_first_observation():
         m.prepare(probde.TimeSeries([0.0, 1.0], [3.0, 1.0], observables=("x",)))
 
 
-def test_discrepancy_of_wrong_type_and_likelihood_not_yet_available():
+def test_discrepancy_of_wrong_type_and_likelihood_on_an_ode():
     with pytest.raises(TypeError, match="discrepancy must be None, probde.GPDiscrepancy.*got <object"):
         model(discrepancy=object())
-    with pytest.raises(TypeError, match="dynamics must be a probde.ODE or a probde.GPEmulator"):
+    with pytest.raises(TypeError, match="dynamics must be a probde.ODE, a probde.SDE or a probde.GPEmulator"):
         model(dynamics="ode")
-    with pytest.raises(NotImplementedError, match="pass likelihood=None"):
-        model(likelihood=object())
+    with pytest.raises(ValueError, match="an ODE model takes likelihood=None"):
+        model(likelihood=probde.EKF())
 
 
 def test_noise_hyperparameter_prior_of_wrong_shape():
