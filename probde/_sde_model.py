@@ -227,7 +227,7 @@ def sde_model_fn(model, data, *, on_failure=None, predict_times=None, sim_steps:
             eps = jax.random.normal(numpyro.prng_key(), out.smoothed_mean.shape,
                                     dtype=times.dtype)
             chol = jnp.linalg.cholesky(
-                out.smoothed_cov + 1e-12 * jnp.eye(S, dtype=times.dtype)
+                out.smoothed_cov + 1e-12 * jnp.eye(S, dtype=times.dtype)[None, None]
             )
             xs = out.smoothed_mean + jnp.einsum("etij,etj->eti", chol, eps)
             ok = ok & jnp.all(jnp.isfinite(xs), axis=(1, 2))

@@ -60,11 +60,11 @@ class SDE:
     linear: bool = False
 
     def __post_init__(self):
-        for name in ("drift", "diffusion"):
+        for name, symbol in (("drift", "f"), ("diffusion", "L")):
             fn = getattr(self, name)
             if not callable(fn):
                 raise TypeError(
-                    f"{name} must be a callable {name[0]}(t, x, theta); got {fn!r} of type "
+                    f"{name} must be a callable {symbol}(t, x, theta); got {fn!r} of type "
                     f"{type(fn).__name__}"
                 )
         # Reuse ODE's checks of the state names.
@@ -89,7 +89,14 @@ class SDE:
         return jnp.diag(L) if L.ndim == 1 else L
 
     def check(self, x, theta):
-        """Check the shapes of drift and diffusion at state `x` (raises ValueError)."""
+        """Check the shapes of drift and diffusion at state `x` and a declared linearity
+        (raises ValueError)."""
+        self._check_shapes(x, theta)
+        if self.linear:
+            self._check_linear(x, theta)
+
+    def _check_shapes(self, x, theta):
+        """The shapes of drift and diffusion at state `x` (works on traced values)."""
         S = self.num_states
         f = jax.eval_shape(lambda y: self.drift(0.0, y, theta), x)
         if f.shape != (S,):
@@ -103,8 +110,6 @@ class SDE:
                 f"diffusion must return shape ({S},) (diagonal noise) or ({S}, W) (a matrix "
                 f"with one row per state and one column per Wiener process); got shape {L.shape}"
             )
-        if self.linear:
-            self._check_linear(x, theta)
 
     def _check_linear(self, x, theta):
         """A declared linear SDE: drift affine in x, diffusion free of x and t."""
@@ -118,6 +123,17 @@ class SDE:
             raise ValueError(
                 "linear=True declares a drift A x + b with A constant, but the drift's "
                 "Jacobian changes with x or t; pass linear=False"
+            )
+        # The offset b = f(t, x) - A x must not depend on t either (the exact
+        # discretisation holds b fixed over each interval).
+        f1, f2 = self.drift(0.0, x, theta), self.drift(0.37, other, theta)
+        b1, b2 = f1 - A1 @ x, f2 - A1 @ other
+        scale = 1.0 + jnp.max(jnp.abs(jnp.stack([f1, f2, A1 @ x, A1 @ other])))
+        if not bool(jnp.all(jnp.abs(b1 - b2) <= 1e-6 * scale)):
+            raise ValueError(
+                "linear=True declares a drift A x + b with A and b constant, but the drift's "
+                "offset b = f(t, x) - A x changes with t (a time-dependent forcing); pass "
+                "linear=False"
             )
         if not bool(jnp.all(jnp.abs(L1 - L2) <= 1e-6 * (1.0 + jnp.max(jnp.abs(L1))))):
             raise ValueError(
@@ -213,6 +229,7 @@ def simulate(sde: SDE, x0, theta, times, key, *, t0=None, num_steps: int = 20, s
             f"x0 must have shape ({sde.num_states},), one value per state {sde.state_names}; "
             f"got shape {x0.shape}"
         )
+    sde._check_shapes(x0, theta)
     start = times[0] if t0 is None else jnp.asarray(t0, times.dtype)
     starts = jnp.concatenate([start[None], times[:-1]])
     keys = jax.random.split(key, times.shape[0])

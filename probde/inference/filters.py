@@ -196,15 +196,55 @@ def _exact_linear(sde: SDE, theta, m, P, t_start, t_end):
     b = sde.drift(t_start, zero, theta)
     L = sde.noise_matrix(t_start, zero, theta)
     dt = t_end - t_start
-    top = jnp.concatenate([A, b[:, None]], axis=1)
+    # The offset and Q are linear in b and L L': both are scaled to unit size before the
+    # matrix exponentials and back after, so that the exponentials' norms (and JAX's
+    # scaling-and-squaring limit) depend on A dt only, not on the units of x.
+    b_scale = jax.lax.stop_gradient(_unit_scale(b))
+    top = jnp.concatenate([A, (b / b_scale)[:, None]], axis=1)
     aug = jnp.concatenate([top, jnp.zeros((1, S + 1), m.dtype)], axis=0)
     E = jsl.expm(aug * dt)
-    F, offset = E[:S, :S], E[:S, S]
+    F, offset = E[:S, :S], E[:S, S] * b_scale
     QC = L @ L.T
-    M = jnp.block([[-A, QC], [jnp.zeros_like(A), A.T]]) * dt
-    G = jsl.expm(M)
-    Q = _sym(G[S:, S:].T @ G[:S, S:])
+    q_scale = jax.lax.stop_gradient(_unit_scale(QC))
+    Q = _van_loan_doubling(A, QC / q_scale, dt) * q_scale
     return F @ m + offset, _sym(F @ P @ F.T + Q), F
+
+
+_MAX_HALVINGS = 40
+
+
+def _van_loan_doubling(A, QC, dt):
+    """`int_0^dt expm(A s) QC expm(A s)' ds` without overflow.
+
+    Van Loan's block matrix `[[-A, QC], [0, A']] dt` contains `expm(-A dt)`, which
+    overflows for a fast-decaying `A` (e.g. `exp(k dt)`, `k dt > 709`) although the result
+    is finite. So the block exponential is taken over `h = dt / 2^n` with `|A| h <= 1/2`,
+    and the interval is doubled back `n` times with `Q(2h) = Q(h) + F(h) Q(h) F(h)'`,
+    `F(2h) = F(h)^2` (a fixed number of masked steps, so it differentiates in both modes).
+    """
+    S = A.shape[0]
+    norm = jnp.max(jnp.sum(jnp.abs(A), axis=1)) * jnp.abs(dt)
+    n = jnp.ceil(jnp.log2(jnp.maximum(norm, jnp.finfo(A.dtype).tiny) / 0.5))
+    n = jax.lax.stop_gradient(jnp.clip(n, 0, _MAX_HALVINGS))
+    h = dt / 2.0**n
+    M = jnp.block([[-A, QC], [jnp.zeros_like(A), A.T]]) * h
+    G = jsl.expm(M)
+    F = G[S:, S:].T
+    Q = _sym(F @ G[:S, S:])
+
+    def double(i, carry):
+        F, Q = carry
+        use = i < n
+        return jnp.where(use, F @ F, F), jnp.where(use, _sym(Q + F @ Q @ F.T), Q)
+
+    _, Q = jax.lax.fori_loop(0, _MAX_HALVINGS, double, (F, Q))
+    return Q
+
+
+def _unit_scale(x):
+    """The largest absolute entry of `x`, or 1 where `x` is zero (or not finite)."""
+    c = jnp.max(jnp.abs(x))
+    return jnp.where((c > 0) & jnp.isfinite(c), c, 1.0)
 
 
 # ------------------------------------------------------------------------- update steps
@@ -343,13 +383,18 @@ class _GaussianFilter(AbstractLikelihood):
         args = (theta, initial, noise_var)
         num_inputs = ravel_pytree(args)[0].shape[0]
         if not smooth and _forward_mode(solver, num_inputs):
+            # The data are arguments of the custom_vjp too, never closed over: under `vmap`
+            # (experiments) they are tracers, which a custom_vjp must not capture.
+            data = (inputs.times, inputs.t0, inputs.values, inputs.mask)
+
             def fn(a):
-                th, init, var = a
-                out = self._run(sde, th, init, eqx.tree_at(lambda i: i.noise_var, inputs, var),
-                                solver, diffrax.ForwardMode(), smooth=False)
+                (th, init, var), data = a
+                inp = eqx.tree_at(lambda i: (i.times, i.t0, i.values, i.mask, i.noise_var),
+                                  inputs, (*data, var))
+                out = self._run(sde, th, init, inp, solver, diffrax.ForwardMode(), smooth=False)
                 return (out.log_lik, out.ok, out.num_steps, out.filtered_mean, out.filtered_cov)
 
-            log_lik, ok, steps, mf, Pf = _forward_gradient(fn, args)
+            log_lik, ok, steps, mf, Pf = _forward_gradient(fn, (args, data))
             return FilterOutput(log_lik=log_lik, ok=ok, num_steps=steps, filtered_mean=mf,
                                 filtered_cov=Pf)
         adjoint = solver.adjoint

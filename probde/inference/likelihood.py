@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from numpyro import handlers
 
@@ -16,7 +17,16 @@ def _latent_names(model: Model, prepared) -> list[str]:
     return [k for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
 
 
-def log_likelihood(model: Model, data, params: dict, *, seed: int = 0):
+def _is_key(seed) -> bool:
+    """A JAX random key: a typed key, or a raw `uint32` key of shape `(2,)` (possibly traced)."""
+    if not isinstance(seed, jax.Array):
+        return False
+    if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
+        return seed.shape == ()
+    return seed.shape == (2,) and seed.dtype == jnp.uint32
+
+
+def log_likelihood(model: Model, data, params: dict, *, seed=0):
     r"""$\log p(\text{data} \mid \text{params})$, summed over all observed values.
 
     Pure and jit-able in `params` (the data and model are fixed): use it to profile,
@@ -32,7 +42,10 @@ def log_likelihood(model: Model, data, params: dict, *, seed: int = 0):
     - `params`: dict with exactly the model's latent variable names: the keys of
       `Model(params=...)`, inferred noise parameters (`sigma`, ...) and `initial_state` when
       the initial state is a distribution (ODE models).
-    - `seed`: random seed of the particle filter (other likelihoods ignore it).
+    - `seed`: random seed of the particle filter (other likelihoods ignore it): an integer,
+      or a JAX random key (`jax.random.PRNGKey(i)`), which can be traced, so that the
+      estimate's spread over seeds is one compiled function:
+      `jax.vmap(lambda k: probde.log_likelihood(model, data, params, seed=k))(keys)`.
 
     **Example:**
 
@@ -50,8 +63,8 @@ def log_likelihood(model: Model, data, params: dict, *, seed: int = 0):
     """
     if not isinstance(model, Model):
         raise TypeError(f"model must be a probde.Model; got {describe(model)}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an integer; got {describe(seed)}")
+    if not _is_key(seed) and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an integer or a JAX random key; got {describe(seed)}")
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of parameter values; got {describe(params)}")
     prepared = model.prepare(data)
