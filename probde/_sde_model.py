@@ -64,9 +64,10 @@ class FilteredObservations(dist.Distribution):
 
     support = constraints.independent(constraints.real, 2)
 
-    def __init__(self, log_lik, pointwise_fn, shape):
+    def __init__(self, log_lik, pointwise_fn, shape, has_loo=True):
         self.log_lik = log_lik
         self.pointwise_fn = pointwise_fn
+        self.has_loo = has_loo  # False: `loo_pointwise` gives None (known without running it)
         super().__init__(batch_shape=shape[:1], event_shape=shape[1:])
 
     def log_prob(self, value):
@@ -214,7 +215,8 @@ def sde_model_fn(model, data, *, on_failure=None, predict_times=None, sim_steps:
                         pw = pw - jnp.where(mask, jnp.log(raw), 0.0)
                     return jnp.where(mask, pw, 0.0)
 
-                numpyro.sample(OBSERVED, FilteredObservations(log_lik, pointwise, (E, T, O)),
+                numpyro.sample(OBSERVED, FilteredObservations(log_lik, pointwise, (E, T, O),
+                                                                has_loo=lik.gaussian),
                                obs=raw)
                 if states:
                     numpyro.deterministic(FILTERED_MEAN, out.filtered_mean)
