@@ -108,3 +108,28 @@ def test_logistic_growth_discrepancy_improves_held_out_predictions(tmp_path):
     assert table.loc["gp", "truth_cov90_interp"] > table.loc["none", "truth_cov90_interp"]
     assert table.loc["gp", "K_covered"] and not table.loc["none", "K_covered"]
     assert {"discrepancy", "corrected"} <= set(result.idata["posterior_predictive"].data_vars)
+
+
+@pytest.mark.slow
+def test_fitzhugh_nagumo_filter_against_ode_fit(tmp_path):
+    """A stochastic FitzHugh–Nagumo path observed through v: the EKF fit recovers the
+    observation noise and tracks the unobserved w; the ODE fit of the same data mistakes
+    the process noise for observation noise (sigma several times the truth) and predicts
+    held-out points worse."""
+    result, stdout = run_case_study("fitzhugh_nagumo", tmp_path)
+    idata = result.idata
+    assert {"filtered_states", "smoothed_states", "log_likelihood"} <= set(idata.children)
+    assert idata["smoothed_states"]["mean"].sizes["time"] == 60
+    params = pd.read_csv(tmp_path / "comparison.csv", index_col=[0, 1])
+    ekf, ode = params.loc["ekf"], params.loc["ode"]
+    assert ekf.loc["sigma", "q5"] <= 0.1 <= ekf.loc["sigma", "q95"]
+    assert ode.loc["sigma", "q5"] > 2 * 0.1
+    # Leave-one-out predictive density, point by point (paired: same observations)
+    ode_idata = probde.load(tmp_path / "idata_ode.nc").idata
+    diff = (np.asarray(az.loo(idata, pointwise=True).elpd_i).ravel()
+            - np.asarray(az.loo(ode_idata, pointwise=True).elpd_i).ravel())
+    assert diff.size == 57 and np.isfinite(diff).all()
+    assert diff.sum() > Z_MAX * np.sqrt(diff.size * diff.var())
+    assert ekf["cover90_w"].iloc[0] > ode["cover90_w"].iloc[0]
+    for f in ("comparison.png", "states.png", "idata_ode.nc"):
+        assert (tmp_path / f).stat().st_size > 0

@@ -187,6 +187,9 @@ def test_infer_bad_method_and_seed():
         ({"num_warmup": -1}, "num_warmup must be a non-negative integer"),
         ({"target_accept": 1.5}, r"target_accept must be in \(0, 1\); got 1.5"),
         ({"chain_method": "threads"}, "chain_method must be one of"),
+        ({"target_accept": True}, "target_accept must be in"),
+        ({"max_tree_depth": 0}, "max_tree_depth must be a positive integer; got 0"),
+        ({"init_radius": float("inf")}, "init_radius must be a positive finite number; got inf"),
     ],
 )
 def test_nuts_bad_options(kwargs, match):

@@ -39,7 +39,7 @@ METHOD_LABELS = {
     "ode": "ODE (no process noise) + NUTS",
 }
 # --8<-- [start:settings]
-NUM_PARTICLES = 300  # log-likelihood estimate's sd about 1.2 at the truth (printed)
+NUM_PARTICLES = 300  # log-likelihood estimate's sd about 1.7 at the truth (printed)
 PF_STEPS = 20  # Euler–Maruyama steps between consecutive observations (dt < 0.09)
 # --8<-- [end:settings]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 import warnings
 
 import jax
@@ -39,8 +40,40 @@ def _positive_int(name, value):
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
 
 
+def _real(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class _ChainOptions:
+    """Checks and chain placement shared by the MCMC methods (NUTS, random-walk
+    Metropolis): fields `num_chains`, `num_warmup`, `num_samples`, `thinning`,
+    `target_accept`, `chain_method`, `init_radius`."""
+
+    _POSITIVE_INTS = ("num_chains", "num_samples", "thinning")
+
+    def _check_chain_options(self):
+        for name in self._POSITIVE_INTS:
+            _positive_int(name, getattr(self, name))
+        if not isinstance(self.num_warmup, int) or isinstance(self.num_warmup, bool) or self.num_warmup < 0:
+            raise ValueError(f"num_warmup must be a non-negative integer; got {self.num_warmup!r}")
+        if not _real(self.target_accept) or not 0 < self.target_accept < 1:
+            raise ValueError(f"target_accept must be in (0, 1); got {self.target_accept!r}")
+        if not isinstance(self.chain_method, str) or self.chain_method not in _CHAIN_METHODS:
+            raise ValueError(f"chain_method must be one of {_CHAIN_METHODS}; got {self.chain_method!r}")
+        if not _real(self.init_radius) or not 0 < self.init_radius < math.inf:
+            raise ValueError(f"init_radius must be a positive finite number; got {self.init_radius!r}")
+
+    def resolved_chain_method(self) -> str:
+        """The chain method used on this machine."""
+        if self.chain_method != "auto":
+            return self.chain_method
+        if self.num_chains > 1 and jax.local_device_count() >= self.num_chains:
+            return "parallel"
+        return "sequential"
+
+
 @dataclasses.dataclass(frozen=True)
-class NUTS(AbstractMethod):
+class NUTS(_ChainOptions, AbstractMethod):
     """The No-U-Turn sampler (numpyro's), with windowed step-size and mass-matrix adaptation.
 
     **Main arguments:**
@@ -83,27 +116,12 @@ class NUTS(AbstractMethod):
     thinning: int = 1
     init_radius: float = 2.0
 
+    _POSITIVE_INTS = ("num_chains", "num_samples", "max_tree_depth", "thinning")
+
     def __post_init__(self):
-        for name in ("num_chains", "num_samples", "max_tree_depth", "thinning"):
-            _positive_int(name, getattr(self, name))
-        if not isinstance(self.num_warmup, int) or isinstance(self.num_warmup, bool) or self.num_warmup < 0:
-            raise ValueError(f"num_warmup must be a non-negative integer; got {self.num_warmup!r}")
-        if not isinstance(self.target_accept, (int, float)) or not 0 < self.target_accept < 1:
-            raise ValueError(f"target_accept must be in (0, 1); got {self.target_accept!r}")
+        self._check_chain_options()
         if not isinstance(self.dense_mass, bool):
             raise TypeError(f"dense_mass must be True or False; got {self.dense_mass!r}")
-        if self.chain_method not in _CHAIN_METHODS:
-            raise ValueError(f"chain_method must be one of {_CHAIN_METHODS}; got {self.chain_method!r}")
-        if not isinstance(self.init_radius, (int, float)) or not self.init_radius > 0:
-            raise ValueError(f"init_radius must be positive; got {self.init_radius!r}")
-
-    def resolved_chain_method(self) -> str:
-        """The chain method used on this machine."""
-        if self.chain_method != "auto":
-            return self.chain_method
-        if self.num_chains > 1 and jax.local_device_count() >= self.num_chains:
-            return "parallel"
-        return "sequential"
 
     def kernel(self, model_fn) -> _NumpyroNUTS:
         """The numpyro NUTS kernel these options describe, for `model_fn`."""

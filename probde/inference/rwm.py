@@ -19,7 +19,7 @@ from numpyro.infer.mcmc import MCMCKernel
 from numpyro.infer.util import initialize_model, potential_energy
 from numpyro.util import is_prng_key
 
-from .methods import _CHAIN_METHODS, AbstractMethod, _positive_int
+from .methods import AbstractMethod, _ChainOptions
 
 # numpyro state fields collected per transition and the ArviZ sample_stats names they become.
 _EXTRA_FIELDS = {
@@ -294,7 +294,7 @@ class RandomWalkMetropolisKernel(MCMCKernel):
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomWalkMetropolis(AbstractMethod):
+class RandomWalkMetropolis(_ChainOptions, AbstractMethod):
     """Adaptive random-walk Metropolis: gradient-free, and exact with a noisy likelihood.
 
     Proposals are Gaussian steps in the unconstrained space, `z' = z + scale * L @ eps`.
@@ -359,31 +359,7 @@ class RandomWalkMetropolis(AbstractMethod):
     init_radius: float = 2.0
 
     def __post_init__(self):
-        for name in ("num_chains", "num_samples", "thinning"):
-            _positive_int(name, getattr(self, name))
-        if (not isinstance(self.num_warmup, int) or isinstance(self.num_warmup, bool)
-                or self.num_warmup < 0):
-            raise ValueError(f"num_warmup must be a non-negative integer; got {self.num_warmup!r}")
-        if (not isinstance(self.target_accept, (int, float)) or isinstance(self.target_accept, bool)
-                or not 0 < self.target_accept < 1):
-            raise ValueError(f"target_accept must be in (0, 1); got {self.target_accept!r}")
-        if not isinstance(self.chain_method, str) or self.chain_method not in _CHAIN_METHODS:
-            raise ValueError(
-                f"chain_method must be one of {_CHAIN_METHODS}; got {self.chain_method!r}"
-            )
-        if (not isinstance(self.init_radius, (int, float)) or isinstance(self.init_radius, bool)
-                or not 0 < self.init_radius < math.inf):
-            raise ValueError(
-                f"init_radius must be a positive finite number; got {self.init_radius!r}"
-            )
-
-    def resolved_chain_method(self) -> str:
-        """The chain method used on this machine."""
-        if self.chain_method != "auto":
-            return self.chain_method
-        if self.num_chains > 1 and jax.local_device_count() >= self.num_chains:
-            return "parallel"
-        return "sequential"
+        self._check_chain_options()
 
     def kernel(self, model_fn) -> RandomWalkMetropolisKernel:
         """The numpyro kernel these options describe, for `model_fn`."""
