@@ -21,7 +21,7 @@ R-hat, bulk ESS, wall time of the whole `probde.infer` call, ESS per second; per
 the coverage of the true latent path by the 90% state bands and elpd_loo), comparison.png
 (posterior intervals against the truth) and states.png (data, latent v and the unobserved
 w with 90% bands against the true path). `--quick` fits `ekf` and `ode` only, 2 chains of 100
-+ 100 iterations (about two minutes on two cores).
++ 100 iterations (3 to 5 minutes on two cores).
 """
 
 import pathlib
