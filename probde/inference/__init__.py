@@ -1,5 +1,5 @@
-"""Inference: `infer`, methods (`NUTS`, `RandomWalkMetropolis`), results (`InferenceResult`,
-`load`) and `log_likelihood`."""
+"""Inference: `infer`, methods (`NUTS`, `RandomWalkMetropolis`, `SVI`, `Laplace`), results
+(`InferenceResult`, `load`) and `log_likelihood`."""
 
 from .filters import EKF, UKF
 from .infer import infer
@@ -8,6 +8,7 @@ from .methods import NUTS, AbstractMethod
 from .particle import ParticleFilter
 from .result import InferenceResult, load
 from .rwm import RandomWalkMetropolis
+from .svi import SVI, Laplace
 
 __all__ = [
     "AbstractMethod",
@@ -15,8 +16,10 @@ __all__ = [
     "ParticleFilter",
     "UKF",
     "InferenceResult",
+    "Laplace",
     "NUTS",
     "RandomWalkMetropolis",
+    "SVI",
     "infer",
     "load",
     "log_likelihood",

@@ -7,6 +7,7 @@ import warnings
 
 import jax
 import numpy as np
+import xarray as xr
 from numpyro.infer import Predictive
 from numpyro import handlers
 from numpyro.infer import log_likelihood as _numpyro_log_likelihood
@@ -33,6 +34,7 @@ from ..model import (
 from .failures import FailureCounter
 from .methods import NUTS, AbstractMethod
 from .result import InferenceResult, build_datatree
+from .svi import SVI, Laplace
 
 _BOOKKEEPING = (SOLVER_OK, SOLVER_STEPS, VALID, TRAJECTORY, MEAN, DELTA, CORRECTED)
 # Warn about rejected proposals when they exceed this fraction of the sampling phase's
@@ -65,7 +67,10 @@ def infer(
     - `data`: a `probde.TimeSeries`, or a list of them (several experiments sharing the
       parameters, each with its own initial state). For a model function, anything it
       accepts.
-    - `method`: `probde.NUTS(...)` (default `probde.NUTS()`).
+    - `method`: `probde.NUTS(...)` (default `probde.NUTS()`),
+      `probde.RandomWalkMetropolis(...)`, or variational `probde.SVI(...)` /
+      `probde.Laplace(...)` (one chain of draws from the fitted approximation, and the
+      optimisation trace in the group `svi_trace`).
     - `seed`: the random seed. Same seed, data and platform give identical draws.
 
     **Other arguments:**
@@ -127,11 +132,39 @@ def _by_chain(samples, num_chains):
     return {k: np.asarray(v).reshape((num_chains, -1) + v.shape[1:]) for k, v in samples.items()}
 
 
+def _run_method(method, model_fn, key, progress_bar, model_kwargs):
+    """`method.run`: `(samples, stats, extra_groups)`; a method may return only the first
+    two (then there are no extra DataTree groups)."""
+    out = method.run(model_fn, key, progress_bar=progress_bar, model_kwargs=model_kwargs)
+    if len(out) == 2:
+        return out[0], out[1], {}
+    samples, stats, extra = out
+    return samples, stats, dict(extra or {})
+
+
+def _add_groups(idata, extra):
+    """Attach a method's extra groups (e.g. SVI's `svi_trace`): each an `xarray.Dataset`,
+    or a dict of arrays whose first dimension is `step`."""
+    for name, group in extra.items():
+        if not isinstance(group, xr.Dataset):
+            group = xr.Dataset(
+                {
+                    k: (("step",) + tuple(f"{k}_dim_{i}" for i in range(1, np.ndim(v))),
+                        np.asarray(v))
+                    for k, v in group.items()
+                }
+            )
+        idata[name] = xr.DataTree(group)
+    return idata
+
+
 def _check_method(model, method):
-    if model.sde is not None and model.likelihood.needs_key and isinstance(method, NUTS):
+    if model.sde is not None and model.likelihood.needs_key and isinstance(
+        method, (NUTS, SVI, Laplace)
+    ):
         raise ValueError(
             f"{type(model.likelihood).__name__} gives a random, non-differentiable estimate "
-            "of the likelihood, which NUTS cannot use; pass "
+            f"of the likelihood, which {type(method).__name__} cannot use; pass "
             "method=probde.RandomWalkMetropolis(...) (exact pseudo-marginal MCMC), or use "
             "likelihood=probde.EKF() / probde.UKF() with NUTS"
         )
@@ -143,8 +176,8 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
     counter = FailureCounter()
     fn_count = model.numpyro_model(prepared, on_failure=counter)
     fn = model.numpyro_model(prepared)
-    samples, stats = method.run(fn_count, key_run, progress_bar=progress_bar,
-                                model_kwargs={"observed": True})
+    samples, stats, extra = _run_method(method, fn_count, key_run, progress_bar,
+                                        {"observed": True})
     failures = counter.reset()
     samples = {k: np.asarray(v) for k, v in samples.items()}
     num_chains = next(iter(samples.values())).shape[0]
@@ -201,6 +234,7 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
         solver_failures=failures,
         states=states,
     )
+    _add_groups(idata, extra)
     _warn(idata, failures, model)
     return InferenceResult(idata, model=model, data=data)
 
@@ -281,8 +315,8 @@ def _warn(idata, failures, model):
 
 
 def _infer_function(model_fn, data, method, key_run, key_post, key_prior, num_prior, progress_bar):
-    samples, stats = method.run(model_fn, key_run, progress_bar=progress_bar,
-                                model_kwargs={"data": data} if data is not None else {})
+    samples, stats, extra = _run_method(method, model_fn, key_run, progress_bar,
+                                        {"data": data} if data is not None else {})
     samples = {k: np.asarray(v) for k, v in samples.items()}
     num_chains = next(iter(samples.values())).shape[0]
     stats = {k: np.asarray(v) for k, v in stats.items()}
@@ -311,4 +345,5 @@ def _infer_function(model_fn, data, method, key_run, key_post, key_prior, num_pr
         prior_predictive=prior_pred or None,
         solver_failures=None,
     )
+    _add_groups(idata, extra)
     return InferenceResult(idata)
