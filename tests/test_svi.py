@@ -415,3 +415,48 @@ def test_flow_guide_needs_two_parameters():
     with pytest.raises(ValueError, match="guide='flow' needs at least two"):
         probde.infer(conjugate, Y_CONJ, probde.SVI(guide="flow", num_steps=10), seed=0,
                      num_prior_samples=0)
+
+
+def _two_modes(data=None):
+    # 0.9 N(4, 0.3^2) + 0.1 N(-4, 0.3^2): a minor mode far from the major one, whose
+    # basin a single start inside it does not leave (the ELBO of a narrow Gaussian guide
+    # is locally optimal there).
+    mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+    numpyro.factor("mix", jnp.logaddexp(jnp.log(0.9) + dist.Normal(4.0, 0.3).log_prob(mu),
+                                        jnp.log(0.1) + dist.Normal(-4.0, 0.3).log_prob(mu)))
+
+
+def test_several_starts_find_the_major_mode():
+    # init_radius 6 in the unconstrained (here: identity) space puts starts in both basins;
+    # a single start in the minor basin stays there
+    single = [float(probde.infer(_two_modes, None, probde.SVI(guide="normal", num_steps=600,
+                                                               learning_rate=0.05,
+                                                               init_radius=6.0, num_draws=200),
+                                 seed=s, num_prior_samples=0).idata.posterior["mu"].mean())
+              for s in range(4)]
+    assert min(single) < -3.0 < 3.0 < max(single)  # both optima are reachable
+    method = probde.SVI(guide="normal", num_steps=600, learning_rate=0.05, init_radius=6.0,
+                        num_draws=200, num_starts=8, start_steps=200)
+    for seed in range(2):
+        trace = probde.infer(_two_modes, None, method, seed=seed, num_prior_samples=0).idata
+        assert abs(float(trace.posterior["mu"].mean()) - 4.0) < 0.1
+        loss = trace["svi_trace"]["loss"]
+        starts = trace["svi_trace"]["start_loss"].values
+        assert loss.shape == (600,) and starts.shape == (8,)
+        # the kept path is the best start's: its first phase ends at the smallest score
+        assert np.isclose(float(loss.values[160:200].mean()), starts.min())
+        assert starts.max() - starts.min() > 1.0  # some starts ended in the minor mode
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_starts": 0}, "num_starts must be a positive integer; got 0"),
+        ({"num_starts": 4, "start_steps": 100, "num_steps": 100},
+         r"start_steps must be below num_steps \(100\); got 100"),
+        ({"start_steps": 1.5}, "start_steps must be a positive integer; got 1.5"),
+    ],
+)
+def test_svi_bad_start_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        probde.SVI(**kwargs)

@@ -97,7 +97,8 @@ def default_optimizer(learning_rate: float, num_steps: int) -> optax.GradientTra
     return optax.adam(schedule)
 
 
-def _fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar, model_kwargs):
+def _fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar, model_kwargs,
+         starts=()):
     """Fit `guide` by `num_steps` SVI steps under one jit-compiled `lax.scan`.
 
     A step whose loss is not finite (a failed solve or an impossible prediction makes the
@@ -107,21 +108,40 @@ def _fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar
     enough: it looks at the gradient only, and the model's `-inf` factor for a failed
     solve, `jnp.where(rejected, -inf, 0)`, has a finite, zero gradient under an infinite
     loss; and after `max_consecutive_errors` it applies the bad update.) Returns
-    `(params, losses, skipped)`:
-    the constrained guide parameters, the loss at every step (inf/NaN where skipped) and a
-    boolean per step.
+    `(params, losses, skipped, start_losses)`:
+    the constrained guide parameters, the loss at every step (inf/NaN where skipped), a
+    boolean per step, and the score of every start (empty without `starts`).
+
+    `starts = (guides, start_steps)`: several starting points. Every guide in `guides`
+    (`guide` first, then more of the same family, each initialised from its own key, hence
+    its own starting point) is optimised for `start_steps` steps; the one with the lowest mean loss over its
+    last fifth continues for the remaining `num_steps - start_steps` steps, so the returned
+    trace is that start's whole path. The guides differ only in their starting values, so
+    one compiled step serves them all.
     """
     svi = _NumpyroSVI(model_fn, guide, optax_to_numpyro(optimizer), Trace_ELBO(num_particles))
-    state = svi.init(key, **model_kwargs)
-
-    def step(state, _):
-        new, loss = svi.update(state, **model_kwargs)
-        flat, _ = ravel_pytree(svi.optim.get_params(new.optim_state))
-        ok = jnp.isfinite(loss) & jnp.all(jnp.isfinite(flat))
-        optim_state = jax.tree.map(
-            lambda a, b: jnp.where(ok, a, b), new.optim_state, state.optim_state
-        )
-        return SVIState(optim_state, new.mutable_state, new.rng_key), (loss, ~ok)
+    start_losses = np.zeros((0,))
+    head_losses = head_skipped = np.zeros((0,))
+    if starts:
+        guides, start_steps = starts
+        keys = random.split(key, len(guides))
+        scan = jax.jit(lambda s: lax.scan(_step(svi, model_kwargs), s, None, length=start_steps))
+        runs = []
+        for i, (g, k) in enumerate(zip(guides, keys)):
+            # the first start initialises `svi` itself (its guide's prototype and the
+            # constraining transforms `get_params` uses); the others only lend a state
+            init = svi if i == 0 else _NumpyroSVI(model_fn, g, optax_to_numpyro(optimizer),
+                                                  Trace_ELBO(num_particles))
+            runs.append(scan(init.init(k, **model_kwargs)))
+        tail = max(1, start_steps // 5)
+        start_losses = np.array([_mean_finite(np.asarray(out[0])[-tail:]) for _, out in runs])
+        best = int(np.argmin(np.where(np.isnan(start_losses), np.inf, start_losses)))
+        state, (head_losses, head_skipped) = runs[best]
+        head_losses, head_skipped = np.asarray(head_losses), np.asarray(head_skipped)
+        num_steps = num_steps - start_steps
+    else:
+        state = svi.init(key, **model_kwargs)
+    step = _step(svi, model_kwargs)
 
     if not progress_bar:
         state, (losses, skipped) = jax.jit(
@@ -144,7 +164,30 @@ def _fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar
                 bar.set_postfix_str(f"loss {float(out[0][-1]):.4g}", refresh=False)
         losses = jnp.concatenate([p[0] for p in parts])
         skipped = jnp.concatenate([p[1] for p in parts])
-    return svi.get_params(state), np.asarray(losses), np.asarray(skipped)
+    losses = np.concatenate([head_losses, np.asarray(losses)])
+    skipped = np.concatenate([head_skipped.astype(bool), np.asarray(skipped)])
+    return svi.get_params(state), losses, skipped, start_losses
+
+
+def _step(svi, model_kwargs):
+    """One SVI step for `lax.scan`, undone when its loss or new parameters are not finite
+    (see `_fit`)."""
+
+    def step(state, _):
+        new, loss = svi.update(state, **model_kwargs)
+        flat, _ = ravel_pytree(svi.optim.get_params(new.optim_state))
+        ok = jnp.isfinite(loss) & jnp.all(jnp.isfinite(flat))
+        optim_state = jax.tree.map(
+            lambda a, b: jnp.where(ok, a, b), new.optim_state, state.optim_state
+        )
+        return SVIState(optim_state, new.mutable_state, new.rng_key), (loss, ~ok)
+
+    return step
+
+
+def _mean_finite(x):
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else np.nan
 
 
 def _site_kinds(model_fn, model_kwargs):
@@ -232,13 +275,16 @@ def _draws(model_fn, guide, params, num_draws, key, model_kwargs):
     return samples, stats
 
 
-def _trace_group(losses, skipped):
-    """The `svi_trace` DataTree group: `loss` and `skipped` per `step`, and the number
-    of skipped steps as the attribute `skipped_steps`."""
-    ds = xr.Dataset(
-        {"loss": ("step", losses), "skipped": ("step", skipped.astype(bool))},
-        coords={"step": np.arange(losses.shape[0])},
-    )
+def _trace_group(losses, skipped, start_losses=np.zeros((0,))):
+    """The `svi_trace` DataTree group: `loss` and `skipped` per `step`, the number of
+    skipped steps as the attribute `skipped_steps`, and with several starts `start_loss`
+    per `start` (the mean loss over the last fifth of each start's first phase)."""
+    data = {"loss": ("step", losses), "skipped": ("step", skipped.astype(bool))}
+    coords = {"step": np.arange(losses.shape[0])}
+    if start_losses.size:
+        data["start_loss"] = ("start", start_losses)
+        coords["start"] = np.arange(start_losses.shape[0])
+    ds = xr.Dataset(data, coords=coords)
     ds.attrs[SKIPPED_ATTR] = int(skipped.sum())
     return ds
 
@@ -302,15 +348,16 @@ def _check_fit(name, losses, skipped, num_steps):
         )
 
 
-def _run(method, name, guide, model_fn, key, progress_bar, model_kwargs, num_particles=1):
+def _run(method, name, guide, model_fn, key, progress_bar, model_kwargs, num_particles=1,
+         starts=()):
     optimizer = method.optimizer
     if optimizer is None:
         optimizer = default_optimizer(method.learning_rate, method.num_steps)
     key_fit, key_draw = random.split(key)
     try:
-        params, losses, skipped = _fit(
+        params, losses, skipped, start_losses = _fit(
             model_fn, guide, optimizer, num_particles, method.num_steps, key_fit,
-            progress_bar, model_kwargs,
+            progress_bar, model_kwargs, starts,
         )
     except RuntimeError as err:
         if "Cannot find valid initial parameters" not in str(err):
@@ -325,7 +372,7 @@ def _run(method, name, guide, model_fn, key, progress_bar, model_kwargs, num_par
         ) from err
     _check_fit(name, losses, skipped, method.num_steps)
     samples, stats = _draws(model_fn, guide, params, method.num_draws, key_draw, model_kwargs)
-    return samples, stats, {TRACE_GROUP: _trace_group(losses, skipped)}
+    return samples, stats, {TRACE_GROUP: _trace_group(losses, skipped, start_losses)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,6 +412,13 @@ class SVI(AbstractMethod):
     - `rank`: the rank of the `"low_rank"` guide.
     - `init_radius`: the guide starts centred at a point drawn uniformly in (-r, r) in the
       unconstrained space; infeasible points (failed solves, non-finite density) are redrawn.
+    - `num_starts`, `start_steps`: with `num_starts > 1`, that many starting points are
+      each optimised for `start_steps` steps (default a tenth of `num_steps`), and the one
+      with the lowest loss over its last fifth continues to `num_steps` in all. The ELBO
+      of an ODE model can have local optima that a single start does not escape: on the
+      lynx-hare model every single start tried ended at a fit with three times the noise
+      sd and a log-likelihood 43 lower than the posterior NUTS finds; 8 starts find the
+      right one. `svi_trace.start_loss` holds every start's score.
 
     A step whose loss is not finite (the guide drew a point where the solve failed or the
     prediction is impossible, so the log density is -inf) is skipped: the parameters and
@@ -416,8 +470,18 @@ class SVI(AbstractMethod):
     num_draws: int = 1000
     rank: int | None = None
     init_radius: float = 2.0
+    num_starts: int = 1
+    start_steps: int | None = None
 
     def __post_init__(self):
+        _positive_int("num_starts", self.num_starts)
+        if self.start_steps is not None:
+            _positive_int("start_steps", self.start_steps)
+            if self.start_steps >= self.num_steps:
+                raise ValueError(
+                    f"start_steps must be below num_steps ({self.num_steps}); got "
+                    f"{self.start_steps}"
+                )
         if not isinstance(self.guide, str) or self.guide not in GUIDES:
             raise ValueError(f"guide must be one of {GUIDES}; got {self.guide!r}")
         _check_common(self)
@@ -442,8 +506,14 @@ class SVI(AbstractMethod):
         return _FlowGuide(model_fn, init_loc_fn=init, num_flows=_FLOW_NUM_FLOWS)
 
     def run(self, model_fn, key, *, progress_bar, model_kwargs):
-        return _run(self, "SVI", self.autoguide(model_fn), model_fn, key, progress_bar,
-                    model_kwargs, self.num_particles)
+        guide = self.autoguide(model_fn)
+        starts = ()
+        if self.num_starts > 1:
+            start_steps = self.start_steps or max(1, self.num_steps // 10)
+            extra = [self.autoguide(model_fn) for _ in range(self.num_starts - 1)]
+            starts = ([guide, *extra], start_steps)
+        return _run(self, "SVI", guide, model_fn, key, progress_bar, model_kwargs,
+                    self.num_particles, starts)
 
 
 class _FlowGuide(AutoIAFNormal):
