@@ -5,13 +5,18 @@ import os
 import pathlib
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(description: str, methods: tuple[str, ...] = ()) -> argparse.Namespace:
+    """`--out DIR [--quick] [--seed N]`, and `--method M` when `methods` are offered (the
+    first is the default)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", required=True, type=pathlib.Path, help="output folder")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run (about a minute on two cores)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    if methods:
+        parser.add_argument("--method", choices=methods, default=methods[0],
+                            help=f"inference method (default {methods[0]})")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     return args
@@ -31,6 +36,14 @@ def setup_jax(num_chains: int) -> None:
     jax.config.update("jax_enable_x64", True)
 
 
+# --8<-- [start:svi]
+# A full-rank Gaussian guide. Eight starts of 1500 steps each, then the best continues: a
+# single start often ends at a local optimum of the ELBO (see probde.SVI, num_starts).
+SVI_OPTIONS = dict(guide="multivariate_normal", num_steps=10000, learning_rate=0.1,
+                   num_starts=8, start_steps=1500, num_draws=4000)
+# --8<-- [end:svi]
+
+
 def write_outputs(result, out: pathlib.Path, plot=None) -> None:
     """Print the ArviZ summary; write idata.nc, summary.csv and fit.png, drawn by
     `plot(result, path)` (default `result.plot_fit`)."""
@@ -47,12 +60,15 @@ def write_outputs(result, out: pathlib.Path, plot=None) -> None:
     print(f"wrote {out / 'idata.nc'}, {out / 'summary.csv'}, {out / 'fit.png'}")
 
 
-def main(doc: str, case_dir: pathlib.Path, load_data, num_chains: int = 4) -> None:
+def main(doc: str, case_dir: pathlib.Path, load_data, num_chains: int = 4,
+         methods: tuple[str, ...] = ()) -> None:
     """Run one case study: `load_data(probde)` gives its data, `case_dir/model.py` its
-    `build_model()`; NUTS with `num_chains` x (1000 + 1000), or x (300 + 300) with --quick."""
+    `build_model()`; NUTS with `num_chains` x (1000 + 1000), or x (300 + 300) with --quick.
+    `methods` offers `--method`: `"nuts"`, or `"svi"` (`SVI_OPTIONS`; fewer steps with
+    --quick)."""
     import sys
 
-    args = parse_args(doc.splitlines()[0])
+    args = parse_args(doc.splitlines()[0], methods)
     setup_jax(num_chains)
     import probde
 
@@ -60,6 +76,10 @@ def main(doc: str, case_dir: pathlib.Path, load_data, num_chains: int = 4) -> No
     from model import build_model
 
     steps = 300 if args.quick else 1000
-    method = probde.NUTS(num_chains=num_chains, num_warmup=steps, num_samples=steps)
+    if getattr(args, "method", "nuts") == "svi":
+        options = dict(SVI_OPTIONS, num_steps=3000) if args.quick else SVI_OPTIONS
+        method = probde.SVI(**options)
+    else:
+        method = probde.NUTS(num_chains=num_chains, num_warmup=steps, num_samples=steps)
     result = probde.infer(build_model(), load_data(probde), method, seed=args.seed)
     write_outputs(result, args.out)
