@@ -26,3 +26,21 @@ Z_MAX = 4.0
 @pytest.fixture(autouse=True)
 def _x64_doctest_namespace(doctest_namespace):
     doctest_namespace["np"] = np
+
+
+def decay_at_failure_edge():
+    """`(model, data)`: exponential decay whose solve fails for every rate above about 3
+    (`max_steps=24`); the data put the posterior right at that edge (k = 2.9), the prior
+    well past it. For tests of runs with many failed solves."""
+    import jax.numpy as jnp
+    import numpyro.distributions as dist
+
+    import probde
+
+    ode = probde.ODE(lambda t, y, th: -th["k"] * y, state_names=("x",))
+    model = probde.Model(
+        ode, {"k": dist.LogNormal(1.0, 1.0)}, initial_state=jnp.array([2.0]),
+        observation=probde.noise.Normal(sigma=0.05), solver=probde.Solver(max_steps=24), t0=0.0,
+    )
+    t = np.linspace(0.25, 5.0, 8)
+    return model, probde.TimeSeries(t, 2.0 * np.exp(-2.9 * t), observables=("x",))

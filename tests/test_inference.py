@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 
 import probde
-from conftest import Z_MAX
+from conftest import Z_MAX, decay_at_failure_edge
 
 # ----------------------------------------------------------- linear-Gaussian problem
 # dx/dt = a with x(0) = x0: x(t) = x0 + a t is linear in (x0, a). With Gaussian priors and
@@ -129,15 +129,7 @@ def test_same_seed_same_draws():
 
 # ---------------------------------------------------------------- solver failures
 def test_run_with_many_max_steps_failures_finishes_and_counts_them():
-    # Decay with rate k needs more steps the larger k is; max_steps=24 makes every k above
-    # about 3 fail. The data put the posterior right at that edge, the prior well past it.
-    ode = probde.ODE(lambda t, y, th: -th["k"] * y, state_names=("x",))
-    model = probde.Model(
-        ode, {"k": dist.LogNormal(1.0, 1.0)}, initial_state=jnp.array([2.0]),
-        observation=probde.noise.Normal(sigma=0.05), solver=probde.Solver(max_steps=24), t0=0.0,
-    )
-    t = np.linspace(0.25, 5.0, 8)
-    data = probde.TimeSeries(t, 2.0 * np.exp(-2.9 * t), observables=("x",))
+    model, data = decay_at_failure_edge()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = probde.infer(model, data, probde.NUTS(num_chains=2, num_warmup=200,

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 import probde
-from conftest import Z_MAX
+from conftest import Z_MAX, decay_at_failure_edge
 from probde.inference.svi import loss_converged
 
 # ------------------------------------------------------ linear-Gaussian regression
@@ -256,15 +256,7 @@ def test_non_finite_steps_are_skipped_and_counted(method):
 
 @pytest.mark.slow  # about 25 s on two loaded cores, mostly compiling the ODE model
 def test_failed_solves_are_skipped_and_the_fit_recovers():
-    # As in test_inference.py: max_steps=24 makes every decay rate above about 3 fail,
-    # the data put the posterior right at that edge (k = 2.9), the prior well past it.
-    ode = probde.ODE(lambda t, y, th: -th["k"] * y, state_names=("x",))
-    model = probde.Model(
-        ode, {"k": dist.LogNormal(1.0, 1.0)}, initial_state=jnp.array([2.0]),
-        observation=probde.noise.Normal(sigma=0.05), solver=probde.Solver(max_steps=24), t0=0.0,
-    )
-    t = np.linspace(0.25, 5.0, 8)
-    data = probde.TimeSeries(t, 2.0 * np.exp(-2.9 * t), observables=("x",))
+    model, data = decay_at_failure_edge()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = probde.infer(model, data, probde.SVI(guide="normal", num_steps=500,

@@ -34,7 +34,6 @@ from ..model import (
 from .failures import FailureCounter
 from .methods import NUTS, AbstractMethod
 from .result import InferenceResult, build_datatree
-from .svi import SVI, Laplace
 
 _BOOKKEEPING = (SOLVER_OK, SOLVER_STEPS, VALID, TRAJECTORY, MEAN, DELTA, CORRECTED)
 # Warn about rejected proposals when they exceed this fraction of the sampling phase's
@@ -159,9 +158,7 @@ def _add_groups(idata, extra):
 
 
 def _check_method(model, method):
-    if model.sde is not None and model.likelihood.needs_key and isinstance(
-        method, (NUTS, SVI, Laplace)
-    ):
+    if model.sde is not None and model.likelihood.needs_key and method.needs_gradient:
         raise ValueError(
             f"{type(model.likelihood).__name__} gives a random, non-differentiable estimate "
             f"of the likelihood, which {type(method).__name__} cannot use; pass "

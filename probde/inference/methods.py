@@ -27,7 +27,12 @@ _EXTRA_FIELDS = {
 
 
 class AbstractMethod(abc.ABC):
-    """Extension point for inference methods used by `probde.infer`."""
+    """Extension point for inference methods used by `probde.infer`.
+
+    `needs_gradient`: whether the method differentiates the log density (a random,
+    non-differentiable likelihood such as the particle filter's is refused then)."""
+
+    needs_gradient = True
 
     @abc.abstractmethod
     def run(self, model_fn, key, *, progress_bar: bool, model_kwargs: dict):
@@ -42,6 +47,11 @@ def _positive_int(name, value):
 
 def _real(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_init_radius(value):
+    if not _real(value) or not 0 < value < math.inf:
+        raise ValueError(f"init_radius must be a positive finite number; got {value!r}")
 
 
 class _ChainOptions:
@@ -60,8 +70,7 @@ class _ChainOptions:
             raise ValueError(f"target_accept must be in (0, 1); got {self.target_accept!r}")
         if not isinstance(self.chain_method, str) or self.chain_method not in _CHAIN_METHODS:
             raise ValueError(f"chain_method must be one of {_CHAIN_METHODS}; got {self.chain_method!r}")
-        if not _real(self.init_radius) or not 0 < self.init_radius < math.inf:
-            raise ValueError(f"init_radius must be a positive finite number; got {self.init_radius!r}")
+        _check_init_radius(self.init_radius)
 
     def resolved_chain_method(self) -> str:
         """The chain method used on this machine."""

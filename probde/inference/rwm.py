@@ -350,6 +350,8 @@ class RandomWalkMetropolis(_ChainOptions, AbstractMethod):
     ```
     """
 
+    needs_gradient = False  # pseudo-marginal: any unbiased likelihood estimate
+
     num_chains: int = 4
     num_warmup: int = 2000
     num_samples: int = 2000

@@ -38,7 +38,7 @@ from numpyro.infer.util import log_density
 from numpyro.optim import optax_to_numpyro
 
 from .._checks import describe
-from .methods import AbstractMethod, _positive_int, _real
+from .methods import AbstractMethod, _check_init_radius, _positive_int, _real
 
 GUIDES = ("normal", "multivariate_normal", "low_rank", "flow")
 TRACE_GROUP = "svi_trace"
@@ -76,10 +76,7 @@ def _check_common(method):
             "optimizer must be an optax.GradientTransformation (e.g. optax.adam(1e-2)) "
             f"or None; got {describe(method.optimizer)}"
         )
-    if not _real(method.init_radius) or not 0 < method.init_radius < math.inf:
-        raise ValueError(
-            f"init_radius must be a positive finite number; got {method.init_radius!r}"
-        )
+    _check_init_radius(method.init_radius)
 
 
 def default_optimizer(learning_rate: float, num_steps: int) -> optax.GradientTransformation:
@@ -309,9 +306,7 @@ def loss_converged(losses) -> bool:
     last = losses[-w:]
     prev = losses[-2 * w : -w]
     last, prev = last[np.isfinite(last)], prev[np.isfinite(prev)]
-    if last.size < 2 or prev.size == 0:
-        return False
-    if prev.size < 2:
+    if last.size < 2 or prev.size < 2:
         return False
     se = math.sqrt(last.var(ddof=1) / last.size + prev.var(ddof=1) / prev.size)
     drop = prev.mean() - last.mean()
