@@ -4,6 +4,7 @@ from . import datasets, noise
 from .design import latin_hypercube, sobol
 from .discrepancy import (
     Constraint,
+    DeepGPDiscrepancy,
     EmulatorDiagnostics,
     GPDiscrepancy,
     GPEmulator,
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Constraint",
+    "DeepGPDiscrepancy",
     "EKF",
     "EmulatorDiagnostics",
     "GPDiscrepancy",

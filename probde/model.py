@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
@@ -13,6 +14,7 @@ import numpyro.distributions as dist
 from numpyro import handlers
 
 from ._checks import describe
+from .discrepancy.deepgp import DeepGPDiscrepancy
 from .discrepancy.emulator import GPEmulator
 from .discrepancy.gp import GPDiscrepancy, MarkovGPDiscrepancy, NoDiscrepancy
 from .discrepancy.marginal import MarginalGP
@@ -149,10 +151,13 @@ class Model:
         self.params = self._check_params(params)
         self.observation = self._check_observation(observation)
         self.observe = self._check_observe(observe)
-        if discrepancy is not None and not isinstance(discrepancy, GPDiscrepancy):
+        if discrepancy is not None and not isinstance(
+            discrepancy, (GPDiscrepancy, DeepGPDiscrepancy)
+        ):
             raise TypeError(
-                "discrepancy must be None, probde.GPDiscrepancy(...) or "
-                f"probde.MarkovGPDiscrepancy(...); got {describe(discrepancy)}"
+                "discrepancy must be None, probde.GPDiscrepancy(...), "
+                "probde.MarkovGPDiscrepancy(...) or probde.DeepGPDiscrepancy(...); got "
+                f"{describe(discrepancy)}"
             )
         self.discrepancy = discrepancy
         if self.emulator is not None:
@@ -312,6 +317,11 @@ class Model:
                 "an emulated simulator needs probde.noise.Normal observation noise (its "
                 "uncertainty is Gaussian and adds to the noise covariance); got "
                 f"{type(self.observation).__name__}"
+            )
+        if isinstance(discrepancy, DeepGPDiscrepancy):
+            raise ValueError(
+                "an emulated simulator takes a GPDiscrepancy (its covariance joins the "
+                "emulator's); DeepGPDiscrepancy needs a simulator (probde.ODE)"
             )
         if isinstance(discrepancy, MarkovGPDiscrepancy):
             raise ValueError(
@@ -574,14 +584,38 @@ class Model:
         if disc is not None:
             index = disc.observable_index(data.observables)
             marginal = disc.is_marginal(self.observation)
+        deep = isinstance(disc, DeepGPDiscrepancy)
+        if deep:
+            link_values = np.asarray(self.observation.link(jnp.asarray(data.values)))
+            standardiser = disc.standardiser(data.times, link_values, data.mask)
         new_times = None if predict_times is None else jnp.asarray(predict_times, dtype=times.dtype)
 
-        def model_fn(observed: bool = True, conditional: bool = False):
+        def model_fn(observed: bool = True, conditional: bool = False,
+                     batch_size: int | None = None, experiment_batch_size: int | None = None):
+            # Minibatches (SVI): a random subset of the time points and/or experiments,
+            # drawn by numpyro's subsampling plates, which also scale the log-likelihood by
+            # size / subsample size (an unbiased estimate of the full one). Only the chosen
+            # experiments are solved, and only at the chosen times (sorted for the solver).
+            times_, values_, mask_, plates, rows = times, values, mask, [], None
+            if experiment_batch_size is not None:
+                eplate = numpyro.plate("experiments", E, subsample_size=experiment_batch_size,
+                                       dim=-3)
+                with eplate as rows:
+                    rows = jnp.sort(rows)
+                values_, mask_ = values_[rows], mask_[rows]
+                plates.append(eplate)
+            if batch_size is not None:
+                tplate = numpyro.plate("times", times.shape[0], subsample_size=batch_size,
+                                       dim=-2)
+                with tplate as cols:
+                    cols = jnp.sort(cols)
+                times_, values_, mask_ = times_[cols], values_[:, cols], mask_[:, cols]
+                plates.append(tplate)
             theta = {name: numpyro.sample(name, prior) for name, prior in self.params.items()}
             for name, fn in self.derived.items():
                 numpyro.deterministic(name, fn(theta))
-            simulate = self._simulator(theta, starts)
-            ys, ok, steps, extra = simulate(times)
+            simulate = self._simulator(theta, starts, rows)
+            ys, ok, steps, extra = simulate(times_)
             ys = jnp.where(ok[:, None, None], ys, 1.0)
             mu = self._observe(ys, theta)
             valid = ok
@@ -612,8 +646,11 @@ class Model:
                 """Independent noise around `prediction`; predictions at new times."""
                 noise = self.observation.distribution(prediction, hyper)
                 if observed:
-                    with handlers.mask(mask=mask):
-                        numpyro.sample(OBSERVED, noise, obs=values)
+                    with contextlib.ExitStack() as stack:
+                        for plate in plates:
+                            stack.enter_context(plate)
+                        stack.enter_context(handlers.mask(mask=mask_))
+                        numpyro.sample(OBSERVED, noise, obs=values_)
                 else:
                     numpyro.sample(OBSERVED, noise)
                 if conditional and new_times is not None:
@@ -622,8 +659,21 @@ class Model:
             if disc is None:
                 observe_independent(mu)
                 return
-            dh = self._sample_discrepancy_hyper(disc, index.size)
             loc = self.observation.link(mu)
+            if deep:
+                # A deep GP of random features: its weights are latent sites, delta is a
+                # deterministic function of them, evaluated anew at predicted times.
+                fn = disc.sample(self.discrepancy_names, O, index.size)
+                d_data = disc.delta(fn, times_, loc, standardiser)
+                delta = jnp.zeros(mu.shape, mu.dtype).at[..., index].set(d_data)
+                corrected = self.observation.inverse_link(loc + delta)
+                numpyro.deterministic(DELTA, delta)
+                numpyro.deterministic(CORRECTED, corrected)
+                observe_independent(
+                    corrected, index, lambda t, l: disc.delta(fn, t, l, standardiser)
+                )
+                return
+            dh = self._sample_discrepancy_hyper(disc, index.size)
             if marginal:
                 noise_var = jnp.broadcast_to(jnp.reshape(hyper["sigma"], (-1,)) ** 2, (O,))
                 gp = MarginalGP(disc, times, loc, noise_var, dh, index, mask,
@@ -687,7 +737,7 @@ class Model:
         numpyro.factor("emulator_runs", self.emulator.training_log_marginal(hyper))
         return hyper
 
-    def _simulator(self, theta, starts):
+    def _simulator(self, theta, starts, rows=None):
         """`times -> (ys (E, T, S), ok (E,), solver steps (E,), covariance (O, T, T) | None)`.
 
         An ODE is solved from each experiment's initial state (sampled here); an emulator
@@ -697,6 +747,8 @@ class Model:
         E = starts.shape[0]
         if self.emulator is None:
             y0 = self._initial_state(theta, E)
+            if rows is not None:  # a minibatch of experiments
+                y0, starts = y0[rows], starts[rows]
 
             def simulate(times):
                 traj = self._solve_all(theta, y0, starts, times)
@@ -724,6 +776,8 @@ class Model:
         mu = self._observe(ys, theta)
         numpyro.deterministic(MEAN + "_new", mu)
         delta = jnp.zeros(mu.shape, mu.dtype)
+        if callable(d_new):  # a deep GP: the function of the new times and predictions
+            d_new = d_new(new_times, self.observation.link(mu))
         if index is not None:
             delta = delta.at[..., index].set(d_new)
         corrected = self.observation.inverse_link(self.observation.link(mu) + delta)

@@ -170,6 +170,7 @@ def _check_method(model, method):
 def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, progress_bar):
     _check_method(model, method)
     prepared = model.prepare(data)
+    method.check_model(model, prepared)
     counter = FailureCounter()
     fn_count = model.numpyro_model(prepared, on_failure=counter)
     fn = model.numpyro_model(prepared)
@@ -232,7 +233,7 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
         states=states,
     )
     _add_groups(idata, extra)
-    _warn(idata, failures, model)
+    _warn(idata, failures, model, variational=bool(extra.get("svi_trace") is not None))
     return InferenceResult(idata, model=model, data=data)
 
 
@@ -287,11 +288,14 @@ def pointwise_log_likelihood(fn, flat):
     return jax.jit(lambda f: jax.lax.map(one, f, batch_size=min(n, 64)))(flat)
 
 
-def _warn(idata, failures, model):
+def _warn(idata, failures, model, variational=False):
+    """Warnings on rejected proposals and divergences. A variational fit reports its
+    failed steps itself (skipped steps, `svi_trace`): its failure count covers every
+    optimisation step and start, not draws, so it is not compared with the draws here."""
     stats = idata["sample_stats"]
     total = int(stats["diverging"].size)
     evaluations = int(np.asarray(stats["n_steps"]).sum())
-    if failures > FAILURE_WARN_FRACTION * evaluations:
+    if not variational and failures > FAILURE_WARN_FRACTION * evaluations:
         warnings.warn(
             f"{failures} proposals were rejected because the solve (or the filter) failed or "
             "predicted an impossible value (e.g. a non-positive mean for "
@@ -312,6 +316,7 @@ def _warn(idata, failures, model):
 
 
 def _infer_function(model_fn, data, method, key_run, key_post, key_prior, num_prior, progress_bar):
+    method.check_model(None, None)
     samples, stats, extra = _run_method(method, model_fn, key_run, progress_bar,
                                         {"data": data} if data is not None else {})
     samples = {k: np.asarray(v) for k, v in samples.items()}

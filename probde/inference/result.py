@@ -6,6 +6,7 @@ import arviz as az
 import numpy as np
 import xarray as xr
 
+from ..discrepancy.deepgp import DeepGPDiscrepancy
 from ..model import CORRECTED, DELTA, DELTA_Z, INITIAL_STATE, MEAN, OBSERVED, TRAJECTORY
 
 PARAMETERS_ATTR = "probde_parameters"
@@ -25,6 +26,12 @@ def _site_dims(name, value_shape, model, data):
     if name == DELTA_Z:
         return ([] if data.single else ["experiment"]) + ["discrepancy_observable", "time"]
     if model.discrepancy is not None and name in model.discrepancy_names.values():
+        if isinstance(model.discrepancy, DeepGPDiscrepancy):
+            if name in _deep_weight_names(model):
+                return ["discrepancy_feature", f"{name}_unit"]
+            if name == model.discrepancy_names.get("hidden_variance"):
+                return ["discrepancy_hidden_layer"]
+            return ["discrepancy_layer"] if value_shape else []
         return ["discrepancy_observable"] if value_shape else []
     hyper = set(model.hyper_names.values())
     if value_shape == (O,) and name in hyper:
@@ -36,6 +43,14 @@ def _site_dims(name, value_shape, model, data):
     if value_shape == (E,) and not data.single:
         return ["experiment"]
     return None
+
+
+def _deep_weight_names(model) -> set[str]:
+    """The weight sites of a deep-GP discrepancy (not listed as parameters: there are
+    hundreds of them and they are not identified)."""
+    if not isinstance(model.discrepancy, DeepGPDiscrepancy):
+        return set()
+    return {v for k, v in model.discrepancy_names.items() if k.startswith("w")}
 
 
 def _squeeze_experiment(arr, data, axis):
@@ -138,6 +153,7 @@ def build_datatree(
         names = [n for n in names if n in model.params or n in model.derived
                  or n in model.hyper_names.values() or n == INITIAL_STATE
                  or n in model.discrepancy_names.values()]
+        names = [n for n in names if n not in _deep_weight_names(model)]
     idata.attrs[PARAMETERS_ATTR] = ",".join(names)
     idata.attrs["inference_library"] = "probde"
     if solver_failures is not None:

@@ -19,7 +19,7 @@ from numpyro.infer.mcmc import MCMCKernel
 from numpyro.infer.util import initialize_model, potential_energy
 from numpyro.util import is_prng_key
 
-from .methods import AbstractMethod, _ChainOptions
+from .methods import AbstractMethod, _ChainOptions, init_strategy
 
 # numpyro state fields collected per transition and the ArviZ sample_stats names they become.
 _EXTRA_FIELDS = {
@@ -368,7 +368,7 @@ class RandomWalkMetropolis(_ChainOptions, AbstractMethod):
         return RandomWalkMetropolisKernel(
             model_fn,
             target_accept=self.target_accept,
-            init_strategy=init_to_uniform(radius=self.init_radius),
+            init_strategy=init_strategy(self.init_radius),
         )
 
     def mcmc(
