@@ -372,6 +372,11 @@ def test_particle_filter_model_is_refused():
         ({"guide": "low_rank", "rank": 0}, ValueError, "rank must be a positive integer; got 0"),
         ({"num_particles": 0}, ValueError, "num_particles must be a positive integer"),
         ({"init_radius": -1.0}, ValueError, "init_radius must be a positive finite number"),
+        ({"init_scale": 0.0}, ValueError, "init_scale must be a positive finite number"),
+        ({"guide": "flow", "init_scale": 0.01}, ValueError, "init_scale applies to the Gaussian"),
+        ({"batch_size": 0}, ValueError, "batch_size must be a positive integer; got 0"),
+        ({"experiment_batch_size": 1.5}, ValueError,
+         "experiment_batch_size must be a positive integer; got 1.5"),
     ],
 )
 def test_svi_bad_input(kwargs, error, match):
@@ -452,3 +457,42 @@ def test_several_starts_find_the_major_mode():
 def test_svi_bad_start_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         probde.SVI(**kwargs)
+
+
+def test_plot_loss(tmp_path):
+    """The loss trace plot, with skipped steps marked; refused for an MCMC result."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    result = probde.infer(walled, Y_CONJ, probde.SVI(guide="normal", num_steps=300,
+                                                     num_draws=50), seed=0,
+                          num_prior_samples=0)
+    fig = result.plot_loss(tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels[0] == "loss per step" and any("running median" in x for x in labels)
+    nuts = probde.infer(walled, Y_CONJ, probde.NUTS(num_chains=1, num_warmup=50,
+                                                    num_samples=50), num_prior_samples=0)
+    with pytest.raises(ValueError, match="plot_loss needs the svi_trace group"):
+        nuts.plot_loss()
+
+
+def test_map_initialised_nuts_starts_near_the_mode_and_samples_correctly():
+    """NUTS(init='map'): every chain's first warmup point comes from the Laplace
+    approximation (here the exact posterior N(0.88, 0.41^2)), not from the prior's
+    (-2, 2) box, and the posterior is the same."""
+    import jax
+
+    from probde.inference.svi import laplace_starts
+
+    starts = laplace_starts(walled, jax.random.PRNGKey(0), 4, {"data": Y_CONJ}, 2.0, False)
+    mu0 = np.asarray(starts["mu"])
+    assert mu0.shape == (4,) and np.ptp(mu0) > 0  # one start per chain, all different
+    assert np.all(np.abs(mu0 - 5.3 / 6) < 5 * np.sqrt(1 / 6)) and np.all(mu0 < THRESHOLD)
+    method = probde.NUTS(num_chains=2, num_warmup=200, num_samples=500, init="map")
+    result = probde.infer(walled, Y_CONJ, method, seed=1, num_prior_samples=0)
+    post = result.idata.posterior["mu"]
+    ess = float(az.ess(result.idata, var_names=["mu"])["mu"])
+    assert abs(float(post.mean()) - 5.3 / 6) / (float(post.std()) / np.sqrt(ess)) < Z_MAX
+    with pytest.raises(ValueError, match="init must be 'uniform' or 'map'; got 'mode'"):
+        probde.NUTS(init="mode")

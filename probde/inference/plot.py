@@ -136,3 +136,53 @@ def plot_discrepancy(idata, *, path=None, interval=0.9, group=None):
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def plot_loss(idata, *, path=None, ax=None):
+    """The optimisation trace of a variational or Laplace fit (group `svi_trace`)."""
+    import matplotlib
+
+    if path is not None and ax is None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if "svi_trace" not in idata.children:
+        raise ValueError(
+            "plot_loss needs the svi_trace group of a probde.SVI or probde.Laplace fit; this "
+            f"result has groups {list(idata.children)}"
+        )
+    trace = idata["svi_trace"]
+    loss = np.asarray(trace["loss"].values, dtype=float)
+    steps = np.asarray(trace["step"].values)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+    else:
+        fig = ax.figure
+    finite = np.isfinite(loss)
+    ax.plot(steps[finite], loss[finite], color="C0", lw=0.5, alpha=0.35, label="loss per step")
+    # a running median over 1% of the run shows the trend under the step-to-step noise
+    width = max(1, loss.size // 100)
+    if finite.sum() > width:
+        smooth = np.array([np.median(loss[max(0, i - width):i + 1][finite[max(0, i - width):i + 1]])
+                           if finite[max(0, i - width):i + 1].any() else np.nan
+                           for i in range(loss.size)])
+        ax.plot(steps, smooth, color="C0", lw=1.5, label=f"running median ({width} steps)")
+    skipped = np.asarray(trace["skipped"].values, dtype=bool)
+    if skipped.any():
+        lo = np.nanmin(loss[finite]) if finite.any() else 0.0
+        ax.plot(steps[skipped], np.full(skipped.sum(), lo), "|", color="C3",
+                label=f"skipped steps ({int(skipped.sum())})")
+    if finite.any():
+        # the first steps from a random start are far above the rest; keep them on the
+        # axes without letting them flatten the end of the run
+        tail = loss[finite][loss[finite].size // 10:]
+        lo, hi = np.min(tail), np.quantile(tail, 0.99)
+        pad = 0.1 * (hi - lo) if hi > lo else 1.0
+        ax.set_ylim(lo - pad, hi + 4 * pad)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (negative ELBO)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

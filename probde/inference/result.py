@@ -236,6 +236,15 @@ class InferenceResult:
 
         return plot_discrepancy(self.idata, path=path, interval=interval)
 
+    def plot_loss(self, path=None, *, ax=None):
+        """The loss per optimisation step of a `probde.SVI` or `probde.Laplace` fit (the
+        group `svi_trace`), with a running median and the skipped steps marked; the y axis
+        covers the last 90% of the run, where convergence is judged. Returns the figure;
+        saves it to `path` when given."""
+        from .plot import plot_loss
+
+        return plot_loss(self.idata, path=path, ax=ax)
+
     def to_netcdf(self, path) -> None:
         """Write the DataTree to a netCDF file (h5netcdf); `probde.load(path)` reads it back."""
         self.idata.to_netcdf(path, engine="h5netcdf")

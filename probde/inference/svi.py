@@ -414,6 +414,10 @@ class SVI(AbstractMethod):
       `learning_rate` is unused).
     - `num_particles`: guide draws per ELBO estimate.
     - `rank`: the rank of the `"low_rank"` guide.
+    - `batch_size`, `experiment_batch_size`: minibatch sizes (see below; default: all the
+      data every step).
+    - `init_scale`: the initial standard deviation of the Gaussian guides in the
+      unconstrained space (numpyro's default, 0.1).
     - `init_radius`: the guide starts centred at a point drawn uniformly in (-r, r) in the
       unconstrained space; infeasible points (failed solves, non-finite density) are redrawn.
     - `num_starts`, `start_steps`: with `num_starts > 1`, that many starting points are
@@ -446,8 +450,18 @@ class SVI(AbstractMethod):
     `sample_stats` gets `lp` (the model's log density at each draw in the unconstrained
     space, as NUTS reports it), and `diverging` (always False) and `n_steps` (always 1) for
     compatibility with NUTS. The pointwise log-likelihood (for `az.loo`) and the posterior
-    predictive are computed from the draws as for NUTS. Minibatching over time points is
-    not supported: every step uses all the data.
+    predictive are computed from the draws as for NUTS, from all the data.
+
+    **Minibatching:** with `batch_size=B` every step uses a random subset of B of the
+    data's time points (and with `experiment_batch_size=K`, of K experiments), drawn
+    afresh each step by numpyro's subsampling plates, which scale the batch's
+    log-likelihood by (number of time points) / B (and experiments / K): an unbiased
+    estimate of the full ELBO and its gradient. The ODE is solved at the batch's times
+    only, so a step costs O(B) however long the series. It needs a likelihood that is a
+    sum over time points given the global parameters: no discrepancy or a
+    `probde.DeepGPDiscrepancy` (not a GP discrepancy, an emulator or an SDE filter, which
+    couple the time points), and for experiment batches initial states that are not
+    inferred per experiment. The loss trace is then the minibatch estimate (noisier).
 
     **Example:**
 
