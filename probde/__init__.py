@@ -5,6 +5,7 @@ from .design import latin_hypercube, sobol
 from .discrepancy import (
     Constraint,
     DeepGPDiscrepancy,
+    DeepGPEmulator,
     EmulatorDiagnostics,
     GPDiscrepancy,
     GPEmulator,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Constraint",
     "DeepGPDiscrepancy",
+    "DeepGPEmulator",
     "EKF",
     "EmulatorDiagnostics",
     "GPDiscrepancy",

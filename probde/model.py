@@ -15,6 +15,7 @@ from numpyro import handlers
 
 from ._checks import describe
 from .discrepancy.deepgp import DeepGPDiscrepancy
+from .discrepancy.deep_emulator import DeepGPEmulator
 from .discrepancy.emulator import GPEmulator
 from .discrepancy.gp import GPDiscrepancy, MarkovGPDiscrepancy, NoDiscrepancy
 from .discrepancy.marginal import MarginalGP
@@ -71,7 +72,8 @@ class Model:
     **Main arguments:**
 
     - `dynamics`: a `probde.ODE`, a `probde.SDE` (then give `likelihood`), or a
-      `probde.GPEmulator` standing in for an expensive simulator.
+      `probde.GPEmulator` or `probde.DeepGPEmulator` standing in for an expensive
+      simulator.
     - `params`: dict mapping parameter names to numpyro distributions (the priors). The
       names are the posterior variables and the keys of `theta` in the vector field.
     - `initial_state`: the state at `t0`: a fixed array `(S,)` (or `(E, S)`, one row per
@@ -105,7 +107,8 @@ class Model:
     - `emulation`: with `dynamics=probde.GPEmulator(...)` (an emulator of an expensive
       simulator, `initial_state=None`): `"modular"` (default) fixes the emulator's
       hyperparameters at their fitted values; `"joint"` infers them with theta, the
-      simulator runs entering the likelihood (the full Kennedy-O'Hagan model).
+      simulator runs entering the likelihood (the full Kennedy-O'Hagan model). A
+      `probde.DeepGPEmulator` is modular only.
 
     **Example:**
 
@@ -137,16 +140,22 @@ class Model:
         dims: Mapping[str, Sequence[str]] | None = None,
         emulation: str = "modular",
     ):
-        if not isinstance(dynamics, (ODE, SDE, GPEmulator)):
+        if not isinstance(dynamics, (ODE, SDE, GPEmulator, DeepGPEmulator)):
             raise TypeError(
-                "dynamics must be a probde.ODE, a probde.SDE or a probde.GPEmulator; got "
-                f"{describe(dynamics)}"
+                "dynamics must be a probde.ODE, a probde.SDE or a probde.GPEmulator (or "
+                f"probde.DeepGPEmulator); got {describe(dynamics)}"
             )
         self.dynamics = dynamics
         self.sde = dynamics if isinstance(dynamics, SDE) else None
-        self.emulator = dynamics if isinstance(dynamics, GPEmulator) else None
+        self.emulator = dynamics if isinstance(dynamics, (GPEmulator, DeepGPEmulator)) else None
         if emulation not in ("modular", "joint"):
             raise ValueError(f"emulation must be 'modular' or 'joint'; got {emulation!r}")
+        if emulation == "joint" and isinstance(dynamics, DeepGPEmulator):
+            raise ValueError(
+                "emulation='joint' needs a probde.GPEmulator (its hyperparameters have a "
+                "closed-form training likelihood); a probde.DeepGPEmulator is fitted once by "
+                "SVI and takes emulation='modular'"
+            )
         self.emulation = emulation
         self.params = self._check_params(params)
         self.observation = self._check_observation(observation)
@@ -309,8 +318,8 @@ class Model:
         emu = self.emulator
         if initial_state is not None:
             raise ValueError(
-                "initial_state must be None when dynamics is a probde.GPEmulator (the emulator "
-                f"predicts the outputs directly); got {describe(initial_state)}"
+                f"initial_state must be None when dynamics is a probde.{type(emu).__name__} "
+                f"(the emulator predicts the outputs directly); got {describe(initial_state)}"
             )
         if self.observation.hyperparameters().keys() != {"sigma"} or self.observation.log_link:
             raise ValueError(

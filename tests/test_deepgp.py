@@ -133,7 +133,8 @@ def test_two_layer_deep_gp_by_nuts_reduces_held_out_error(split_data, plain_erro
     train, held_times = split_data
     model = _decay_model(probde.DeepGPDiscrepancy(layers=2, num_features=20))
     result = probde.infer(model, train, probde.NUTS(num_chains=1, num_warmup=300,
-                                                    num_samples=200), seed=0,
+                                                    num_samples=200, target_accept=0.95),
+                          seed=0,
                           num_prior_samples=0)
     deep_err = _held_out_rmse(result, "corrected", held_times)
     assert deep_err < 0.4 * plain_error, (deep_err, plain_error)

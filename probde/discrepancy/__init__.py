@@ -2,6 +2,7 @@
 
 from .emulator import EmulatorDiagnostics, GPEmulator
 from .deepgp import DeepGPDiscrepancy
+from .deep_emulator import DeepGPEmulator
 from .gp import Constraint, GPDiscrepancy, MarkovGPDiscrepancy
 
-__all__ = ["Constraint", "DeepGPDiscrepancy", "EmulatorDiagnostics", "GPDiscrepancy", "GPEmulator", "MarkovGPDiscrepancy"]
+__all__ = ["Constraint", "DeepGPDiscrepancy", "DeepGPEmulator", "EmulatorDiagnostics", "GPDiscrepancy", "GPEmulator", "MarkovGPDiscrepancy"]

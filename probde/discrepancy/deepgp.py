@@ -33,6 +33,7 @@ import numpyro.distributions as dist
 from gpjax.kernels.stationary.base import StationaryKernel
 
 from .._checks import describe
+from .gp import check_observables, observable_index
 
 INPUTS = ("time", "time+output")
 # The samplers' marker for sites to start near zero (probde.inference.methods.SMALL_INIT;
@@ -232,13 +233,7 @@ class DeepGPDiscrepancy:
 
     # ------------------------------------------------------------------ model hooks
     def check_model(self, observables, observation) -> None:
-        if self.observables is not None:
-            for name in self.observables:
-                if name not in observables:
-                    raise ValueError(
-                        f"discrepancy observables names {name!r}, which is not an observable; "
-                        f"observables are {tuple(observables)}"
-                    )
+        check_observables(self.observables, observables)
 
     def check_times(self, start, end) -> None:
         return None
@@ -253,8 +248,7 @@ class DeepGPDiscrepancy:
         return names
 
     def observable_index(self, observables) -> np.ndarray:
-        names = observables if self.observables is None else self.observables
-        return np.array([list(observables).index(n) for n in names], dtype=int)
+        return observable_index(self.observables, observables)
 
     def input_dim(self, num_observables: int) -> int:
         return 1 + (num_observables if self.inputs == "time+output" else 0)
@@ -295,11 +289,12 @@ class DeepGPDiscrepancy:
                 prior = prior.expand([L]).to_event(1)
             else:
                 prior = prior.to_event(1) if not prior.event_shape else prior
-            ls = numpyro.sample(site_names["lengthscale"], prior)
+            ls = numpyro.sample(site_names["lengthscale"], prior, infer={SMALL_INIT: "median"})
         else:
             ls = jnp.full((L,), self.fixed["lengthscale"])
         if "variance" in self.priors:
-            var = numpyro.sample(site_names["variance"], self.priors["variance"])
+            var = numpyro.sample(site_names["variance"], self.priors["variance"],
+                                 infer={SMALL_INIT: "median"})
         else:
             var = self.fixed["variance"]
         hidden = self.fixed.get("hidden_variance", 1.0)
@@ -309,7 +304,8 @@ class DeepGPDiscrepancy:
                 prior = prior.expand([L - 1]).to_event(1)
             else:
                 prior = prior.to_event(1) if not prior.event_shape else prior
-            hidden = numpyro.sample(site_names["hidden_variance"], prior)
+            hidden = numpyro.sample(site_names["hidden_variance"], prior,
+                                    infer={SMALL_INIT: "median"})
         d_in = self.input_dim(num_observables)
         width = self.width or d_in
         outs = [width] * (L - 1) + [num_outputs]

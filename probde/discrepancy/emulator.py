@@ -223,9 +223,198 @@ class EmulatorDiagnostics:
         return f"EmulatorDiagnostics({m} held-out runs x {T} times)\n{self.table()}"
 
 
+# ------------------------------------------------------------ shared by the emulators
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class _EmulatorBase:
+    """What `GPEmulator` and `probde.DeepGPEmulator` share: the fields of the training runs
+    (`_TrainingRuns.fields`) and the diagnostics, their read-only views and the frame of
+    the text report."""
+
+    _parameter_names: tuple[str, ...]
+    _observables: tuple[str, ...]
+    _times: np.ndarray  # (T,)
+    _lows: np.ndarray  # (P,)
+    _highs: np.ndarray  # (P,)
+    _design: np.ndarray  # (n, P)
+    _outputs: np.ndarray  # (n, T, O)
+    _loc: np.ndarray  # (O,)
+    _scale: np.ndarray  # (O,)
+    diagnostics: EmulatorDiagnostics | None
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        """Names of the simulator's parameters, in the order of `theta` arrays."""
+        return self._parameter_names
+
+    @property
+    def observables(self) -> tuple[str, ...]:
+        """Names of the simulator's outputs (the columns of `predict`'s mean)."""
+        return self._observables
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """The emulated outputs play the role of states in a `probde.Model`."""
+        return self.observables
+
+    @property
+    def num_states(self) -> int:
+        return len(self.observables)
+
+    @property
+    def times(self) -> np.ndarray:
+        """The training times `(T,)`: every run's output times."""
+        return self._times
+
+    @property
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        """The box mapped to the unit cube: parameter name -> `(low, high)`."""
+        return {
+            name: (float(lo), float(hi))
+            for name, lo, hi in zip(self._parameter_names, self._lows, self._highs, strict=True)
+        }
+
+    @property
+    def design(self) -> np.ndarray:
+        """The design points `(n, P)`, columns in `parameter_names` order."""
+        return self._design
+
+    @property
+    def outputs(self) -> np.ndarray:
+        """The simulator outputs `(n, T, O)` of the design's runs."""
+        return self._outputs
+
+    @property
+    def output_loc(self) -> np.ndarray:
+        """Per-observable mean `(O,)` subtracted in the standardisation."""
+        return self._loc
+
+    @property
+    def output_scale(self) -> np.ndarray:
+        """Per-observable standard deviation `(O,)` divided out in the standardisation."""
+        return self._scale
+
+    @property
+    def _times_range(self) -> tuple[float, float]:
+        return float(self._times[0]), float(self._times[-1])
+
+    def summary(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self):
+        return self.summary()
+
+    def _summary_head(self) -> str:
+        """The report's first line: the runs, parameters and observables."""
+        n, T, _ = self._outputs.shape
+        return (
+            f"{type(self).__name__}: {n} runs x {T} times, parameters {self._parameter_names}, "
+            f"observables {self._observables}"
+        )
+
+    def _summary_diagnostics(self, split: str) -> list[str]:
+        """The report's diagnostics lines; `split` describes the held-out runs, formatted
+        with `m` (held out), `fit` (the others) and `n` (all runs)."""
+        if self.diagnostics is None:
+            return ["  no held-out runs (held_out=0): no diagnostics"]
+        n = self._outputs.shape[0]
+        m = self.diagnostics.held_out_runs.shape[0]
+        head = f"  held-out diagnostics ({split.format(m=m, fit=n - m, n=n)}):"
+        return [head] + ["    " + row for row in self.diagnostics.table().splitlines()]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _TrainingRuns:
+    """Checked simulator runs (`_check_runs`), then (`split`) split into training and
+    held-out runs, with the scalings of both emulators: inputs to the unit cube (times by
+    their range, parameters by the bounds), outputs standardised by the training runs."""
+
+    times: np.ndarray  # (T,)
+    design: np.ndarray  # (n, P)
+    names: tuple[str, ...]
+    outputs: np.ndarray  # (n, T, O)
+    observables: tuple[str, ...]
+    lows: np.ndarray  # (P,)
+    highs: np.ndarray  # (P,)
+    held_idx: np.ndarray | None = None  # (m,) sorted
+    fit_idx: np.ndarray | None = None  # (n - m,) sorted
+    loc: np.ndarray | None = None  # (O,)
+    scale: np.ndarray | None = None  # (O,)
+
+    def split(self, held: int, seed: int) -> _TrainingRuns:
+        """Hold out `held` runs chosen at random with `seed`; standardise by the others."""
+        perm = np.random.default_rng(int(seed)).permutation(self.outputs.shape[0])
+        held_idx, fit_idx = np.sort(perm[:held]), np.sort(perm[held:])
+        loc = self.outputs[fit_idx].mean(axis=(0, 1))
+        scale = self.outputs[fit_idx].std(axis=(0, 1))
+        scale = np.where(scale > 0, scale, 1.0)
+        return dataclasses.replace(
+            self, held_idx=held_idx, fit_idx=fit_idx, loc=loc, scale=scale
+        )
+
+    def inputs(self, runs: np.ndarray | None = None) -> np.ndarray:
+        """Scaled run-major inputs `(len(runs) * T, 1 + P)` of `runs` (default: all)."""
+        span = self.times[-1] - self.times[0]
+        t_scaled = (self.times - self.times[0]) / (span if span > 0 else 1.0)
+        theta_scaled = (self.design - self.lows) / (self.highs - self.lows)
+        return _inputs(t_scaled, theta_scaled if runs is None else theta_scaled[runs])
+
+    def standardised(self, runs: np.ndarray | None = None) -> np.ndarray:
+        """Standardised outputs `(len(runs), T, O)` of `runs` (default: all)."""
+        out = self.outputs if runs is None else self.outputs[runs]
+        return (out - self.loc) / self.scale
+
+    def diagnostics(self, mean, sd) -> EmulatorDiagnostics | None:
+        """Diagnostics from standardised predictive means and sds `(m, T, O)` at the
+        held-out runs (`None` when none is held out)."""
+        if not self.held_idx.size:
+            return None
+        return EmulatorDiagnostics(
+            held_out_runs=self.held_idx,
+            simulated=self.outputs[self.held_idx],
+            mean=np.asarray(mean) * self.scale + self.loc,
+            sd=np.asarray(sd) * self.scale,
+            observables=self.observables,
+        )
+
+    def fields(self) -> dict:
+        """The `_EmulatorBase` fields of an emulator fitted to these runs (read-only)."""
+        return {
+            "_parameter_names": self.names,
+            "_observables": self.observables,
+            "_times": _readonly(self.times),
+            "_lows": _readonly(self.lows),
+            "_highs": _readonly(self.highs),
+            "_design": _readonly(self.design),
+            "_outputs": _readonly(self.outputs),
+            "_loc": _readonly(self.loc),
+            "_scale": _readonly(self.scale),
+        }
+
+
+def _check_runs(times, design, outputs, parameter_names, observables, bounds) -> _TrainingRuns:
+    """Check the runs' times, design, outputs, observables' names and bounds."""
+    times = _check_times(times)
+    design, names = _check_design(design, parameter_names)
+    outputs = _check_outputs(outputs, design.shape[0], times)
+    observables = _check_observables(observables, outputs.shape[2])
+    lows, highs = _check_bounds(bounds, names, design)
+    return _TrainingRuns(times, design, names, outputs, observables, lows, highs)
+
+
+def _check_fit_inputs(simulator, times, design, parameter_names):
+    """`fit`'s checks before any simulator run: `(times, design, names)`."""
+    times = _check_times(times)
+    design, names = _check_design(design, parameter_names)
+    if not callable(simulator):
+        raise TypeError(
+            f"simulator must be a function theta -> outputs (T, O); got {describe(simulator)}"
+        )
+    return times, design, names
+
+
 # ---------------------------------------------------------------------------- emulator
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
-class GPEmulator:
+class GPEmulator(_EmulatorBase):
     r"""A Gaussian-process emulator of a simulator $\eta(t, \theta)$, one GP per observable.
 
     $$\eta_o(t, \theta) \sim \mathcal{GP}\big(m_o,\ s_o^2\, k_o((t, \theta), (t', \theta'))\big),
@@ -275,25 +464,17 @@ class GPEmulator:
     ```
     """
 
+    # and the fields of _EmulatorBase: names, times, bounds, design, outputs, scaling,
+    # diagnostics
     _kernel: AbstractKernel
-    _parameter_names: tuple[str, ...]
-    _observables: tuple[str, ...]
-    _times: np.ndarray  # (T,)
-    _lows: np.ndarray  # (P,)
-    _highs: np.ndarray  # (P,)
-    _design: np.ndarray  # (n, P)
-    _outputs: np.ndarray  # (n, T, O)
     _fit_noise: bool
     _noise: float  # the fixed nugget when not fitted
     _hyper: dict  # constrained, fitted: lengthscale (O, D), variance (O,), noise (O,)
-    _loc: np.ndarray  # (O,)
-    _scale: np.ndarray  # (O,)
     _x: jax.Array  # (N, D) scaled inputs of all runs, run-major
     _y: jax.Array  # (O, N) standardised outputs of all runs
     _chol: jax.Array  # (O, N, N) at the fitted hyperparameters
     _chol_inv: jax.Array  # (O, N, N) its inverse (predict solves by products; see _predict)
     _alpha: jax.Array  # (O, N)
-    diagnostics: EmulatorDiagnostics | None
 
     # ------------------------------------------------------------------- constructors
     @classmethod
@@ -345,49 +526,11 @@ class GPEmulator:
 
         A `GPEmulator`.
         """
-        times = _check_times(times)
-        design, names = _check_design(design, parameter_names)
-        if not callable(simulator):
-            raise TypeError(
-                f"simulator must be a function theta -> outputs (T, O); got {describe(simulator)}"
-            )
-        runs = []
-        width = None
-        for i in tqdm(range(design.shape[0]), desc="simulator runs", disable=not progress_bar):
-            theta = {name: float(design[i, p]) for p, name in enumerate(names)}
-            raw = simulator(theta)
-            try:
-                out = np.asarray(raw, dtype=float)
-            except (TypeError, ValueError):
-                raise TypeError(
-                    f"simulator run {i} (theta={theta}) returned {describe(raw)}; expected an "
-                    "array of numbers (T, O)"
-                ) from None
-            if out.ndim == 1:
-                out = out[:, None]
-            where = f"simulator run {i} (theta={theta})"
-            if out.ndim != 2 or out.shape[0] != times.shape[0]:
-                raise ValueError(
-                    f"{where} returned outputs of shape {np.shape(raw)}; expected "
-                    f"(T, O) or (T,) with T = {times.shape[0]} times"
-                )
-            if width is not None and out.shape[1] != width:
-                raise ValueError(
-                    f"{where} returned {out.shape[1]} observables, but run 0 returned {width}; "
-                    "every run must return the same (T, O) shape"
-                )
-            width = out.shape[1]
-            if not np.all(np.isfinite(out)):
-                j, o = np.argwhere(~np.isfinite(out))[0]
-                raise ValueError(
-                    f"{where} returned a non-finite output {out[j, o]} at time {times[j]} "
-                    f"(observable {o}); the emulator needs finite outputs"
-                )
-            runs.append(out)
+        times, design, names = _check_fit_inputs(simulator, times, design, parameter_names)
         return cls.from_runs(
             times,
             design,
-            np.stack(runs),
+            _run_simulator(simulator, times, design, names, progress_bar),
             parameter_names=names,
             observables=observables,
             bounds=bounds,
@@ -417,44 +560,27 @@ class GPEmulator:
         `outputs` has shape `(n, T, O)` (or `(n, T)`): run `i` at design point `i`; the
         other arguments are those of `GPEmulator.fit`.
         """
-        times = _check_times(times)
-        design, names = _check_design(design, parameter_names)
-        outputs = _check_outputs(outputs, design.shape[0], times)
-        observables = _check_observables(observables, outputs.shape[2])
-        lows, highs = _check_bounds(bounds, names, design)
-        kernel = _check_kernel(kernel, 1 + len(names))
+        runs = _check_runs(times, design, outputs, parameter_names, observables, bounds)
+        kernel = _check_kernel(kernel, 1 + len(runs.names))
         fit_noise, noise = _check_noise(noise)
-        held = _check_held_out(held_out, design.shape[0])
-        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
-            raise TypeError(f"seed must be a non-negative integer; got {describe(seed)}")
+        held = _check_held_out(held_out, runs.design.shape[0])
+        _check_seed(seed)
 
-        n, T, n_obs = outputs.shape
-        perm = np.random.default_rng(int(seed)).permutation(n)
-        held_idx, fit_idx = np.sort(perm[:held]), np.sort(perm[held:])
-        loc = outputs[fit_idx].mean(axis=(0, 1))
-        scale = outputs[fit_idx].std(axis=(0, 1))
-        scale = np.where(scale > 0, scale, 1.0)
-
-        span = times[-1] - times[0]
-        t_scaled = (times - times[0]) / (span if span > 0 else 1.0)
-        theta_scaled = (design - lows) / (highs - lows)
-        x_all = _inputs(t_scaled, theta_scaled)  # (n * T, D)
-        y_all = ((outputs - loc) / scale).reshape(n * T, n_obs).T  # (O, n * T)
-        rows = (fit_idx[:, None] * T + np.arange(T)).ravel()
+        runs = runs.split(held, seed)
+        n, T, n_obs = runs.outputs.shape
+        x_all = runs.inputs()  # (n * T, D)
+        y_all = runs.standardised().reshape(n * T, n_obs).T  # (O, n * T)
+        rows = (runs.fit_idx[:, None] * T + np.arange(T)).ravel()
         x_fit, y_fit = x_all[rows], y_all[:, rows]
 
         hyper = _fit_hyper(kernel, jnp.asarray(x_fit), jnp.asarray(y_fit), noise, fit_noise)
 
         diagnostics = None
         if held:
-            x_held = x_all[(held_idx[:, None] * T + np.arange(T)).ravel()].reshape(held, T, -1)
+            x_held = runs.inputs(runs.held_idx).reshape(held, T, -1)
             mean, sd = _held_out_predictions(kernel, hyper, x_fit, y_fit, x_held)
-            diagnostics = EmulatorDiagnostics(
-                held_out_runs=held_idx,
-                simulated=outputs[held_idx],
-                mean=np.transpose(mean, (1, 2, 0)) * scale + loc,
-                sd=np.transpose(sd, (1, 2, 0)) * scale,
-                observables=observables,
+            diagnostics = runs.diagnostics(
+                np.transpose(mean, (1, 2, 0)), np.transpose(sd, (1, 2, 0))
             )
 
         x_all, y_all = jnp.asarray(x_all), jnp.asarray(y_all)
@@ -466,19 +592,11 @@ class GPEmulator:
                 "noise='fit'"
             )
         return cls(
+            **runs.fields(),
             _kernel=kernel,
-            _parameter_names=names,
-            _observables=observables,
-            _times=_readonly(times),
-            _lows=_readonly(lows),
-            _highs=_readonly(highs),
-            _design=_readonly(design),
-            _outputs=_readonly(outputs),
             _fit_noise=fit_noise,
             _noise=noise,
             _hyper={k: _readonly(np.asarray(v)) for k, v in hyper.items()},
-            _loc=_readonly(loc),
-            _scale=_readonly(scale),
             _x=x_all,
             _y=y_all,
             _chol=chol,
@@ -488,48 +606,6 @@ class GPEmulator:
         )
 
     # ------------------------------------------------------------------- properties
-    @property
-    def parameter_names(self) -> tuple[str, ...]:
-        """Names of the simulator's parameters, in the order of `theta` arrays."""
-        return self._parameter_names
-
-    @property
-    def observables(self) -> tuple[str, ...]:
-        """Names of the simulator's outputs (the columns of `predict`'s mean)."""
-        return self._observables
-
-    @property
-    def state_names(self) -> tuple[str, ...]:
-        """The emulated outputs play the role of states in a `probde.Model`."""
-        return self.observables
-
-    @property
-    def num_states(self) -> int:
-        return len(self.observables)
-
-    @property
-    def times(self) -> np.ndarray:
-        """The training times `(T,)`: every run's output times."""
-        return self._times
-
-    @property
-    def bounds(self) -> dict[str, tuple[float, float]]:
-        """The box mapped to the unit cube: parameter name -> `(low, high)`."""
-        return {
-            name: (float(lo), float(hi))
-            for name, lo, hi in zip(self._parameter_names, self._lows, self._highs, strict=True)
-        }
-
-    @property
-    def design(self) -> np.ndarray:
-        """The design points `(n, P)`, columns in `parameter_names` order."""
-        return self._design
-
-    @property
-    def outputs(self) -> np.ndarray:
-        """The simulator outputs `(n, T, O)` of the design's runs."""
-        return self._outputs
-
     @property
     def kernel(self) -> AbstractKernel:
         """The gpjax kernel (its lengthscale and variance are not the fitted ones)."""
@@ -553,16 +629,6 @@ class GPEmulator:
     def jitter(self) -> float:
         """The diagonal jitter added to the nugget, relative to each GP's variance."""
         return _jitter(self._x.dtype)
-
-    @property
-    def output_loc(self) -> np.ndarray:
-        """Per-observable mean `(O,)` subtracted in the standardisation."""
-        return self._loc
-
-    @property
-    def output_scale(self) -> np.ndarray:
-        """Per-observable standard deviation `(O,)` divided out in the standardisation."""
-        return self._scale
 
     # ------------------------------------------------------------ the GP, as JAX functions
     def hyperparameter_priors(self) -> dict[str, dist.Distribution]:
@@ -672,12 +738,10 @@ class GPEmulator:
     # --------------------------------------------------------------- reports and plots
     def summary(self) -> str:
         """A text report: data, kernel, fitted hyperparameters and held-out diagnostics."""
-        n, T, _ = self._outputs.shape
         noise = "fitted" if self._fit_noise else f"fixed at {self._noise:g}"
         dims = ("t",) + self._parameter_names
         lines = [
-            f"GPEmulator: {n} runs x {T} times, parameters {self._parameter_names}, "
-            f"observables {self._observables}",
+            self._summary_head(),
             f"  kernel {type(self._kernel).__name__}, nugget {noise} (standardised units)",
             "  hyperparameters (lengthscales in unit-cube inputs, variances standardised):",
         ]
@@ -689,19 +753,10 @@ class GPEmulator:
                 f"    {name}: lengthscale {ls}; variance {self._hyper['variance'][o]:.3g}; "
                 f"noise {self._hyper['noise'][o]:.3g}"
             )
-        if self.diagnostics is None:
-            lines.append("  no held-out runs (held_out=0): no diagnostics")
-        else:
-            m = self.diagnostics.held_out_runs.shape[0]
-            lines.append(
-                f"  held-out diagnostics ({m} runs held out; fitted on {n - m}, "
-                f"then conditioned on all {n}):"
-            )
-            lines += ["    " + row for row in self.diagnostics.table().splitlines()]
+        lines += self._summary_diagnostics(
+            "{m} runs held out; fitted on {fit}, then conditioned on all {n}"
+        )
         return "\n".join(lines)
-
-    def __repr__(self):
-        return self.summary()
 
     def plot_diagnostics(self, path=None):
         """Held-out diagnostics: predicted vs simulated with 95% error bars, one panel per
@@ -748,38 +803,10 @@ class GPEmulator:
         return fig
 
     # ------------------------------------------------------------------------ helpers
-    @property
-    def _times_range(self) -> tuple[float, float]:
-        return float(self._times[0]), float(self._times[-1])
-
     def _check_new_inputs(self, times, theta):
         """`times (T,)` and `theta (P,)` as arrays of the emulator's dtype (shape checks only,
         so that it works on traced values)."""
-        dtype = self._x.dtype
-        times = jnp.asarray(times)
-        if times.ndim != 1:
-            raise ValueError(f"times must be a 1-D array (T,); got shape {times.shape}")
-        names = self._parameter_names
-        if isinstance(theta, Mapping):
-            missing = [n for n in names if n not in theta]
-            if missing:
-                raise ValueError(
-                    f"theta is missing the emulator's parameters {missing}; the emulator "
-                    f"takes {names}"
-                )
-            values = [jnp.asarray(theta[n]) for n in names]
-            for n, v in zip(names, values, strict=True):
-                if v.shape != ():
-                    raise ValueError(f"theta[{n!r}] must be a scalar; got shape {v.shape}")
-            theta = jnp.stack(values)
-        else:
-            theta = jnp.asarray(theta)
-            if theta.shape != (len(names),):
-                raise ValueError(
-                    f"theta must be a dict of {names} or an array of shape ({len(names)},); "
-                    f"got shape {theta.shape}"
-                )
-        return times.astype(dtype), theta.astype(dtype)
+        return _new_inputs(self._parameter_names, self._x.dtype, times, theta)
 
     def _hyper_arrays(self, hyper):
         n_obs, D = len(self._observables), 1 + len(self._parameter_names)
@@ -963,6 +990,73 @@ def _held_out_predictions(kernel, hyper, x_fit, y_fit, x_held):
     out = [run(ls[o], var[o], nz[o], y_fit[o]) for o in range(ls.shape[0])]
     means, sds = zip(*out, strict=True)
     return np.stack(means), np.stack(sds)
+
+
+def _run_simulator(simulator, times, design, names, progress_bar) -> np.ndarray:
+    """Run `simulator` at every design point (a plain loop, never traced); the outputs
+    `(n, T, O)`, checked run by run."""
+    runs = []
+    width = None
+    for i in tqdm(range(design.shape[0]), desc="simulator runs", disable=not progress_bar):
+        theta = {name: float(design[i, p]) for p, name in enumerate(names)}
+        raw = simulator(theta)
+        try:
+            out = np.asarray(raw, dtype=float)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"simulator run {i} (theta={theta}) returned {describe(raw)}; expected an "
+                "array of numbers (T, O)"
+            ) from None
+        if out.ndim == 1:
+            out = out[:, None]
+        where = f"simulator run {i} (theta={theta})"
+        if out.ndim != 2 or out.shape[0] != times.shape[0]:
+            raise ValueError(
+                f"{where} returned outputs of shape {np.shape(raw)}; expected "
+                f"(T, O) or (T,) with T = {times.shape[0]} times"
+            )
+        if width is not None and out.shape[1] != width:
+            raise ValueError(
+                f"{where} returned {out.shape[1]} observables, but run 0 returned {width}; "
+                "every run must return the same (T, O) shape"
+            )
+        width = out.shape[1]
+        if not np.all(np.isfinite(out)):
+            j, o = np.argwhere(~np.isfinite(out))[0]
+            raise ValueError(
+                f"{where} returned a non-finite output {out[j, o]} at time {times[j]} "
+                f"(observable {o}); the emulator needs finite outputs"
+            )
+        runs.append(out)
+    return np.stack(runs)
+
+
+def _new_inputs(names, dtype, times, theta):
+    """`times (T,)` and `theta (P,)` (a dict with the keys `names`, or an array) as arrays
+    of `dtype` (shape checks only, so that it works on traced values)."""
+    times = jnp.asarray(times)
+    if times.ndim != 1:
+        raise ValueError(f"times must be a 1-D array (T,); got shape {times.shape}")
+    if isinstance(theta, Mapping):
+        missing = [n for n in names if n not in theta]
+        if missing:
+            raise ValueError(
+                f"theta is missing the emulator's parameters {missing}; the emulator "
+                f"takes {names}"
+            )
+        values = [jnp.asarray(theta[n]) for n in names]
+        for n, v in zip(names, values, strict=True):
+            if v.shape != ():
+                raise ValueError(f"theta[{n!r}] must be a scalar; got shape {v.shape}")
+        theta = jnp.stack(values)
+    else:
+        theta = jnp.asarray(theta)
+        if theta.shape != (len(names),):
+            raise ValueError(
+                f"theta must be a dict of {names} or an array of shape ({len(names)},); "
+                f"got shape {theta.shape}"
+            )
+    return times.astype(dtype), theta.astype(dtype)
 
 
 # ------------------------------------------------------------------------ validation
@@ -1176,6 +1270,11 @@ def _check_noise(noise) -> tuple[bool, float]:
             raise ValueError(f'noise must be a finite number >= 0 or "fit"; got {noise!r}')
         return False, float(noise)
     raise TypeError(f'noise must be a number >= 0 or "fit"; got {describe(noise)}')
+
+
+def _check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise TypeError(f"seed must be a non-negative integer; got {describe(seed)}")
 
 
 def _check_held_out(held_out, n) -> int:

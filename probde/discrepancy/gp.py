@@ -54,6 +54,22 @@ class Constraint:
             )
 
 
+def check_observables(chosen: Sequence[str] | None, observables: Sequence[str]) -> None:
+    """A discrepancy's `observables` (None: all) must name observables of the model."""
+    for name in chosen or ():
+        if name not in observables:
+            raise ValueError(
+                f"discrepancy observables names {name!r}, which is not an observable; "
+                f"observables are {tuple(observables)}"
+            )
+
+
+def observable_index(chosen: Sequence[str] | None, observables: Sequence[str]) -> np.ndarray:
+    """Positions in `observables` of the discrepancy's observables (None: all)."""
+    names = observables if chosen is None else chosen
+    return np.array([list(observables).index(n) for n in names], dtype=int)
+
+
 def _kernel_parameters(kernel) -> dict[str, tuple]:
     """Hyperparameter names of a gpjax kernel -> path (`(index or None, attribute)`)."""
     if isinstance(kernel, CombinationKernel):
@@ -207,13 +223,7 @@ class GPDiscrepancy:
 
     def check_model(self, observables: Sequence[str], observation) -> None:
         """Validate against the model (called by `probde.Model`)."""
-        if self.observables is not None:
-            for name in self.observables:
-                if name not in observables:
-                    raise ValueError(
-                        f"discrepancy observables names {name!r}, which is not an observable; "
-                        f"observables are {tuple(observables)}"
-                    )
+        check_observables(self.observables, observables)
         if self.marginalise is True and not observation.gaussian_link:
             raise ValueError(
                 "marginalise=True needs noise that is Gaussian on its link scale "
@@ -239,8 +249,7 @@ class GPDiscrepancy:
         return {k: (f"discrepancy_{k}" if k in taken else k) for k in self.priors}
 
     def observable_index(self, observables: Sequence[str]) -> np.ndarray:
-        names = observables if self.observables is None else self.observables
-        return np.array([list(observables).index(n) for n in names], dtype=int)
+        return observable_index(self.observables, observables)
 
     # ---------------------------------------------------------------- algebra
     def kernel_with(self, values: Mapping[str, jax.Array]):

@@ -11,7 +11,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 
-from numpyro.infer import MCMC, init_to_uniform
+from numpyro.infer import MCMC, init_to_median, init_to_uniform
 from numpyro.infer import NUTS as _NumpyroNUTS
 
 _CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized")
@@ -74,8 +74,10 @@ def init_strategy(radius: float):
 def _init_uniform_or_small(site=None, radius=2.0):
     if site is None:
         return functools.partial(_init_uniform_or_small, radius=radius)
-    small = (site.get("infer") or {}).get(SMALL_INIT, False)
-    return init_to_uniform(site, radius=SMALL_INIT_RADIUS if small else radius)
+    mark = (site.get("infer") or {}).get(SMALL_INIT, False)
+    if mark == "median":
+        return init_to_median(site)
+    return init_to_uniform(site, radius=SMALL_INIT_RADIUS if mark else radius)
 
 
 def _check_init_radius(value):
