@@ -92,6 +92,12 @@ def split_data():
     return train, T_TRUE[held]
 
 
+# These fits are judged by their held-out error. The SVI convergence rule (last 10% of the
+# steps against the preceding 10%) gives a known false alarm under the decaying default
+# schedule, the loss still creeping down as the step size shrinks (see loss_converged).
+SVI_ALARM = pytest.mark.filterwarnings("ignore:SVI has not converged")
+
+
 SVI_FAST = dict(guide="multivariate_normal", num_steps=2000, learning_rate=0.05,
                 num_draws=200)
 
@@ -116,6 +122,7 @@ def plain_error(split_data):
     return _held_out_rmse(plain, "mu", held_times)
 
 
+@SVI_ALARM
 def test_random_feature_gp_by_svi_reduces_held_out_error(split_data, deep_fit, plain_error):
     """The simulator (exponential decay) misses a sinusoid (amplitude 0.3, noise sd
     0.05); a one-layer random-feature GP fitted by SVI learns it, so held-out points
@@ -127,6 +134,7 @@ def test_random_feature_gp_by_svi_reduces_held_out_error(split_data, deep_fit, p
 
 
 @pytest.mark.slow
+@SVI_ALARM
 def test_two_layer_deep_gp_by_nuts_reduces_held_out_error(split_data, plain_error):
     """The same with two layers, sampled by NUTS (SVI with a Gaussian guide switches a
     two-layer discrepancy off on 30 points: see DeepGPDiscrepancy)."""
@@ -141,6 +149,7 @@ def test_two_layer_deep_gp_by_nuts_reduces_held_out_error(split_data, plain_erro
     assert deep_err < 0.05
 
 
+@SVI_ALARM
 def test_prediction_at_data_times_is_the_fitted_function(split_data, deep_fit):
     """Given its weights the deep GP is a function of time: predicting at the data times
     reproduces the posterior predictive `corrected` draw for draw."""
@@ -231,6 +240,7 @@ def test_minibatch_log_density_and_gradient_are_unbiased(batch):
                                atol=1e-9)
 
 
+@SVI_ALARM
 def test_minibatch_svi_fit(split_data):
     train, held_times = split_data
     model = _decay_model(probde.DeepGPDiscrepancy(layers=1, num_features=20))

@@ -11,6 +11,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 
+from numpyro import handlers
 from numpyro.infer import MCMC, init_to_median, init_to_uniform
 from numpyro.infer import NUTS as _NumpyroNUTS
 
@@ -64,11 +65,34 @@ SMALL_INIT = "probde_small_init"
 SMALL_INIT_RADIUS = 0.1
 
 
-def init_strategy(radius: float):
-    """numpyro init strategy: uniform in (-radius, radius) in the unconstrained space,
-    (-0.1, 0.1) for sites marked `infer={SMALL_INIT: True}` (a `functools.partial`, as
-    numpyro expects of init strategies)."""
+def init_strategy(radius: float, model_fn=None, model_kwargs=None):
+    """numpyro init strategy: uniform in (-radius, radius) in the unconstrained space;
+    for a model with sites marked `infer={SMALL_INIT: ...}` (a deep GP's weights and
+    hyperparameters) those start in (-0.1, 0.1) or at their prior median. A model with no
+    marked site (or that cannot be traced without its arguments) gets numpyro's own
+    `init_to_uniform`, unchanged. Returns a `functools.partial`, as numpyro expects."""
+    if model_fn is None or not _has_marked_sites(model_fn, model_kwargs or {}):
+        return init_to_uniform(radius=radius)
     return functools.partial(_init_uniform_or_small, radius=radius)
+
+
+def _has_marked_sites(model_fn, model_kwargs) -> bool:
+    found = {}
+
+    def probe():
+        with handlers.block(), handlers.seed(rng_seed=0):
+            tr = handlers.trace(model_fn).get_trace(**model_kwargs)
+        found["marked"] = any(
+            (site.get("infer") or {}).get(SMALL_INIT)
+            for site in tr.values() if site["type"] == "sample"
+        )
+        return jnp.zeros(())
+
+    try:
+        jax.eval_shape(probe)
+    except Exception:  # noqa: BLE001 - a model function that needs its data: no marks
+        return False
+    return bool(found.get("marked", False))
 
 
 def _init_uniform_or_small(site=None, radius=2.0):
@@ -181,7 +205,7 @@ class NUTS(_ChainOptions, AbstractMethod):
             target_accept_prob=self.target_accept,
             dense_mass=self.dense_mass,
             max_tree_depth=self.max_tree_depth,
-            init_strategy=init_strategy(self.init_radius),
+            init_strategy=init_strategy(self.init_radius, model_fn),
         )
 
     def mcmc(self, model_fn, *, progress_bar: bool = False, chain_method: str | None = None) -> MCMC:

@@ -368,7 +368,7 @@ class RandomWalkMetropolis(_ChainOptions, AbstractMethod):
         return RandomWalkMetropolisKernel(
             model_fn,
             target_accept=self.target_accept,
-            init_strategy=init_strategy(self.init_radius),
+            init_strategy=init_strategy(self.init_radius, model_fn),
         )
 
     def mcmc(

@@ -45,7 +45,7 @@ TRACE_GROUP = "svi_trace"
 SKIPPED_ATTR = "skipped_steps"
 # Convergence check: the last and the preceding `_WINDOW` share of the steps (at least
 # `_MIN_WINDOW` steps), and a relative tolerance on the loss scale (floored at 1 nat).
-_WINDOW = 0.05
+_WINDOW = 0.1
 _MIN_WINDOW = 10
 # Shorter runs are never judged converged: over a few dozen steps the trend of a noisy
 # one-draw ELBO is hidden by its noise (a 20-step fit from a random start is flagged only
@@ -289,7 +289,7 @@ def _trace_group(losses, skipped, start_losses=np.zeros((0,))):
 def loss_converged(losses) -> bool:
     """The convergence rule of `SVI` and `Laplace` on a loss trace.
 
-    Windows of `w = max(5% of the steps, 10)` steps (at most half of them): the rule
+    Windows of `w = max(10% of the steps, 10)` steps (at most half of them): the rule
     fails (`False`) when the mean loss over the last `w` steps is below the mean over the
     preceding `w` by more than two standard errors of that difference (from the two
     windows' sample variances) plus `1e-3 * max(1, |preceding mean|)`, i.e. the loss was
@@ -298,12 +298,13 @@ def loss_converged(losses) -> bool:
     steps) the noise of a one-draw ELBO hides any trend. Runs of fewer than 100 steps
     are never judged converged: too short for the trend to show above the noise.
 
-    Why 5%: under a decaying learning rate the mean loss keeps falling slowly as the
-    iterates' jitter shrinks, even once the guide sits at its optimum. On the lynx-hare
-    fit (10,000 steps, default schedule; benchmarks/RESULTS.md) the last 10% lay 0.35
-    nats (7 standard errors) below the preceding 10%, with the posterior means already
-    within 0.08 sd of NUTS's; over 5% windows, where the learning rate is 1-3% of its
-    peak, the drop was 0.04-0.08 nats, within the noise.
+    Known false alarm: under a decaying learning rate the mean loss keeps falling slowly
+    as the iterates' jitter shrinks, even once the guide sits at its optimum. On the
+    lynx-hare fit (10,000 steps, default schedule; benchmarks/RESULTS.md) the last 10% lay
+    0.35 nats (7 standard errors) below the preceding 10% with the posterior means already
+    within 0.08 sd of NUTS's. Comparing 5% windows removes that alarm but flags short
+    (600-step) fits that the 10% rule passes; the rule stays at 10% until a better one is
+    found (e.g. judged at a fixed learning rate).
     """
     losses = np.asarray(losses, dtype=float)
     n = losses.shape[0]
@@ -438,7 +439,7 @@ class SVI(AbstractMethod):
     of the guide's mass (harmless when failures are confined to the posterior's tails).
 
     **Convergence check:** after fitting, a warning says to raise `num_steps` or
-    `learning_rate` when the mean loss over the last 5% of the steps (at least 10 steps,
+    `learning_rate` when the mean loss over the last 10% of the steps (at least 10 steps,
     at most half the run) is below the mean over the preceding as many steps by more than
     two standard errors of the difference plus `1e-3 * max(1, |preceding mean|)`: the loss
     was still falling. A loss that has levelled off gives no warning. Runs of fewer than
@@ -530,7 +531,7 @@ class SVI(AbstractMethod):
 
     def autoguide(self, model_fn):
         """The numpyro autoguide these options describe, for `model_fn`."""
-        init = init_strategy(self.init_radius)
+        init = init_strategy(self.init_radius, model_fn)
         scale = self.init_scale
         if self.guide == "normal":
             return AutoNormal(model_fn, init_loc_fn=init, init_scale=scale)
@@ -673,7 +674,7 @@ class Laplace(AbstractMethod):
     def autoguide(self, model_fn) -> AutoLaplaceApproximation:
         """The numpyro `AutoLaplaceApproximation` these options describe, for `model_fn`."""
         return AutoLaplaceApproximation(
-            model_fn, init_loc_fn=init_strategy(self.init_radius)
+            model_fn, init_loc_fn=init_strategy(self.init_radius, model_fn)
         )
 
     def run(self, model_fn, key, *, progress_bar, model_kwargs):
