@@ -85,6 +85,14 @@ def forward(x, frequencies, weights, lengthscales, variance, hidden_variance=1.0
     raise AssertionError("unreachable")
 
 
+def _per_layer(prior, n: int):
+    """A prior of shape `()` (each of `n` layers independently) or `(n,)` as one
+    `(n,)`-vector site."""
+    if not prior.batch_shape and not prior.event_shape:
+        return prior.expand([n]).to_event(1)
+    return prior if prior.event_shape else prior.to_event(1)
+
+
 class DeepGPDiscrepancy:
     r"""Deep-GP model discrepancy from random-feature layers (Cutajar et al. 2017), as in
     Marmin & Filippone's deep-GP calibration.
@@ -284,11 +292,7 @@ class DeepGPDiscrepancy:
         omegas = [jnp.asarray(o) for o in self.frequencies(num_observables)]
         L = self.layers
         if "lengthscale" in self.priors:
-            prior = self.priors["lengthscale"]
-            if not prior.batch_shape and not prior.event_shape:
-                prior = prior.expand([L]).to_event(1)
-            else:
-                prior = prior.to_event(1) if not prior.event_shape else prior
+            prior = _per_layer(self.priors["lengthscale"], L)
             ls = numpyro.sample(site_names["lengthscale"], prior, infer={SMALL_INIT: "median"})
         else:
             ls = jnp.full((L,), self.fixed["lengthscale"])
@@ -299,11 +303,7 @@ class DeepGPDiscrepancy:
             var = self.fixed["variance"]
         hidden = self.fixed.get("hidden_variance", 1.0)
         if "hidden_variance" in self.priors:
-            prior = self.priors["hidden_variance"]
-            if not prior.batch_shape and not prior.event_shape:
-                prior = prior.expand([L - 1]).to_event(1)
-            else:
-                prior = prior.to_event(1) if not prior.event_shape else prior
+            prior = _per_layer(self.priors["hidden_variance"], L - 1)
             hidden = numpyro.sample(site_names["hidden_variance"], prior,
                                     infer={SMALL_INIT: "median"})
         d_in = self.input_dim(num_observables)
