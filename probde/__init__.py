@@ -1,6 +1,7 @@
 """probde: Bayesian calibration of dynamical models."""
 
-from . import datasets, noise
+from . import _cache, datasets, noise
+from ._cache import compilation_cache
 from .design import latin_hypercube, sobol
 from .discrepancy import (
     Constraint,
@@ -30,7 +31,10 @@ from .observations import TimeSeries
 
 __version__ = "0.1.0"
 
+_cache.configure_on_import()
+
 __all__ = [
+    "compilation_cache",
     "Constraint",
     "DeepGPDiscrepancy",
     "DeepGPEmulator",

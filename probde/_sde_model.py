@@ -17,6 +17,7 @@ from numpyro.distributions import constraints
 
 from ._checks import describe
 from .dynamics.sde import FilterInputs, simulate
+from .inference.failures import report as report_failure
 
 FILTERED_MEAN = "filtered_mean"
 FILTERED_COV = "filtered_cov"
@@ -196,10 +197,10 @@ def sde_model_fn(model, data, *, on_failure=None, predict_times=None, sim_steps:
                 numpyro.deterministic(SOLVER_OK, ok)
                 numpyro.deterministic(VALID, ok)
                 rejected = ~jnp.all(ok)
+                penalty = jnp.where(rejected, -jnp.inf, 0.0)
                 if on_failure is not None:
-                    jax.lax.cond(rejected, lambda: jax.debug.callback(on_failure, rejected),
-                                 lambda: None)
-                numpyro.factor(REJECTED, jnp.where(rejected, -jnp.inf, 0.0))
+                    penalty = penalty + report_failure(on_failure, rejected)
+                numpyro.factor(REJECTED, penalty)
                 log_lik = jnp.where(ok, out.log_lik, 0.0)
                 log_lik = log_lik + (jacobian / E if E else 0.0)
 

@@ -10,6 +10,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int
 
+from . import _unrolled
 from .ode import ODE
 from .solver import ForwardSensitivity, Solver
 
@@ -101,37 +102,97 @@ def _diffrax_solve(dynamics: ODE, solver: Solver, adjoint, t0, times, y0, theta)
     return sol.ys, (ok, *stats)
 
 
-def _forward_sensitivity_solve(dynamics, solver, t0, times, y0, theta):
-    # diffrax's ForwardMode gives jvp/jacfwd but not grad. NUTS calls grad, so we compute
-    # the full Jacobian d ys / d (y0, theta) in the forward pass (one vmapped tangent per
-    # input, the primal computed once) and return it as the residual of a custom VJP.
-    x, unravel = ravel_pytree((y0, theta))
+def _states_rms(n):
+    def norm(scaled_error):
+        # Root mean square of the states' scaled errors only (diffrax's default norm over
+        # the states alone).
+        return jnp.sqrt(jnp.mean(jnp.square(scaled_error[:n])))
 
-    def primal(x, t0, times):
-        y0_, theta_ = unravel(x)
-        return _diffrax_solve(dynamics, solver, diffrax.ForwardMode(), t0, times, y0_, theta_)
+    return norm
+
+
+def _augmented_solve(dynamics, solver, options, t0, times, y0, theta):
+    """States and their sensitivities to (y0, theta) from one solve of the augmented
+    system  dy/dt = f(t, y, theta),  dS/dt = J_y f S + [0 | J_theta f],  S(t0) = [I | 0].
+
+    The step size is controlled on the states only (`error_control="states"`, default) or
+    on states and sensitivities (`"all"`). With states-only control the steps are those
+    of the plain solve, and because an explicit Runge-Kutta method commutes with
+    linearisation, the sensitivities are then exactly the derivative of the discrete
+    solution for those steps: what reverse mode through the solver computes, less the
+    (solver-tolerance sized) derivative of the step sizes themselves.
+    """
+    n = y0.shape[0]
+    flat_theta, unravel_theta = ravel_pytree(theta)
+    p = flat_theta.shape[0]
+    m = n + p
+    dtype = y0.dtype
+    # Tangent directions of theta for the m columns: zero for the y0 columns.
+    theta_dirs = jnp.concatenate([jnp.zeros((p, n), dtype), jnp.eye(p, dtype=dtype)], axis=1)
+
+    def vector_field(t, s, args):
+        y, sens = s[:n], s[n:].reshape(n, m)
+
+        def f(y_, th_):
+            return dynamics.vector_field(t, y_, unravel_theta(th_))
+
+        dy, f_lin = jax.linearize(f, y, args)
+        dsens = jax.vmap(f_lin, in_axes=(1, 1), out_axes=1)(sens, theta_dirs)
+        return jnp.concatenate([dy, dsens.reshape(-1)])
+
+    s0 = jnp.concatenate([y0, jnp.eye(n, m, dtype=dtype).reshape(-1)])
+    controller = solver.controller()
+    if options.error_control == "states" and isinstance(controller, diffrax.PIDController):
+        controller = eqx.tree_at(lambda c: c.norm, controller, _states_rms(n))
+    base = solver.solver
+    stepper = _unrolled.Unrolled(base) if _unrolled.supports(base) else base
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(vector_field),
+        stepper,
+        t0,
+        times[-1],
+        solver.dt0,
+        s0,
+        args=flat_theta,
+        saveat=diffrax.SaveAt(ts=times),
+        stepsize_controller=controller,
+        adjoint=diffrax.RecursiveCheckpointAdjoint(),
+        max_steps=solver.max_steps,
+        throw=False,
+    )
+    ys = sol.ys[:, :n]
+    sens = sol.ys[:, n:].reshape(-1, n, m)
+    ok = (sol.result == diffrax.RESULTS.successful) & jnp.all(jnp.isfinite(sol.ys))
+    stats = (sol.stats["num_steps"], sol.stats["num_accepted_steps"], sol.stats["num_rejected_steps"])
+    return ys, sens, (ok, *stats)
+
+
+def _forward_sensitivity_solve(dynamics, solver, options, t0, times, y0, theta):
+    # diffrax offers forward mode only for jvp/jacfwd, and NUTS calls grad. So the forward
+    # pass solves states and sensitivities together (one solve of the augmented system),
+    # keeps the sensitivities as the residual of a custom VJP, and the backward pass is a
+    # single contraction with them: no backward sweep through the solver's steps.
+    # Without differentiation only the plain solve runs.
+    x, unravel = ravel_pytree((y0, theta))
 
     @jax.custom_vjp
     def f(x, t0, times):
-        return primal(x, t0, times)
+        y0_, theta_ = unravel(x)
+        return _diffrax_solve(dynamics, solver, diffrax.RecursiveCheckpointAdjoint(), t0, times,
+                              y0_, theta_)
 
     def f_fwd(x, t0, times):
-        basis = jnp.eye(x.shape[0], dtype=x.dtype)
-
-        def one_tangent(v):
-            return jax.jvp(lambda x_: primal(x_, t0, times), (x,), (v,), has_aux=True)
-
-        ys, jac, aux = jax.vmap(one_tangent, out_axes=(None, 0, None))(basis)
-        ok = aux[0]
-        # A failed solve has non-finite tangents; its contribution is masked downstream, so
-        # give it a zero Jacobian rather than letting 0 * inf poison the gradient.
-        jac = jnp.where(ok, jac, 0.0)
-        return (ys, aux), (jac, t0, times)
+        y0_, theta_ = unravel(x)
+        ys, sens, aux = _augmented_solve(dynamics, solver, options, t0, times, y0_, theta_)
+        # A failed solve has meaningless sensitivities; its contribution is masked
+        # downstream, so give it zero ones rather than letting 0 * inf poison the gradient.
+        sens = jnp.where(aux[0], sens, 0.0)
+        return (ys, aux), (sens, t0, times)
 
     def f_bwd(res, cts):
-        jac, t0, times = res
+        sens, t0, times = res
         ct_ys = cts[0]
-        grad_x = jnp.tensordot(jac, ct_ys, axes=ct_ys.ndim)
+        grad_x = jnp.einsum("tnm,tn->m", sens, ct_ys)
         return grad_x, jnp.zeros_like(t0), jnp.zeros_like(times)
 
     f.defvjp(f_fwd, f_bwd)
@@ -144,7 +205,7 @@ def _solve_compiled(dynamics, solver, adjoint, t0, times, y0, theta):
     # compiled again at every call, because the diffrax term closes over a new function each
     # time; under an outer jit this is inlined.
     if isinstance(adjoint, ForwardSensitivity):
-        return _forward_sensitivity_solve(dynamics, solver, t0, times, y0, theta)
+        return _forward_sensitivity_solve(dynamics, solver, adjoint, t0, times, y0, theta)
     return _diffrax_solve(dynamics, solver, adjoint, t0, times, y0, theta)
 
 

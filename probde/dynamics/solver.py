@@ -9,22 +9,40 @@ import diffrax
 
 @dataclasses.dataclass(frozen=True)
 class ForwardSensitivity:
-    """Differentiate a solve by forward sensitivities, computed in the forward pass.
+    """Differentiate a solve by forward sensitivities: one solve of states and sensitivities.
 
-    The solve is differentiated with `diffrax.ForwardMode` (one tangent per input:
-    parameters and initial state), and the resulting Jacobian of the saved states is
-    wrapped in a `jax.custom_vjp`, so that reverse-mode `jax.grad` — which NUTS uses —
-    costs one vector–Jacobian product instead of a backward sweep through the solver's
-    steps. diffrax has no adjoint that does this for `grad`; that is why probde writes it.
-    Faster than the reverse adjoint when the inputs are few (see `benchmarks/RESULTS.md`).
+    The forward pass solves the augmented system  dy/dt = f(t, y, theta),
+    dS/dt = (df/dy) S + df/d(y0, theta)  for the states y and their sensitivities S to
+    the initial state and parameters, in one diffrax solve (explicit Runge–Kutta stages
+    unrolled, so that the wider state costs little more per step than the plain solve).
+    The sensitivities at the save times are wrapped in a `jax.custom_vjp`, so that
+    reverse-mode `jax.grad`, which NUTS uses, costs one contraction with them instead of a
+    backward sweep through the solver's steps. diffrax has no adjoint that does this for
+    `grad` (its `ForwardMode` serves `jvp` only); that is why probde writes it. Faster than
+    the reverse adjoint when the inputs are few (see `benchmarks/RESULTS.md`). Evaluated
+    without differentiation, only the plain solve runs.
 
     **Arguments:**
 
+    - `error_control`: `"states"` (default) controls the step size on the states only,
+      so the gradient is the derivative of the same discrete solution the value comes
+      from (and agrees with reverse mode through the solver to solver tolerance);
+      `"all"` also controls the sensitivities' error, which takes more steps and gives
+      sensitivities that are themselves accurate to the tolerances.
     - `max_inputs`: used by `Solver(adjoint="auto")` only: forward sensitivities are chosen
       when the number of scalar inputs (parameters plus initial states) is at most this.
     """
 
+    error_control: str = "states"
     max_inputs: int = 32
+
+    def __post_init__(self):
+        if self.error_control not in ("states", "all"):
+            raise ValueError(
+                f"error_control must be 'states' or 'all'; got {self.error_control!r}"
+            )
+        if not isinstance(self.max_inputs, int) or isinstance(self.max_inputs, bool) or self.max_inputs < 0:
+            raise ValueError(f"max_inputs must be a non-negative integer; got {self.max_inputs!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,6 +55,7 @@ def infer(
     seed: int = 0,
     num_prior_samples: int = 500,
     progress_bar: bool | None = None,
+    count_failures: bool = True,
 ) -> InferenceResult:
     """Sample the posterior of `model` given `data`.
 
@@ -76,6 +77,11 @@ def infer(
 
     - `num_prior_samples`: draws for the `prior` and `prior_predictive` groups (0 skips).
     - `progress_bar`: show a progress bar; default: when stderr is a terminal.
+    - `count_failures`: count the rejected proposals (below). The count reaches Python
+      through a host callback, and JAX does not keep programs with host callbacks in its
+      persistent compilation cache (`probde.compilation_cache`); with `False` (and no
+      progress bar) a second run of the same model in a new process can reuse the
+      compiled sampler. `result.solver_failures` is then `None`.
 
     **Returns:** a `probde.InferenceResult`; its `idata` is an ArviZ `DataTree` with groups
     posterior, sample_stats, log_likelihood, posterior_predictive, observed_data, prior and
@@ -111,7 +117,7 @@ def infer(
     key_run, key_post, key_prior = jax.random.split(jax.random.PRNGKey(seed), 3)
     if isinstance(model, Model):
         return _infer_model(model, data, method, key_run, key_post, key_prior,
-                            num_prior_samples, progress_bar)
+                            num_prior_samples, progress_bar, count_failures)
     if callable(model):
         return _infer_function(model, data, method, key_run, key_post, key_prior,
                                num_prior_samples, progress_bar)
@@ -167,16 +173,19 @@ def _check_method(model, method):
         )
 
 
-def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, progress_bar):
+def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, progress_bar,
+                 count_failures=True):
     _check_method(model, method)
     prepared = model.prepare(data)
     method.check_model(model, prepared)
+    if not isinstance(count_failures, bool):
+        raise TypeError(f"count_failures must be True or False; got {count_failures!r}")
     counter = FailureCounter()
-    fn_count = model.numpyro_model(prepared, on_failure=counter)
     fn = model.numpyro_model(prepared)
+    fn_count = model.numpyro_model(prepared, on_failure=counter) if count_failures else fn
     samples, stats, extra = _run_method(method, fn_count, key_run, progress_bar,
                                         {"observed": True})
-    failures = counter.reset()
+    failures = counter.reset() if count_failures else None
     samples = {k: np.asarray(v) for k, v in samples.items()}
     num_chains = next(iter(samples.values())).shape[0]
     stats = {k: np.asarray(v) for k, v in stats.items()}
@@ -295,7 +304,7 @@ def _warn(idata, failures, model, variational=False):
     stats = idata["sample_stats"]
     total = int(stats["diverging"].size)
     evaluations = int(np.asarray(stats["n_steps"]).sum())
-    if not variational and failures > FAILURE_WARN_FRACTION * evaluations:
+    if not variational and failures is not None and failures > FAILURE_WARN_FRACTION * evaluations:
         warnings.warn(
             f"{failures} proposals were rejected because the solve (or the filter) failed or "
             "predicted an impossible value (e.g. a non-positive mean for "

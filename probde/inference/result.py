@@ -207,9 +207,12 @@ class InferenceResult:
         return [n for n in names.split(",") if n] or list(self.idata["posterior"].data_vars)
 
     @property
-    def solver_failures(self) -> int:
-        """Rejected proposals (failed solves, impossible predictions) during the run."""
-        return int(self.idata["sample_stats"].attrs.get("solver_failures", 0))
+    def solver_failures(self) -> int | None:
+        """Rejected proposals (failed solves, impossible predictions) during the run;
+        `None` when they were not counted (a numpyro model function, or
+        `probde.infer(..., count_failures=False)`)."""
+        value = self.idata["sample_stats"].attrs.get("solver_failures")
+        return None if value is None else int(value)
 
     def summary(self, var_names=None, **kwargs):
         """`arviz.summary` of the parameters (or of `var_names`), as a pandas DataFrame."""
