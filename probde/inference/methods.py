@@ -15,7 +15,41 @@ from numpyro import handlers
 from numpyro.infer import MCMC, init_to_median, init_to_uniform
 from numpyro.infer import NUTS as _NumpyroNUTS
 
-_CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized")
+_CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized", "sharded")
+
+
+def sharded_chains(num_chains: int, devices=None):
+    """A numpyro `chain_method` that shards the chains over devices with `jax.sharding`.
+
+    The chains are split into equal groups, one per device of a one-axis mesh named
+    `"chain"` (as many devices as divide `num_chains`); each device runs its group as
+    vectorised chains (`jax.vmap`; no vmap for a group of one, where it would only add a
+    batched loop predicate), inside one `jax.jit(jax.shard_map(...))` program. Chains never
+    communicate, so the program needs no collectives. numpyro's `pmap` ("parallel") needs
+    one chain per device; this needs any multiple of the devices, and the same code runs on
+    one CPU, several GPUs, or, under `jax.distributed`, every device of several hosts
+    (`jax.devices()` lists all of them).
+    """
+    from jax.sharding import Mesh, PartitionSpec
+
+    devices = list(jax.devices() if devices is None else devices)
+    used = max(d for d in range(1, min(len(devices), num_chains) + 1) if num_chains % d == 0)
+    mesh = Mesh(devices[:used], ("chain",))
+    per_device = num_chains // used
+    spec = PartitionSpec("chain")
+
+    def chain_method(fn):
+        if per_device == 1:
+            def local(args):
+                one = fn(jax.tree.map(lambda x: x[0], args))
+                return jax.tree.map(lambda x: x[None], one)
+        else:
+            local = jax.vmap(fn)
+        return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec,), out_specs=spec,
+                                     check_vma=False))
+
+    chain_method.mesh = mesh
+    return chain_method
 
 # numpyro's per-transition fields and the ArviZ sample_stats names they become.
 _EXTRA_FIELDS = {
@@ -45,6 +79,13 @@ class AbstractMethod(abc.ABC):
     def run(self, model_fn, key, *, progress_bar: bool, model_kwargs: dict):
         """Run inference; return `(samples, sample_stats)`, both dicts of arrays with
         leading dims `(chain, draw)`."""
+
+
+def numpyro_chain_method(name: str, num_chains: int):
+    """numpyro's `chain_method` for probde's name of it (`"sharded"`: `sharded_chains`)."""
+    if name == "sharded" and num_chains > 1:
+        return sharded_chains(num_chains)
+    return "sequential" if name == "sharded" else name
 
 
 def _positive_int(name, value):
@@ -152,8 +193,10 @@ class NUTS(_ChainOptions, AbstractMethod):
 
     - `chain_method`: `"sequential"`, `"parallel"` (one chain per JAX device; on CPU set
       `numpyro.set_host_device_count(n)` before JAX starts), `"vectorized"` (all chains
-      in one vmapped program; suits accelerators), or `"auto"` (default): parallel when
-      there are as many devices as chains, else sequential.
+      in one vmapped program; suits accelerators), `"sharded"` (the chains split evenly
+      over the devices with `jax.sharding`, vectorised on each: several GPUs, or many
+      chains per device; no progress bar), or `"auto"` (default): parallel when there are
+      as many devices as chains, else sequential.
     - `max_tree_depth`: NUTS doubles the trajectory at most this many times.
     - `thinning`: keep every `thinning`-th draw.
     - `init`: where the chains start. `"uniform"` (default): at points drawn uniformly in
@@ -216,8 +259,9 @@ class NUTS(_ChainOptions, AbstractMethod):
             num_samples=self.num_samples,
             num_chains=self.num_chains,
             thinning=self.thinning,
-            chain_method=chain_method or self.resolved_chain_method(),
-            progress_bar=progress_bar,
+            chain_method=numpyro_chain_method(chain_method or self.resolved_chain_method(),
+                                              self.num_chains),
+            progress_bar=progress_bar and (chain_method or self.resolved_chain_method()) != "sharded",
         )
 
     def run(self, model_fn, key, *, progress_bar, model_kwargs):

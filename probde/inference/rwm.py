@@ -19,7 +19,7 @@ from numpyro.infer.mcmc import MCMCKernel
 from numpyro.infer.util import initialize_model, potential_energy
 from numpyro.util import is_prng_key
 
-from .methods import AbstractMethod, _ChainOptions, init_strategy
+from .methods import AbstractMethod, _ChainOptions, init_strategy, numpyro_chain_method
 
 # numpyro state fields collected per transition and the ArviZ sample_stats names they become.
 _EXTRA_FIELDS = {
@@ -324,8 +324,9 @@ class RandomWalkMetropolis(_ChainOptions, AbstractMethod):
     **Other arguments:**
 
     - `chain_method`: `"sequential"`, `"parallel"` (one chain per JAX device),
-      `"vectorized"` (all chains in one vmapped program) or `"auto"` (default): parallel
-      when there are as many devices as chains, else sequential.
+      `"vectorized"` (all chains in one vmapped program), `"sharded"` (split evenly over
+      the devices with `jax.sharding`, as for `probde.NUTS`) or `"auto"` (default):
+      parallel when there are as many devices as chains, else sequential.
     - `thinning`: keep every `thinning`-th draw.
     - `init_radius`: chains start at points drawn uniformly in (-r, r) in the unconstrained
       space; infeasible points are redrawn.
@@ -384,8 +385,9 @@ class RandomWalkMetropolis(_ChainOptions, AbstractMethod):
             num_samples=self.num_samples,
             num_chains=self.num_chains,
             thinning=self.thinning,
-            chain_method=chain_method or self.resolved_chain_method(),
-            progress_bar=progress_bar,
+            chain_method=numpyro_chain_method(chain_method or self.resolved_chain_method(),
+                                              self.num_chains),
+            progress_bar=progress_bar and (chain_method or self.resolved_chain_method()) != "sharded",
         )
 
     def _initial_points(self, kernel, key, model_kwargs):
