@@ -578,7 +578,7 @@ class Model:
         `discrepancy` and `corrected`) and then the observations, the posterior predictive of the
         Kennedy-O'Hagan model. `predict_times` adds sites `*_new` (`mu_new`, `discrepancy_new`,
         `corrected_new`, `y_new`) at those times in the conditional mode.
-        `on_failure(rejected)` is called under `jax.debug.callback` with the per-evaluation
+        `on_failure(rejected)` is called on the host (a `jax.pure_callback`) with the per-evaluation
         rejection flag (used by `probde.infer` to count failures).
         """
         if self.sde is not None:

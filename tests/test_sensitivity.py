@@ -130,3 +130,22 @@ def test_unrolled_wraps_explicit_runge_kutta_only():
     assert not _unrolled.supports(diffrax.Euler())
     with pytest.raises(TypeError, match="explicit Runge-Kutta"):
         _unrolled.Unrolled(diffrax.Kvaerno5())
+
+
+def test_second_derivatives_through_forward_sensitivities():
+    # Forward mode works through the custom JVP (the Laplace approximation's Hessian):
+    # against forward-over-forward through diffrax's ForwardMode at tight tolerances.
+    def loss(adjoint):
+        s = probde.Solver(adjoint=adjoint, rtol=1e-10, atol=1e-10, max_steps=100_000)
+
+        def f(th):
+            return jnp.sum(jnp.log(probde.solve(LV, Y0, th, TIMES, solver=s).ys) ** 2)
+
+        return f
+
+    ours = jax.jit(jax.hessian(loss(probde.ForwardSensitivity())))(THETA)
+    ref = jax.jit(jax.jacfwd(jax.jacfwd(loss(diffrax.ForwardMode()))))(THETA)
+    a = np.array([[ours[i][j] for j in THETA] for i in THETA])
+    b = np.array([[ref[i][j] for j in THETA] for i in THETA])
+    assert np.all(np.isfinite(a))
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(b).max())

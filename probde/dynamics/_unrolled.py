@@ -13,10 +13,7 @@ straight-line code that XLA fuses into a few kernels per step.
 
 from __future__ import annotations
 
-import functools
-
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -44,40 +41,6 @@ def _combine(coeffs, ks, dtype):
     return jnp.zeros_like(ks[0]) if out is None else out
 
 
-class _Componentwise(diffrax.AbstractLocalInterpolation):
-    """The wrapped solver's dense output, applied as elementwise arithmetic.
-
-    diffrax's Runge–Kutta interpolations are linear in (y0, y1, k) with the same weights
-    for every state component, and compute the combination as a dot product of the stage
-    weights with the stacked stages: again a separate small kernel per evaluation. Here
-    the inner interpolation is evaluated once on a basis (one component per input vector)
-    to get the weights, which are then applied elementwise.
-    """
-
-    inner_cls: object = eqx.field(static=True)
-    t0: object
-    t1: object
-    y0: jax.Array
-    y1: jax.Array
-    k: jax.Array
-
-    def _weights(self, t):
-        num_k = self.k.shape[0]
-        basis = jnp.eye(num_k + 2, dtype=self.y0.dtype)
-        inner = self.inner_cls(t0=self.t0, t1=self.t1, y0=basis[0], y1=basis[1], k=basis[2:])
-        return inner.evaluate(t)
-
-    def evaluate(self, t0, t1=None, left=True):
-        del left
-        if t1 is not None:
-            return self.evaluate(t1) - self.evaluate(t0)
-        w = self._weights(t0)
-        out = w[0] * self.y0 + w[1] * self.y1
-        for j in range(self.k.shape[0]):
-            out = out + w[j + 2] * self.k[j]
-        return out
-
-
 class Unrolled(diffrax.AbstractAdaptiveSolver):
     """`solver` (an explicit diffrax Runge–Kutta method) with its stages unrolled.
 
@@ -97,7 +60,7 @@ class Unrolled(diffrax.AbstractAdaptiveSolver):
 
     @property
     def interpolation_cls(self):  # pyright: ignore
-        return functools.partial(_Componentwise, self.solver.interpolation_cls)
+        return self.solver.interpolation_cls
 
     def order(self, terms):
         return self.solver.order(terms)
