@@ -209,7 +209,7 @@ def test_latent_discrepancy_with_count_data():
                          probde.noise.Poisson(), discrepancy=disc, t0=0.0)
     assert not disc.is_marginal(model.observation)
     res = probde.infer(model, probde.TimeSeries(t, counts, observables=("n",)),
-                       probde.NUTS(num_chains=1, num_warmup=200, num_samples=200),
+                       probde.NUTS(num_chains=1, num_warmup=200, num_samples=200, target_accept=0.9),
                        seed=0, num_prior_samples=20)
     post = res.idata["posterior"]
     assert post["discrepancy_z"].dims == ("chain", "draw", "discrepancy_observable", "time")
