@@ -77,29 +77,31 @@ def _check_inputs(dynamics, y0, times, t0, solver):
             raise ValueError(f"t0 must not be after the first time {t[0]}; got t0={float(t0)}")
 
 
-def _diffrax_solve(dynamics: ODE, solver: Solver, adjoint, t0, times, y0, theta):
-    term = diffrax.ODETerm(lambda t, y, args: dynamics.vector_field(t, y, args))
+def _run_diffeqsolve(vector_field, stepper, controller, adjoint, solver, t0, times, y0, args):
+    """One diffrax solve saved at `times`, failures as values: `(ys, (ok, num_steps,
+    num_accepted_steps, num_rejected_steps))`."""
     sol = diffrax.diffeqsolve(
-        term,
-        solver.solver,
+        diffrax.ODETerm(vector_field),
+        stepper,
         t0,
         times[-1],
         solver.dt0,
         y0,
-        args=theta,
+        args=args,
         saveat=diffrax.SaveAt(ts=times),
-        stepsize_controller=solver.controller(),
+        stepsize_controller=controller,
         adjoint=adjoint,
         max_steps=solver.max_steps,
         throw=False,
     )
     ok = (sol.result == diffrax.RESULTS.successful) & jnp.all(jnp.isfinite(sol.ys))
-    stats = (
-        sol.stats["num_steps"],
-        sol.stats["num_accepted_steps"],
-        sol.stats["num_rejected_steps"],
-    )
+    stats = (sol.stats["num_steps"], sol.stats["num_accepted_steps"], sol.stats["num_rejected_steps"])
     return sol.ys, (ok, *stats)
+
+
+def _diffrax_solve(dynamics: ODE, solver: Solver, adjoint, t0, times, y0, theta):
+    return _run_diffeqsolve(lambda t, y, args: dynamics.vector_field(t, y, args), solver.solver,
+                            solver.controller(), adjoint, solver, t0, times, y0, theta)
 
 
 def _states_rms(n):
@@ -146,27 +148,11 @@ def _augmented_solve(dynamics, solver, options, t0, times, y0, theta):
         controller = eqx.tree_at(lambda c: c.norm, controller, _states_rms(n))
     base = solver.solver
     stepper = _unrolled.Unrolled(base) if _unrolled.supports(base) else base
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field),
-        stepper,
-        t0,
-        times[-1],
-        solver.dt0,
-        s0,
-        args=flat_theta,
-        saveat=diffrax.SaveAt(ts=times),
-        stepsize_controller=controller,
-        # Differentiated only in forward mode (second derivatives, e.g. a Laplace
-        # approximation's Hessian); as fast as the default when not differentiated.
-        adjoint=diffrax.ForwardMode(),
-        max_steps=solver.max_steps,
-        throw=False,
-    )
-    ys = sol.ys[:, :n]
-    sens = sol.ys[:, n:].reshape(-1, n, m)
-    ok = (sol.result == diffrax.RESULTS.successful) & jnp.all(jnp.isfinite(sol.ys))
-    stats = (sol.stats["num_steps"], sol.stats["num_accepted_steps"], sol.stats["num_rejected_steps"])
-    return ys, sens, (ok, *stats)
+    # Differentiated only in forward mode (second derivatives, e.g. a Laplace
+    # approximation's Hessian); as fast as the default adjoint when not differentiated.
+    out, aux = _run_diffeqsolve(vector_field, stepper, controller, diffrax.ForwardMode(), solver,
+                                t0, times, s0, flat_theta)
+    return out[:, :n], out[:, n:].reshape(-1, n, m), aux
 
 
 def _forward_sensitivity_solve(dynamics, solver, options, t0, times, y0, theta):

@@ -168,6 +168,13 @@ class _ChainOptions:
             raise ValueError(f"chain_method must be one of {_CHAIN_METHODS}; got {self.chain_method!r}")
         _check_init_radius(self.init_radius)
 
+    def _placement(self, chain_method, progress_bar) -> dict:
+        """numpyro `MCMC`'s `chain_method` and `progress_bar` for these options (sharded
+        chains run inside one compiled program, without a progress bar)."""
+        name = chain_method or self.resolved_chain_method()
+        return {"chain_method": numpyro_chain_method(name, self.num_chains),
+                "progress_bar": progress_bar and name != "sharded"}
+
     def resolved_chain_method(self) -> str:
         """The chain method used on this machine."""
         if self.chain_method != "auto":
@@ -259,9 +266,7 @@ class NUTS(_ChainOptions, AbstractMethod):
             num_samples=self.num_samples,
             num_chains=self.num_chains,
             thinning=self.thinning,
-            chain_method=numpyro_chain_method(chain_method or self.resolved_chain_method(),
-                                              self.num_chains),
-            progress_bar=progress_bar and (chain_method or self.resolved_chain_method()) != "sharded",
+            **self._placement(chain_method, progress_bar),
         )
 
     def run(self, model_fn, key, *, progress_bar, model_kwargs):

@@ -19,7 +19,7 @@ from numpyro.infer.mcmc import MCMCKernel
 from numpyro.infer.util import initialize_model, potential_energy
 from numpyro.util import is_prng_key
 
-from .methods import AbstractMethod, _ChainOptions, init_strategy, numpyro_chain_method
+from .methods import AbstractMethod, _ChainOptions, init_strategy
 
 # numpyro state fields collected per transition and the ArviZ sample_stats names they become.
 _EXTRA_FIELDS = {
@@ -385,9 +385,7 @@ class RandomWalkMetropolis(_ChainOptions, AbstractMethod):
             num_samples=self.num_samples,
             num_chains=self.num_chains,
             thinning=self.thinning,
-            chain_method=numpyro_chain_method(chain_method or self.resolved_chain_method(),
-                                              self.num_chains),
-            progress_bar=progress_bar and (chain_method or self.resolved_chain_method()) != "sharded",
+            **self._placement(chain_method, progress_bar),
         )
 
     def _initial_points(self, kernel, key, model_kwargs):
