@@ -20,7 +20,6 @@ import numpy as np
 import optax
 import xarray as xr
 from jax import lax, random
-from jax.flatten_util import ravel_pytree
 
 from numpyro import handlers
 from numpyro.infer import SVI as _NumpyroSVI
@@ -32,12 +31,12 @@ from numpyro.infer.autoguide import (
     AutoMultivariateNormal,
     AutoNormal,
 )
-from numpyro.infer.svi import SVIState
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer.util import log_density
 from numpyro.optim import optax_to_numpyro
 
 from .._checks import describe
+from .._optim import svi_step
 from .methods import AbstractMethod, _check_init_radius, _positive_int, _real, init_strategy
 
 GUIDES = ("normal", "multivariate_normal", "low_rank", "flow")
@@ -122,7 +121,8 @@ def _fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar
     if starts:
         guides, start_steps = starts
         keys = random.split(key, len(guides))
-        scan = jax.jit(lambda s: lax.scan(_step(svi, model_kwargs), s, None, length=start_steps))
+        step = svi_step(svi, model_kwargs)
+        scan = jax.jit(lambda s: lax.scan(step, s, None, length=start_steps))
         runs = []
         for i, (g, k) in enumerate(zip(guides, keys)):
             # the first start initialises `svi` itself (its guide's prototype and the
@@ -138,7 +138,7 @@ def _fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar
         num_steps = num_steps - start_steps
     else:
         state = svi.init(key, **model_kwargs)
-    step = _step(svi, model_kwargs)
+    step = svi_step(svi, model_kwargs)
 
     if not progress_bar:
         state, (losses, skipped) = jax.jit(
@@ -164,22 +164,6 @@ def _fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar
     losses = np.concatenate([head_losses, np.asarray(losses)])
     skipped = np.concatenate([head_skipped.astype(bool), np.asarray(skipped)])
     return svi.get_params(state), losses, skipped, start_losses
-
-
-def _step(svi, model_kwargs):
-    """One SVI step for `lax.scan`, undone when its loss or new parameters are not finite
-    (see `_fit`)."""
-
-    def step(state, _):
-        new, loss = svi.update(state, **model_kwargs)
-        flat, _ = ravel_pytree(svi.optim.get_params(new.optim_state))
-        ok = jnp.isfinite(loss) & jnp.all(jnp.isfinite(flat))
-        optim_state = jax.tree.map(
-            lambda a, b: jnp.where(ok, a, b), new.optim_state, state.optim_state
-        )
-        return SVIState(optim_state, new.mutable_state, new.rng_key), (loss, ~ok)
-
-    return step
 
 
 def _mean_finite(x):

@@ -1,0 +1,29 @@
+"""Optimisation helpers shared by the inference layer and model terms fitted by SVI, kept
+below both so that neither imports the other."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from numpyro.infer.svi import SVIState
+
+
+def svi_step(svi, model_kwargs):
+    """One step of the numpyro `SVI` object `svi` for `lax.scan`, undone when its loss or
+    its new parameters are not finite.
+
+    A skipped step keeps the optimiser state (parameters, moments, schedule count) as it
+    was and only moves the random key on. The step returns `(state, (loss, skipped))`.
+    """
+
+    def step(state, _):
+        new, loss = svi.update(state, **model_kwargs)
+        flat, _ = ravel_pytree(svi.optim.get_params(new.optim_state))
+        ok = jnp.isfinite(loss) & jnp.all(jnp.isfinite(flat))
+        optim_state = jax.tree.map(
+            lambda a, b: jnp.where(ok, a, b), new.optim_state, state.optim_state
+        )
+        return SVIState(optim_state, new.mutable_state, new.rng_key), (loss, ~ok)
+
+    return step
