@@ -7,32 +7,31 @@ is a Bayesian network of random-feature GP layers whose weights are fitted by st
 variational inference (minibatches of training points when asked), so it scales to many
 runs and can follow simulators whose behaviour changes across the parameter space
 (non-stationary responses), at the price of an approximate posterior.
+
+This module holds `DeepGPEmulator` and its predictive moments; the SVI fit is in
+`deep_emulator_fit`, and what it shares with `GPEmulator` in `emulator_base`,
+`emulator_runs` and `emulator_checks`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 from jaxtyping import Array, Float
-from numpyro.infer import init_to_median, init_to_uniform
 
 from .._checks import describe
-from .deepgp import SMALL_INIT, DeepGPDiscrepancy, base_frequencies, forward
-from .emulator import (
+from .deep_emulator_fit import _check_options, _fit_deep_gp
+from .deepgp import forward
+from .emulator_base import _EmulatorBase
+from .emulator_checks import _check_held_out
+from .emulator_runs import (
     _check_fit_inputs,
-    _check_held_out,
     _check_runs,
-    _check_seed,
-    _EmulatorBase,
     _new_inputs,
     _new_x,
     _readonly,
@@ -44,60 +43,10 @@ __all__ = ["DeepGPEmulator"]
 MeanTO = Float[Array, "T O"]  # noqa: F722
 CovOTT = Float[Array, "O T T"]  # noqa: F722
 
-# Priors in the emulator's scaled units (inputs in the unit cube, outputs standardised).
-_LENGTHSCALE_PRIOR = (np.log(0.3), 0.75)  # LogNormal, per layer (as DeepGPDiscrepancy)
-_VARIANCE_PRIOR = 1.0  # HalfNormal scale of the output layer's variance
-_HIDDEN_VARIANCE_PRIOR = 0.2  # HalfNormal scale of the hidden layers' variances
-_NOISE_PRIOR = 0.1  # HalfNormal scale of the noise sd per observable (10% of the output sd)
-# Weights start in (-0.1, 0.1) (see probde.inference.methods.SMALL_INIT); the guide's
-# initial scale is small so that its first draws are near that start.
-_SMALL_INIT_RADIUS = 0.1
-_INIT_SCALE = 0.01
-
 
 def _jitter(dtype) -> float:
     """Diagonal jitter of the predictive covariance, in standardised units."""
     return 1e-6 if jnp.dtype(dtype) == jnp.float64 else 1e-4
-
-
-def _init_small_or_median(site=None):
-    """Weights near zero, the other sites at their prior medians."""
-    if site is None:
-        return _init_loc
-    if (site.get("infer") or {}).get(SMALL_INIT, False):
-        return init_to_uniform(site, radius=_SMALL_INIT_RADIUS)
-    return init_to_median(site, num_samples=15)
-
-
-# numpyro expects init strategies to be `functools.partial` objects
-_init_loc = functools.partial(_init_small_or_median)
-
-
-def _deep_gp_model(x, y, omegas, out_dims, batch_size):
-    """numpyro model of the standardised training outputs `y (N, O)` at inputs `x (N, D)`."""
-    L = len(omegas)
-    ls = numpyro.sample(
-        "lengthscale", dist.LogNormal(*_LENGTHSCALE_PRIOR).expand([L]).to_event(1)
-    )
-    var = numpyro.sample("variance", dist.HalfNormal(_VARIANCE_PRIOR))
-    hidden = jnp.ones((1,), x.dtype)
-    if L > 1:
-        hidden = numpyro.sample(
-            "hidden_variance", dist.HalfNormal(_HIDDEN_VARIANCE_PRIOR).expand([L - 1]).to_event(1)
-        )
-    weights = [
-        numpyro.sample(
-            f"w{layer}",
-            dist.Normal(0.0, 1.0).expand([omega.shape[0] * 2, d]).to_event(2),
-            infer={SMALL_INIT: True},
-        )
-        for layer, (omega, d) in enumerate(zip(omegas, out_dims, strict=True))
-    ]
-    O = y.shape[1]
-    noise = numpyro.sample("noise", dist.HalfNormal(_NOISE_PRIOR).expand([O]).to_event(1))
-    with numpyro.plate("points", x.shape[0], subsample_size=batch_size) as idx:
-        f = forward(x[idx], omegas, weights, ls, var, hidden)
-        numpyro.sample("y", dist.Normal(f, noise[None, :]).to_event(1), obs=y[idx])
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -270,77 +219,14 @@ class DeepGPEmulator(_EmulatorBase):
         `outputs` has shape `(n, T, O)` (or `(n, T)`): run `i` at design point `i`; the
         other arguments are those of `DeepGPEmulator.fit`.
         """
-        from numpyro.infer.autoguide import AutoNormal
-
-        # imported here: the inference layer imports probde.model, which imports this module
-        from ..inference.svi import default_optimizer
-
         runs = _check_runs(times, design, outputs, parameter_names, observables, bounds)
         held = _check_held_out(held_out, runs.design.shape[0])
         disc = _check_options(layers, num_features, width, kernel, num_steps, learning_rate,
                               batch_size, num_draws, seed)
         runs = runs.split(held, seed)
-        _, T, n_obs = runs.outputs.shape
-        N = runs.fit_idx.shape[0] * T
-        if batch_size is not None and batch_size > N:
-            raise ValueError(
-                f"batch_size must be at most the {N} training points "
-                f"({runs.fit_idx.shape[0]} runs x {T} times); got {batch_size}"
-            )
-        x_fit = jnp.asarray(runs.inputs(runs.fit_idx))  # (N, D), run-major
-        dtype = x_fit.dtype
-        y_fit = jnp.asarray(runs.standardised(runs.fit_idx).reshape(N, n_obs), dtype=dtype)
-
-        D = 1 + len(runs.names)
-        w = disc.width or D
-        in_dims = [D] + [w] * (disc.layers - 1)
-        out_dims = [w] * (disc.layers - 1) + [n_obs]
-        omegas = tuple(
-            jnp.asarray(
-                base_frequencies(disc.kernel, disc.num_features, d, int(seed) * 1000 + layer),
-                dtype=dtype,
-            )
-            for layer, d in enumerate(in_dims)
-        )
-
-        def model_fn():
-            _deep_gp_model(x_fit, y_fit, omegas, out_dims, batch_size)
-
-        guide = AutoNormal(model_fn, init_loc_fn=_init_loc, init_scale=_INIT_SCALE)
-        key_fit, key_draws = jax.random.split(jax.random.PRNGKey(int(seed)))
-        optimizer = default_optimizer(float(learning_rate), int(num_steps))
-        params, losses = _run_svi(model_fn, guide, optimizer, int(num_steps), key_fit,
-                                  progress_bar)
-        if not np.any(np.isfinite(losses)):
-            raise RuntimeError(
-                "the deep-GP emulator's SVI fit failed: no step had a finite loss"
-            )
-
-        # numpyro broadcasts the draws against the guide's scales by rank promotion
-        @jax.jit
-        def draw(key, params):
-            with jax.numpy_rank_promotion("allow"):
-                return guide.sample_posterior(key, params, sample_shape=(int(num_draws),))
-
-        samples = draw(key_draws, params)
-        draws = {
-            "lengthscale": samples["lengthscale"],
-            "variance": samples["variance"],
-            "hidden_variance": samples.get(
-                "hidden_variance", jnp.ones((int(num_draws), 1), dtype)
-            ),
-            "noise": samples["noise"],
-            "weights": tuple(samples[f"w{layer}"] for layer in range(disc.layers)),
-        }
-        draws = jax.tree.map(lambda a: jnp.asarray(a, dtype), draws)
-
-        diagnostics = None
-        if held:
-            x_held = jnp.asarray(runs.inputs(runs.held_idx).reshape(held, T, -1))  # (m, T, D)
-            mean, var = jax.jit(jax.vmap(lambda x: _moments(draws, omegas, x, True)))(x_held)
-            sd = np.sqrt(np.asarray(jnp.diagonal(var, axis1=-2, axis2=-1))).transpose(0, 2, 1)
-            diagnostics = runs.diagnostics(mean, sd)
-
+        omegas, w, draws, losses = _fit_deep_gp(runs, disc, num_steps, learning_rate,
+                                                batch_size, num_draws, seed, progress_bar)
+        diagnostics = _held_out_diagnostics(runs, draws, omegas) if held else None
         return cls(
             **runs.fields(),
             _kernel=disc.kernel,
@@ -483,41 +369,6 @@ class DeepGPEmulator(_EmulatorBase):
 
 
 # ----------------------------------------------------------------------- JAX cores
-def _run_svi(model_fn, guide, optimizer, num_steps, key, progress_bar):
-    """`num_steps` SVI steps in jit-compiled `lax.scan`s; `(params, losses)`.
-
-    The initialisation is compiled too: numpyro's is op-by-op in Python otherwise (a few
-    hundred small compilations, a minute on a busy CPU). A step whose loss or new
-    parameters are not finite is undone (`probde.inference.svi`'s step)."""
-    from numpyro.infer import SVI, Trace_ELBO
-    from numpyro.optim import optax_to_numpyro
-
-    from ..inference.svi import _step
-
-    svi = SVI(model_fn, guide, optax_to_numpyro(optimizer), Trace_ELBO())
-    state = jax.jit(svi.init)(key)
-    run = jax.jit(lambda s, n: jax.lax.scan(_step(svi, {}), s, None, length=n),
-                  static_argnums=1)
-    if not progress_bar:
-        state, (losses, _) = run(state, num_steps)
-    else:
-        from tqdm.auto import tqdm
-
-        chunk = max(1, num_steps // 20)
-        parts = []
-        with tqdm(total=num_steps, desc="SVI (deep-GP emulator)") as bar:
-            done = 0
-            while done < num_steps:
-                n = min(chunk, num_steps - done)
-                state, (part, _) = run(state, n)
-                parts.append(np.asarray(part))
-                done += n
-                bar.update(n)
-                bar.set_postfix_str(f"loss {float(part[-1]):.4g}", refresh=False)
-        losses = np.concatenate(parts)
-    return svi.get_params(state), np.asarray(losses)
-
-
 def _moments(draws, omegas, x, include_noise):
     """Standardised mean `(T, O)` and covariance `(O, T, T)` over the draws at `x (T, D)`."""
     f = jax.vmap(
@@ -543,33 +394,12 @@ def _predict(draws, omegas, box, scaling, t_range, times, theta, include_noise):
     return mean * scale[None, :] + loc[None, :], cov * (scale**2)[:, None, None]
 
 
-# ---------------------------------------------------------------------- validation
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive integer; got {describe(value)}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value}")
 
-
-def _check_options(layers, num_features, width, kernel, num_steps, learning_rate, batch_size,
-                   num_draws, seed) -> DeepGPDiscrepancy:
-    """Check the deep-GP options; the layers, features, width and kernel are checked by
-    `DeepGPDiscrepancy` (same messages), whose validated settings are returned."""
-    _check_seed(seed)
-    disc = DeepGPDiscrepancy(layers, num_features=num_features, kernel=kernel, width=width,
-                             seed=int(seed))
-    _positive_int("num_steps", num_steps)
-    _positive_int("num_draws", num_draws)
-    if num_draws < 2:
-        raise ValueError(f"num_draws must be at least 2 (a covariance); got {num_draws}")
-    if batch_size is not None:
-        _positive_int("batch_size", batch_size)
-    if (
-        isinstance(learning_rate, bool)
-        or not isinstance(learning_rate, numbers.Real)
-        or not (np.isfinite(learning_rate) and learning_rate > 0)
-    ):
-        raise ValueError(
-            f"learning_rate must be a positive finite number; got {describe(learning_rate)}"
-        )
-    return disc
+def _held_out_diagnostics(runs, draws, omegas):
+    """`EmulatorDiagnostics` of the deep GP's kept `draws` at the held-out runs of `runs`
+    (a split `_TrainingRuns`), noise included."""
+    held, T = runs.held_idx.shape[0], runs.times.shape[0]
+    x_held = jnp.asarray(runs.inputs(runs.held_idx).reshape(held, T, -1))  # (m, T, D)
+    mean, var = jax.jit(jax.vmap(lambda x: _moments(draws, omegas, x, True)))(x_held)
+    sd = np.sqrt(np.asarray(jnp.diagonal(var, axis1=-2, axis2=-1))).transpose(0, 2, 1)
+    return runs.diagnostics(mean, sd)
