@@ -201,3 +201,153 @@ def test_ode_and_solver_bad_input():
         probde.Solver(max_steps=0)
     with pytest.raises(TypeError, match="adjoint must be"):
         probde.Solver(adjoint="forward")
+
+
+# ------------------------------------------------ the user's functions: clear errors
+def _lv_list(t, z, theta):
+    u, v = z
+    return [(theta["alpha"] - theta["beta"] * v) * u, (-theta["gamma"] + theta["delta"] * u) * v]
+
+
+def _lv_tuple(t, z, theta):
+    return tuple(_lv_list(t, z, theta))
+
+
+def _lv_numpy(t, z, theta):
+    u, v = z
+    return jnp.stack([(np.exp(np.log(theta["alpha"])) - theta["beta"] * v) * u,
+                      (-theta["gamma"] + theta["delta"] * u) * v])
+
+
+def _lv_python_if(t, z, theta):
+    if theta["alpha"] > 0:
+        return lotka_volterra(t, z, theta)
+    return -z
+
+
+_BAD_VECTOR_FIELDS = {
+    "list": (_lv_list, TypeError,
+             r"vector_field must return one JAX array of shape \(2,\); got a Python list of 2 "
+             r"elements from `_lv_list`\. Return jnp\.stack\(\[\.\.\.\]\) or jnp\.array"),
+    "tuple": (_lv_tuple, TypeError, r"got a Python tuple of 2 elements .*jnp\.stack"),
+    "numpy": (_lv_numpy, TypeError,
+              r"vector_field calls NumPy on a traced value in `_lv_numpy` .*Use jax\.numpy "
+              r"instead of numpy inside vector_field \(jnp\.exp, not np\.exp\)"),
+    "python_if": (_lv_python_if, TypeError,
+                  r"vector_field turns a traced value into a Python value in `_lv_python_if`"
+                  r".*jnp\.where"),
+    "shape": (lambda t, z, th: jnp.ones(3), ValueError,
+              r"vector_field must return shape \(2,\) \(one value per state \('hare', 'lynx'\)\);"
+              r" got shape \(3,\)"),
+    "dict": (lambda t, z, th: {"hare": z[0], "lynx": z[1]}, TypeError,
+             r"got a dict with keys \['hare', 'lynx'\]\. Return a jax\.numpy array"),
+}
+
+
+@pytest.mark.parametrize("under_jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("case", _BAD_VECTOR_FIELDS)
+def test_bad_vector_field_is_a_clear_error(case, under_jit):
+    # The check is abstract (jax.eval_shape), so the same error comes eagerly and at trace
+    # time under jit.
+    fn, error, match = _BAD_VECTOR_FIELDS[case]
+    ode = probde.ODE(fn, state_names=("hare", "lynx"))
+
+    def run(theta):
+        return probde.solve(ode, jnp.array([34.0, 5.9]), theta, LV_TIMES)
+
+    with pytest.raises(error, match=match):
+        (jax.jit(run) if under_jit else run)(LV_THETA)
+
+
+def test_missing_parameter_keyerror_propagates_unchanged():
+    # The model layer turns it into "params defines no prior for ...".
+    theta = {k: v for k, v in LV_THETA.items() if k != "delta"}
+    with pytest.raises(KeyError, match="delta"):
+        probde.solve(LV, jnp.array([34.0, 5.9]), theta, LV_TIMES)
+
+
+def test_check_vector_field_is_abstract_and_remembered():
+    calls = []
+
+    def field(t, y, theta):
+        calls.append(type(y).__name__)
+        return -theta["k"] * y
+
+    ode = probde.ODE(field, state_names=("x",))
+    solve = probde.solve(ode, jnp.array([1.0]), {"k": 0.5}, TIMES)
+    assert bool(solve.ok) and calls and all(name != "ArrayImpl" for name in calls)
+    traced = len(calls)
+    # A second eager solve of the same shapes neither checks nor compiles again.
+    probde.solve(ode, jnp.array([2.0]), {"k": 0.7}, TIMES)
+    assert len(calls) == traced
+    out = probde.dynamics.check_vector_field(field, "vector_field", 0.0, jnp.ones(1),
+                                             {"k": 0.5}, (1,))
+    assert out.shape == (1,) and len(calls) == traced + 1  # other dtypes: traced once more
+
+
+def test_sde_drift_and_diffusion_get_the_same_checks():
+    good = lambda t, x, th: -th["k"] * x  # noqa: E731
+    noise = lambda t, x, th: jnp.array([0.3])  # noqa: E731
+    cases = [
+        (probde.SDE(lambda t, x, th: [-th["k"] * x[0]], noise, ("x",)), TypeError,
+         r"drift must return one JAX array of shape \(1,\); got a Python list of 1 element"),
+        (probde.SDE(good, lambda t, x, th: [0.3], ("x",)), TypeError,
+         r"diffusion must return one JAX array; got a Python list of 1 element"),
+        (probde.SDE(lambda t, x, th: -np.exp(th["k"]) * x, noise, ("x",)), TypeError,
+         r"drift calls NumPy on a traced value .*jnp\.exp, not np\.exp"),
+        (probde.SDE(good, lambda t, x, th: np.sqrt(th["k"]) * jnp.ones(1), ("x",)), TypeError,
+         r"diffusion calls NumPy on a traced value"),
+        (probde.SDE(good, lambda t, x, th: jnp.ones(2), ("x",)), ValueError,
+         r"diffusion must return shape \(1,\) \(diagonal noise\) or \(1, W\)"),
+    ]
+    for sde, error, match in cases:
+        with pytest.raises(error, match=match):
+            sde.check(jnp.array([1.0]), {"k": 0.5})
+        with pytest.raises(error, match=match):
+            probde.simulate(sde, jnp.array([1.0]), {"k": 0.5}, TIMES, jax.random.PRNGKey(0))
+    with pytest.raises(KeyError, match="k"):
+        probde.SDE(good, noise, ("x",)).check(jnp.array([1.0]), {})
+
+
+# ------------------------------------------- simulate returns what solve returns
+OU_SDE = probde.SDE(lambda t, x, th: -th["k"] * x, lambda t, x, th: jnp.stack([th["s"]]),
+                    state_names=("x",))
+
+
+def test_simulate_returns_a_trajectory_like_solve():
+    theta = {"k": jnp.asarray(0.5), "s": jnp.asarray(0.3)}
+    times = jnp.array([0.0, 0.5, 1.5, 3.0])
+    path = probde.simulate(OU_SDE, jnp.array([1.0]), theta, times, jax.random.PRNGKey(3),
+                           num_steps=7)
+    traj = probde.solve(probde.ODE(OU_SDE.drift, ("x",)), jnp.array([1.0]), theta, times)
+    assert type(path) is type(traj) is probde.Trajectory
+    for name in ("ts", "ys", "ok", "num_steps", "num_accepted_steps", "num_rejected_steps"):
+        a, b = getattr(path, name), getattr(traj, name)
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+    assert path.stats.keys() == traj.stats.keys()
+    np.testing.assert_array_equal(path.ts, times)
+    assert bool(path.ok) and float(path.ys[0, 0]) == 1.0  # times[0] is t0: x0 itself
+    # Fixed steps: 7 per record interval; none from t0 to times[0] when they are equal.
+    assert int(path.num_steps) == int(path.num_accepted_steps) == 7 * 3
+    assert int(path.num_rejected_steps) == 0
+    earlier = probde.simulate(OU_SDE, jnp.array([1.0]), theta, times, jax.random.PRNGKey(3),
+                              num_steps=7, t0=-1.0)
+    assert int(earlier.num_steps) == 7 * 4
+
+
+def test_simulate_paths_is_the_tuple_form_of_simulate():
+    from probde.dynamics.sde import simulate_paths
+
+    theta = {"k": jnp.asarray(0.5), "s": jnp.asarray(0.3)}
+    keys = jax.random.split(jax.random.PRNGKey(4), 3)
+
+    def both(key):
+        path = probde.simulate(OU_SDE, jnp.array([1.0]), theta, TIMES, key, num_steps=4)
+        xs, ok = simulate_paths(OU_SDE, jnp.array([1.0]), theta, TIMES, key, num_steps=4)
+        return path, xs, ok
+
+    path, xs, ok = jax.jit(jax.vmap(both))(keys)
+    assert path.ys.shape == xs.shape == (3, TIMES.shape[0], 1) and path.ok.shape == (3,)
+    np.testing.assert_array_equal(path.ys, xs)
+    np.testing.assert_array_equal(path.ok, ok)
+    np.testing.assert_array_equal(path.num_steps, 4 * (TIMES.shape[0] - 1))

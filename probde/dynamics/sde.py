@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from ._checks import check_vector_field
 from .ode import ODE
+from .solve import Trajectory
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -88,23 +90,27 @@ class SDE:
         L = jnp.asarray(self.diffusion(t, x, theta))
         return jnp.diag(L) if L.ndim == 1 else L
 
-    def check(self, x, theta):
-        """Check the shapes of drift and diffusion at state `x` and a declared linearity
-        (raises ValueError)."""
-        self._check_shapes(x, theta)
+    def check(self, x, theta, t=0.0):
+        """Check drift and diffusion at state `x` (and time `t`), and a declared linearity.
+
+        Raises `TypeError` for a drift or diffusion that returns a Python list or tuple or
+        calls NumPy on a traced value, `ValueError` for a wrong shape or a false `linear=True`
+        (see `probde.dynamics.check_vector_field`); a `KeyError` for a parameter missing from
+        `theta` propagates unchanged. The shape checks are abstract (`jax.eval_shape`) and
+        work on traced values; the linearity check needs concrete ones.
+        """
+        self._check_shapes(x, theta, t)
         if self.linear:
             self._check_linear(x, theta)
 
-    def _check_shapes(self, x, theta):
-        """The shapes of drift and diffusion at state `x` (works on traced values)."""
+    def _check_shapes(self, x, theta, t=0.0):
+        """The output types and shapes of drift and diffusion at `(t, x)` (works on traced
+        values)."""
         S = self.num_states
-        f = jax.eval_shape(lambda y: self.drift(0.0, y, theta), x)
-        if f.shape != (S,):
-            raise ValueError(
-                f"drift must return shape ({S},) (one value per state {self.state_names}); "
-                f"got shape {f.shape}"
-            )
-        L = jax.eval_shape(lambda y: jnp.asarray(self.diffusion(0.0, y, theta)), x)
+        x = jnp.asarray(x)
+        t = jnp.asarray(t, dtype=jnp.result_type(x.dtype, float))
+        check_vector_field(self.drift, "drift", t, x, theta, (S,), states=self.state_names)
+        L = check_vector_field(self.diffusion, "diffusion", t, x, theta, None)
         if not (L.shape == (S,) or (len(L.shape) == 2 and L.shape[0] == S and L.shape[1] >= 1)):
             raise ValueError(
                 f"diffusion must return shape ({S},) (diagonal noise) or ({S}, W) (a matrix "
@@ -154,13 +160,9 @@ class SDE:
         )
 
 
-def sde_step(sde: SDE, theta, x, t_start, t_end, key, num_steps: int, solver=None):
-    """Advance one sample path from `t_start` to `t_end` in `num_steps` equal steps.
-
-    The step uses diffrax's SDE machinery (Euler-Maruyama by default; any diffrax SDE
-    solver that works with a fixed step). Returns `(x_end, ok)`. `t_end == t_start`
-    returns `x`.
-    """
+def _sde_step_counted(sde: SDE, theta, x, t_start, t_end, key, num_steps: int, solver=None):
+    """`sde_step`, also returning the number of steps diffrax took (0 when
+    `t_end == t_start`)."""
     solver = diffrax.Euler() if solver is None else solver
     W = sde.noise_matrix(t_start, x, theta).shape[1]
     brownian = diffrax.UnsafeBrownianPath(shape=(W,), key=key)
@@ -186,38 +188,22 @@ def sde_step(sde: SDE, theta, x, t_start, t_end, key, num_steps: int, solver=Non
     )
     x_end = sol.ys[-1]
     ok = (sol.result == diffrax.RESULTS.successful) & jnp.all(jnp.isfinite(x_end))
+    return x_end, ok, sol.stats["num_steps"]
+
+
+def sde_step(sde: SDE, theta, x, t_start, t_end, key, num_steps: int, solver=None):
+    """Advance one sample path from `t_start` to `t_end` in `num_steps` equal steps.
+
+    The step uses diffrax's SDE machinery (Euler-Maruyama by default; any diffrax SDE
+    solver that works with a fixed step). Returns `(x_end, ok)`. `t_end == t_start`
+    returns `x`.
+    """
+    x_end, ok, _ = _sde_step_counted(sde, theta, x, t_start, t_end, key, num_steps, solver)
     return x_end, ok
 
 
-def simulate(sde: SDE, x0, theta, times, key, *, t0=None, num_steps: int = 20, solver=None):
-    """A sample path of `sde` from `x0` at `t0`, recorded at `times`.
-
-    **Arguments:**
-
-    - `sde`: a `probde.SDE`; `x0`: `(S,)`; `theta`: dict of parameters.
-    - `times`: `(T,)` non-decreasing record times, not before `t0`.
-    - `key`: a JAX random key.
-    - `t0`: start time (default `times[0]`).
-    - `num_steps`: fixed steps between consecutive record times (Euler-Maruyama by
-      default: weak order 1, so the step must be small against the drift's time scale).
-    - `solver`: a diffrax SDE solver for fixed steps, e.g. `diffrax.Heun()` (Stratonovich)
-      or `diffrax.Euler()` (Itô, default).
-
-    **Returns:** `(xs, ok)`: states `(T, S)` and whether every step succeeded.
-
-    **Example:**
-
-    ```python
-    >>> import jax, jax.numpy as jnp, probde
-    >>> ou = probde.SDE(lambda t, x, th: -x, lambda t, x, th: jnp.array([0.5]),
-    ...                 state_names=("x",))
-    >>> xs, ok = probde.simulate(ou, jnp.array([1.0]), {}, jnp.linspace(0.0, 1.0, 5),
-    ...                          jax.random.PRNGKey(0))
-    >>> xs.shape, bool(ok)
-    ((5, 1), True)
-
-    ```
-    """
+def _simulate(sde, x0, theta, times, key, t0, num_steps, solver):
+    """Validate, then run one path: `(times, xs (T, S), ok, steps taken)`."""
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a probde.SDE; got {sde!r} of type {type(sde).__name__}")
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
@@ -229,19 +215,76 @@ def simulate(sde: SDE, x0, theta, times, key, *, t0=None, num_steps: int = 20, s
             f"x0 must have shape ({sde.num_states},), one value per state {sde.state_names}; "
             f"got shape {x0.shape}"
         )
-    sde._check_shapes(x0, theta)
     start = times[0] if t0 is None else jnp.asarray(t0, times.dtype)
+    sde._check_shapes(x0, theta, start)
     starts = jnp.concatenate([start[None], times[:-1]])
     keys = jax.random.split(key, times.shape[0])
 
     def step(carry, inp):
-        x, ok = carry
+        x, ok, taken = carry
         ta, tb, k = inp
-        x_new, ok_step = sde_step(sde, theta, x, ta, tb, k, num_steps, solver)
-        return (x_new, ok & ok_step), x_new
+        x_new, ok_step, n = _sde_step_counted(sde, theta, x, ta, tb, k, num_steps, solver)
+        return (x_new, ok & ok_step, taken + n.astype(taken.dtype)), x_new
 
-    (_, ok), xs = jax.lax.scan(step, (x0, jnp.array(True)), (starts, times, keys))
+    # Step counts in JAX's default integer type, as diffrax's statistics in `probde.solve`.
+    init = (x0, jnp.array(True), jnp.zeros((), dtype=int))
+    (_, ok, taken), xs = jax.lax.scan(step, init, (starts, times, keys))
+    return times, xs, ok, taken
+
+
+def simulate_paths(sde: SDE, x0, theta, times, key, *, t0=None, num_steps: int = 20,
+                   solver=None):
+    """`probde.simulate` as a tuple `(xs, ok)`: states `(T, S)` and whether every step
+    succeeded. For internal callers (the model's prior predictive) that need no
+    `Trajectory`; arguments as for `probde.simulate`."""
+    _, xs, ok, _ = _simulate(sde, x0, theta, times, key, t0, num_steps, solver)
     return xs, ok
+
+
+def simulate(sde: SDE, x0, theta, times, key, *, t0=None, num_steps: int = 20,
+             solver=None) -> Trajectory:
+    """A sample path of `sde` from `x0` at `t0`, recorded at `times`.
+
+    **Main arguments:**
+
+    - `sde`: a `probde.SDE`; `x0`: `(S,)`; `theta`: dict of parameters.
+    - `times`: `(T,)` non-decreasing record times, not before `t0`.
+    - `key`: a JAX random key.
+
+    **Other arguments:**
+
+    - `t0`: start time (default `times[0]`).
+    - `num_steps`: fixed steps between consecutive record times (Euler-Maruyama by
+      default: weak order 1, so the step must be small against the drift's time scale).
+    - `solver`: a diffrax SDE solver for fixed steps, e.g. `diffrax.Heun()` (Stratonovich)
+      or `diffrax.Euler()` (Itô, default).
+
+    **Returns:** a `probde.Trajectory`, as from `probde.solve`: `ts` the record times
+    `(T,)`, `ys` the states `(T, S)`, `ok` whether every step succeeded and every state is
+    finite, `num_steps` (= `num_accepted_steps`) the fixed steps taken, `num_steps` per
+    record interval of positive length (none from `t0` to `times[0]` when they are equal),
+    and `num_rejected_steps` 0. Under `jax.vmap` over keys, each field gains a leading
+    path axis.
+
+    **Raises:** `ValueError`/`TypeError` for bad inputs, and for a drift or diffusion that
+    returns a Python list, calls NumPy on a traced value or returns the wrong shape (an
+    abstract check, as in `probde.solve`).
+
+    **Example:**
+
+    ```python
+    >>> import jax, jax.numpy as jnp, probde
+    >>> ou = probde.SDE(lambda t, x, th: -x, lambda t, x, th: jnp.array([0.5]),
+    ...                 state_names=("x",))
+    >>> path = probde.simulate(ou, jnp.array([1.0]), {}, jnp.linspace(0.0, 1.0, 5),
+    ...                        jax.random.PRNGKey(0), num_steps=10)
+    >>> path.ys.shape, bool(path.ok), int(path.num_steps)   # 4 intervals of 10 steps
+    ((5, 1), True, 40)
+
+    ```
+    """
+    ts, xs, ok, taken = _simulate(sde, x0, theta, times, key, t0, num_steps, solver)
+    return Trajectory(ts, xs, ok, taken, taken, jnp.zeros_like(taken))
 
 
 # ------------------------------------------------------------------ likelihood interface

@@ -11,6 +11,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _unrolled
+from ._checks import check_vector_field
 from .ode import ODE
 from .solver import ForwardSensitivity, Solver
 
@@ -227,6 +228,13 @@ def solve(
 
     **Returns:** a `probde.Trajectory`.
 
+    **Raises:** `ValueError` or `TypeError` for bad inputs, and for a `vector_field` that
+    returns a Python list or tuple, calls NumPy on a traced value (`np.exp` instead of
+    `jnp.exp`) or returns the wrong shape (see `probde.dynamics.check_vector_field`). The
+    vector field is checked by an abstract evaluation (`jax.eval_shape`: tracing only, no
+    arithmetic), so the same errors come eagerly and under `jax.jit`/`jax.vmap` (at trace
+    time); a passed check is remembered, so that a loop of eager solves traces it once.
+
     **Example:**
 
     ```python
@@ -245,6 +253,8 @@ def solve(
     times = times.astype(jnp.result_type(float))
     t0 = times[0] if t0 is None else jnp.asarray(t0, dtype=times.dtype)
     theta = jax.tree.map(jnp.asarray, theta)  # numbers as arrays: one compile for all values
+    check_vector_field(dynamics.vector_field, "vector_field", t0, y0, theta,
+                       (dynamics.num_states,), states=dynamics.state_names)
     num_inputs = int(ravel_pytree((y0, theta))[0].shape[0])
     adjoint = solver.resolve_adjoint(num_inputs)
     ys, aux = _solve_compiled(dynamics, solver, adjoint, t0, times, y0, theta)
