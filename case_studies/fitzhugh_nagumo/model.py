@@ -88,10 +88,10 @@ def simulate_truth():
     gaps = np.diff(np.concatenate([[0.0], grid]))
     num_steps = int(np.ceil(gaps.max() / MAX_DT))
     theta = {k: jnp.asarray(v) for k, v in TRUE.items() if k != "sigma"}
-    path, ok = probde.simulate(fhn, jnp.asarray(x0), theta, jnp.asarray(grid),
-                              jax.random.PRNGKey(DATA_SEED), t0=0.0, num_steps=num_steps)
-    assert bool(ok)
-    path = np.asarray(path)
+    traj = probde.simulate(fhn, jnp.asarray(x0), theta, jnp.asarray(grid),
+                           jax.random.PRNGKey(DATA_SEED), t0=0.0, num_steps=num_steps)
+    assert bool(traj.ok)
+    path = np.asarray(traj.ys)
     values = path[np.searchsorted(grid, times), 0] + noise
     values[missing] = np.nan
     return grid, path, times, values

@@ -33,6 +33,7 @@ import numpyro.distributions as dist
 from gpjax.kernels.stationary.base import StationaryKernel
 
 from .._checks import describe
+from .base import AbstractDiscrepancy, DiscrepancyInputs, DiscrepancyTerm
 from .gp import check_observables, observable_index
 
 INPUTS = ("time", "time+output")
@@ -93,7 +94,7 @@ def _per_layer(prior, n: int):
     return prior if prior.event_shape else prior.to_event(1)
 
 
-class DeepGPDiscrepancy:
+class DeepGPDiscrepancy(AbstractDiscrepancy):
     r"""Deep-GP model discrepancy from random-feature layers (Cutajar et al. 2017), as in
     Marmin & Filippone's deep-GP calibration.
 
@@ -257,6 +258,28 @@ class DeepGPDiscrepancy:
 
     def observable_index(self, observables) -> np.ndarray:
         return observable_index(self.observables, observables)
+
+    def setup(self, times, link_values, mask):
+        return self.standardiser(times, link_values, mask)
+
+    def weight_sites(self, names) -> set[str]:
+        return {v for k, v in names.items() if k.startswith("w")}
+
+    def site_dims(self, name, value_shape, names) -> list[str]:
+        if name in self.weight_sites(names):
+            return ["discrepancy_feature", f"{name}_unit"]
+        if name == names.get("hidden_variance"):
+            return ["discrepancy_hidden_layer"]
+        return ["discrepancy_layer"] if value_shape else []
+
+    def term(self, inputs: DiscrepancyInputs) -> DiscrepancyTerm:
+        """The weights are latent sites; delta is a deterministic function of them,
+        evaluated anew at predicted times."""
+        fn = self.sample(inputs.names, inputs.loc.shape[-1], inputs.index.size)
+        standardiser = inputs.setup
+        d_data = self.delta(fn, inputs.times, inputs.loc, standardiser)
+        return DiscrepancyTerm(delta=d_data,
+                               delta_new=lambda t, loc: self.delta(fn, t, loc, standardiser))
 
     def input_dim(self, num_observables: int) -> int:
         return 1 + (num_observables if self.inputs == "time+output" else 0)

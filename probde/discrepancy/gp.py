@@ -21,7 +21,8 @@ from gpjax.kernels.base import AbstractKernel, CombinationKernel
 from gpjax.parameters import val
 
 from .._checks import describe
-from . import dense
+from . import dense, gp_terms
+from .base import AbstractDiscrepancy, DiscrepancyInputs, DiscrepancyTerm
 
 _NOT_HYPERPARAMETERS = {"active_dims", "compute_engine", "n_dims", "name"}
 
@@ -112,7 +113,7 @@ def _with_values(kernel, paths: dict[str, tuple], values: Mapping[str, jax.Array
     return kernel
 
 
-class GPDiscrepancy:
+class GPDiscrepancy(AbstractDiscrepancy):
     r"""Gaussian-process model discrepancy $\delta(t) \sim \mathcal{GP}(0, k)$, dense algebra.
 
     Passed as `probde.Model(..., discrepancy=probde.GPDiscrepancy(...))`, it models the data
@@ -245,8 +246,19 @@ class GPDiscrepancy:
             return bool(observation.gaussian_link)
         return bool(self.marginalise)
 
+    accepts_covariance = True
+
     def site_names(self, taken: set[str]) -> dict[str, str]:
-        return {k: (f"discrepancy_{k}" if k in taken else k) for k in self.priors}
+        names = {k: (f"discrepancy_{k}" if k in taken else k) for k in self.priors}
+        # the standardised values of a latent GP (used when it is not integrated out)
+        names["z"] = "discrepancy_z" if "discrepancy_z" not in taken else "discrepancy_latent_z"
+        return names
+
+    def term(self, inputs: DiscrepancyInputs) -> DiscrepancyTerm:
+        """Integrated out when the noise is Gaussian on the link scale, else latent."""
+        if self.is_marginal(inputs.observation):
+            return gp_terms.marginal_term(self, inputs)
+        return gp_terms.latent_term(self, inputs)
 
     def observable_index(self, observables: Sequence[str]) -> np.ndarray:
         return observable_index(self.observables, observables)
@@ -416,6 +428,8 @@ class MarkovGPDiscrepancy(GPDiscrepancy):
                 "GPDiscrepancy (a latent GP) for other noise"
             )
         super().check_model(observables, observation)
+
+    accepts_covariance = False
 
     @staticmethod
     def _no_extra(extra):

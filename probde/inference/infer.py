@@ -13,29 +13,26 @@ from numpyro import handlers
 from numpyro.infer import log_likelihood as _numpyro_log_likelihood
 
 from .._checks import describe
-from .._sde_model import (
-    FILTERED_COV,
-    FILTERED_MEAN,
-    SMOOTHED_COV,
-    SMOOTHED_MEAN,
-    STATE_SITES,
-)
-from ..model import (
+from ..model import Model, sites
+from ..model.sites import (
     CORRECTED,
     DELTA,
+    FILTERED_COV,
+    FILTERED_MEAN,
     MEAN,
     OBSERVED,
+    SMOOTHED_COV,
+    SMOOTHED_MEAN,
     SOLVER_OK,
     SOLVER_STEPS,
+    STATE_SITES,
     TRAJECTORY,
     VALID,
-    Model,
 )
 from .failures import FailureCounter
 from .methods import NUTS, AbstractMethod
 from .result import InferenceResult, build_datatree
 
-_BOOKKEEPING = (SOLVER_OK, SOLVER_STEPS, VALID, TRAJECTORY, MEAN, DELTA, CORRECTED)
 # Warn about rejected proposals when they exceed this fraction of the sampling phase's
 # gradient evaluations; a few rejections at the edge of the prior are harmless.
 FAILURE_WARN_FRACTION = 0.01
@@ -190,7 +187,7 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
     num_chains = next(iter(samples.values())).shape[0]
     stats = {k: np.asarray(v) for k, v in stats.items()}
     stats["solver_steps"] = samples[SOLVER_STEPS]
-    latent = {k: v for k, v in samples.items() if k not in _BOOKKEEPING}
+    latent = {k: v for k, v in samples.items() if not sites.is_bookkeeping(k)}
     flat = _flatten(latent)
 
     pred_sites = [OBSERVED, TRAJECTORY, MEAN]
@@ -208,7 +205,7 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
     loglik = pointwise_log_likelihood(fn, flat)
     if loglik is not None:
         loglik = np.where(prepared.mask, np.asarray(loglik), np.nan)
-        loglik = {OBSERVED: loglik.reshape((num_chains, -1) + loglik.shape[1:])}
+        loglik = {sites.public(OBSERVED): loglik.reshape((num_chains, -1) + loglik.shape[1:])}
     states = None
     if model.sde is not None:
         states = _latent_states(fn, flat, key_post, num_chains)
@@ -220,21 +217,19 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
         valid = drawn[VALID][:, :, None, None] & active
         ok = drawn[SOLVER_OK][:, :, None, None] & active
         prior = {k: v[None] for k, v in drawn.items() if k in latent}
-        prior_pred = {
+        prior_pred = _public({
             OBSERVED: np.where(valid, drawn[OBSERVED], np.nan)[None],
             TRAJECTORY: np.where(ok, drawn[TRAJECTORY], np.nan)[None],
             MEAN: np.where(valid, drawn[MEAN], np.nan)[None],
-        }
+        })
 
     idata = build_datatree(
         model=model,
         data=prepared,
         posterior=latent,
         sample_stats=stats,
-        posterior_predictive={
-            OBSERVED: post_pred[OBSERVED].reshape((num_chains, -1) + post_pred[OBSERVED].shape[1:]),
-            **_by_chain({k: post_pred[k] for k in pred_sites if k != OBSERVED}, num_chains),
-        },
+        posterior_predictive=_public(_by_chain({k: post_pred[k] for k in pred_sites},
+                                               num_chains)),
         log_likelihood=loglik,
         prior=prior,
         prior_predictive=prior_pred,
@@ -244,6 +239,11 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
     _add_groups(idata, extra)
     _warn(idata, failures, model, variational=bool(extra.get("svi_trace") is not None))
     return InferenceResult(idata, model=model, data=data)
+
+
+def _public(group: dict) -> dict:
+    """Bookkeeping sites under their DataTree names (`y`, `mu`, `trajectory`, ...)."""
+    return {sites.public(k): v for k, v in group.items()}
 
 
 def _latent_states(fn, flat, key, num_chains):

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 from numpyro import handlers
 
 from .._checks import describe
-from ..model import OBSERVED, REJECTED, Model
+from ..model import Model
+from ..model.sites import OBSERVED, REJECTED
 
 
 def _latent_names(model: Model, prepared) -> list[str]:

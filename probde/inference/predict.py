@@ -7,7 +7,8 @@ import numpy as np
 import xarray as xr
 from numpyro.infer import Predictive
 
-from ..model import CORRECTED, DELTA, MEAN, OBSERVED, TRAJECTORY
+from ..model import sites
+from ..model.sites import CORRECTED, DELTA, MEAN, OBSERVED, TRAJECTORY
 
 _SITES = (MEAN, DELTA, CORRECTED, OBSERVED)
 
@@ -36,15 +37,14 @@ def predict(result, times, *, seed: int = 0) -> xr.Dataset:
     times = _check_times(times)
     prepared = model.prepare(data)
     start = np.full(prepared.num_experiments, model.t0) if model.t0 is not None else prepared.starts
-    if model.emulator is not None:  # an emulator predicts wherever it was trained
-        start = np.minimum(start, float(np.min(model.emulator.times)))
+    # an emulator predicts wherever it was trained
+    start = np.array([model.source.earliest_time(float(s)) for s in start])
     fn = model.numpyro_model(prepared, predict_times=times)
     post = result.idata["posterior"].to_dataset()
     nc, nd = post.sizes["chain"], post.sizes["draw"]
     flat = {k: np.asarray(v.values).reshape((nc * nd,) + v.shape[2:]) for k, v in post.data_vars.items()}
     names = (MEAN, OBSERVED, TRAJECTORY) if model.sde is not None else _SITES
-    sites = [s + "_new" for s in names]
-    out = Predictive(fn, posterior_samples=flat, return_sites=sites)(
+    out = Predictive(fn, posterior_samples=flat, return_sites=[sites.new(s) for s in names])(
         jax.random.PRNGKey(seed), observed=False, conditional=True
     )
     active = times[None, :, None] >= start[:, None, None]
@@ -54,12 +54,12 @@ def predict(result, times, *, seed: int = 0) -> xr.Dataset:
         coords["experiment"] = list(prepared.experiments)
     variables = {}
     for name in names:
-        arr = np.where(active[None], np.asarray(out[name + "_new"]), np.nan)
+        arr = np.where(active[None], np.asarray(out[sites.new(name)]), np.nan)
         arr = arr.reshape((nc, nd) + arr.shape[1:])
         if prepared.single:
             arr = arr[:, :, 0]
         last = "state" if name == TRAJECTORY else "observable"
-        variables[name] = (["chain", "draw"] + exp + ["time", last], arr)
+        variables[sites.public(name)] = (["chain", "draw"] + exp + ["time", last], arr)
     if model.sde is not None:
         coords["state"] = list(model.dynamics.state_names)
     coords["chain"] = post["chain"].values

@@ -6,10 +6,10 @@ import arviz as az
 import numpy as np
 import xarray as xr
 
-from ..discrepancy.deepgp import DeepGPDiscrepancy
-from ..model import CORRECTED, DELTA, DELTA_Z, INITIAL_STATE, MEAN, OBSERVED, TRAJECTORY
+from ..model.sites import CORRECTED, DELTA, INITIAL_STATE, MEAN, OBSERVED, TRAJECTORY, public
 
 PARAMETERS_ATTR = "probde_parameters"
+Y = public(OBSERVED)  # the observations' name in the DataTree
 
 
 def _site_dims(name, value_shape, model, data):
@@ -23,16 +23,11 @@ def _site_dims(name, value_shape, model, data):
     E = data.num_experiments
     if name == INITIAL_STATE:
         return ["state"] if data.single else ["experiment", "state"]
-    if name == DELTA_Z:
+    names = model.discrepancy_names
+    if name == names.get("z"):
         return ([] if data.single else ["experiment"]) + ["discrepancy_observable", "time"]
-    if model.discrepancy is not None and name in model.discrepancy_names.values():
-        if isinstance(model.discrepancy, DeepGPDiscrepancy):
-            if name in _deep_weight_names(model):
-                return ["discrepancy_feature", f"{name}_unit"]
-            if name == model.discrepancy_names.get("hidden_variance"):
-                return ["discrepancy_hidden_layer"]
-            return ["discrepancy_layer"] if value_shape else []
-        return ["discrepancy_observable"] if value_shape else []
+    if model.discrepancy is not None and name in names.values():
+        return model.discrepancy.site_dims(name, value_shape, names)
     hyper = set(model.hyper_names.values())
     if value_shape == (O,) and name in hyper:
         return ["observable"]
@@ -46,11 +41,11 @@ def _site_dims(name, value_shape, model, data):
 
 
 def _deep_weight_names(model) -> set[str]:
-    """The weight sites of a deep-GP discrepancy (not listed as parameters: there are
-    hundreds of them and they are not identified)."""
-    if not isinstance(model.discrepancy, DeepGPDiscrepancy):
+    """The weight sites of a discrepancy (e.g. a deep GP's: not listed as parameters, there
+    are hundreds of them and they are not identified)."""
+    if model is None or model.discrepancy is None:
         return set()
-    return {v for k, v in model.discrepancy_names.items() if k.startswith("w")}
+    return model.discrepancy.weight_sites(model.discrepancy_names)
 
 
 def _squeeze_experiment(arr, data, axis):
@@ -90,11 +85,11 @@ def build_datatree(
             d = _site_dims(name, tuple(value.shape[2:]), model, data)
             if d is not None:
                 dims[name] = d
-        dims[OBSERVED] = exp + ["time", "observable"]
-        dims[MEAN] = exp + ["time", "observable"]
-        dims[TRAJECTORY] = exp + ["time", "state"]
-        dims[DELTA] = exp + ["time", "observable"]
-        dims[CORRECTED] = exp + ["time", "observable"]
+        dims[Y] = exp + ["time", "observable"]
+        dims[public(MEAN)] = exp + ["time", "observable"]
+        dims[public(TRAJECTORY)] = exp + ["time", "state"]
+        dims[public(DELTA)] = exp + ["time", "observable"]
+        dims[public(CORRECTED)] = exp + ["time", "observable"]
         dims["solver_steps"] = exp
         groups["sample_stats"]["solver_steps"] = _squeeze_experiment(
             sample_stats["solver_steps"], data, 2
@@ -118,12 +113,12 @@ def build_datatree(
             # ArviZ's LOO needs one finite value per observation: keep observed values only,
             # along `obs_id`, with coordinates that say where each one came from.
             log_likelihood = {k: v[:, :, data.mask] for k, v in log_likelihood.items()}
-            dims[f"{OBSERVED}_log_likelihood"] = ["obs_id"]
+            dims[f"{Y}_log_likelihood"] = ["obs_id"]
         else:
             log_likelihood = squeeze(log_likelihood)
         if prior_predictive is not None:
             prior_predictive = squeeze(prior_predictive)
-        groups["observed_data"] = {OBSERVED: _squeeze_experiment(data.values, data, 0)}
+        groups["observed_data"] = {Y: _squeeze_experiment(data.values, data, 0)}
     if posterior_predictive:
         groups["posterior_predictive"] = posterior_predictive
     if log_likelihood is not None:
@@ -132,14 +127,14 @@ def build_datatree(
         groups["prior"] = prior
     if prior_predictive:
         groups["prior_predictive"] = prior_predictive
-    ll_dims = dims.pop(f"{OBSERVED}_log_likelihood", None)
+    ll_dims = dims.pop(f"{Y}_log_likelihood", None)
     if ll_dims is not None:
         groups.pop("log_likelihood")
     idata = az.from_dict(groups, dims=dims, coords=coords)
     if ll_dims is not None:
         e, t, o = np.nonzero(data.mask)
         ll = az.from_dict(
-            {"log_likelihood": log_likelihood}, dims={OBSERVED: ll_dims}
+            {"log_likelihood": log_likelihood}, dims={Y: ll_dims}
         )["log_likelihood"].to_dataset()
         ll = ll.assign_coords(
             obs_time=("obs_id", data.times[t]),
@@ -153,7 +148,8 @@ def build_datatree(
         names = [n for n in names if n in model.params or n in model.derived
                  or n in model.hyper_names.values() or n == INITIAL_STATE
                  or n in model.discrepancy_names.values()]
-        names = [n for n in names if n not in _deep_weight_names(model)]
+        names = [n for n in names if n not in _deep_weight_names(model)
+                 and n != model.discrepancy_names.get("z")]
     idata.attrs[PARAMETERS_ATTR] = ",".join(names)
     idata.attrs["inference_library"] = "probde"
     if solver_failures is not None:

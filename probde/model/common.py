@@ -1,0 +1,76 @@
+"""Steps every model program shares, whatever its trajectory source: sampling theta and the
+noise parameters, observing states, and rejecting impossible points (invariant 1)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+from . import sites
+from .report import report
+
+
+def sample_parameters(model) -> dict:
+    """theta (one site per prior) and the derived quantities (deterministic sites)."""
+    theta = {name: numpyro.sample(name, prior) for name, prior in model.params.items()}
+    for name, fn in model.derived.items():
+        numpyro.deterministic(name, fn(theta))
+    return theta
+
+
+def sample_noise(model, num_observables: int) -> dict:
+    """The noise model's hyperparameters: sites for those given as priors, else the values."""
+    hyper = {}
+    for arg, value in model.observation.hyperparameters().items():
+        if isinstance(value, dist.Distribution):
+            shape = tuple(value.batch_shape) + tuple(value.event_shape)
+            if shape not in ((), (num_observables,)):
+                raise ValueError(
+                    f"the prior of noise parameter {arg!r} must have shape () (shared) or "
+                    f"({num_observables},) (one per observable); got {shape}"
+                )
+            hyper[arg] = numpyro.sample(model.hyper_names[arg], value)
+        else:
+            hyper[arg] = value
+    return hyper
+
+
+def align_noise(hyper: dict, ndim: int) -> dict:
+    """Per-observable hyperparameters `(O,)` aligned with the predictions' last axis
+    explicitly, so the program also runs under `jax_numpy_rank_promotion="raise"`."""
+    return {
+        k: jnp.reshape(v, (1,) * (ndim - jnp.ndim(v)) + jnp.shape(v)) if jnp.ndim(v) else v
+        for k, v in hyper.items()
+    }
+
+
+def observe_states(model, ys, theta):
+    """Noise-free predictions of the observables, `(E, T, S) -> (E, T, O)`."""
+    if callable(model.observe):
+        h = jax.vmap(jax.vmap(model.observe, in_axes=(0, None)), in_axes=(0, None))
+        return h(ys, theta)
+    idx = np.array([model.dynamics.state_names.index(n) for n in model.observe])
+    return ys[..., idx]
+
+
+def checked_mean(model, ys, ok, theta):
+    """`(mu, valid)`: the predictions, with failed or impossible ones (a non-positive mean
+    under a positive noise model) flagged and replaced by a finite placeholder."""
+    ys = jnp.where(ok[:, None, None], ys, 1.0)
+    mu = observe_states(model, ys, theta)
+    valid = ok
+    if model.observation.positive_mean:
+        valid = valid & jnp.all(mu > 0, axis=(1, 2))
+    return ys, jnp.where(valid[:, None, None], mu, 1.0), valid
+
+
+def reject_invalid(valid, on_failure) -> None:
+    """Log density -inf where any experiment is invalid; reported to `on_failure`."""
+    rejected = ~jnp.all(valid)
+    penalty = jnp.where(rejected, -jnp.inf, 0.0)
+    if on_failure is not None:
+        penalty = penalty + report(on_failure, rejected)
+    numpyro.factor(sites.REJECTED, penalty)

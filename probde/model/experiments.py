@@ -1,0 +1,126 @@
+"""Experiments and their data: one or several `TimeSeries`, validated against a model and
+aligned on the union of their times (`PreparedData`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from .._checks import describe
+from ..observations import TimeSeries
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    """Data of one or several experiments aligned on the union of their times.
+
+    `values` has shape `(E, T, O)` with NaN wherever an experiment has no value (missing, or
+    not observed at that time); `mask` is `True` where a value was observed; `starts[e]` is
+    the first time of experiment `e` (its initial time unless the model sets `t0`).
+    """
+
+    times: np.ndarray
+    starts: np.ndarray
+    values: np.ndarray
+    mask: np.ndarray
+    observables: tuple[str, ...]
+    experiments: tuple[str, ...]
+    single: bool
+
+    @property
+    def num_experiments(self) -> int:
+        return self.values.shape[0]
+
+
+def as_series(data) -> tuple[list[TimeSeries], bool]:
+    """`data` as a list of `TimeSeries`, and whether it was a single one."""
+    single = isinstance(data, TimeSeries)
+    series = [data] if single else data
+    if not isinstance(series, (list, tuple)) or not series:
+        raise TypeError(
+            f"data must be a probde.TimeSeries or a non-empty list of them; got {describe(data)}"
+        )
+    for i, ts in enumerate(series):
+        if not isinstance(ts, TimeSeries):
+            raise TypeError(f"data[{i}] must be a probde.TimeSeries; got {describe(ts)}")
+    return list(series), single
+
+
+def _check_observables(model, series, single) -> tuple[str, ...]:
+    observables = model.observables or series[0].observables
+    for i, ts in enumerate(series):
+        where = "data" if single else f"data[{i}]"
+        if set(ts.observables) != set(observables):
+            raise ValueError(
+                f"{where}.observables must match the model's observables {observables}; "
+                f"got {ts.observables}"
+            )
+        model.observation.check_data(ts.values, f"{where}.values")
+    return tuple(observables)
+
+
+def _align(series, observables) -> tuple[np.ndarray, np.ndarray]:
+    times = np.unique(np.concatenate([ts.times for ts in series]))
+    values = np.full((len(series), len(times), len(observables)), np.nan)
+    for e, ts in enumerate(series):
+        rows = np.searchsorted(times, ts.times)
+        cols = [ts.observables.index(o) for o in observables]
+        values[e, rows, :] = ts.values[:, cols]
+    return times, values
+
+
+def _check_observe_shape(model, observables):
+    if not callable(model.observe):
+        return
+    theta = model.example_theta()
+    state = model.source.example_state(model, theta)
+    h = jax.eval_shape(model.observe, state, theta)
+    if h.shape != (len(observables),):
+        raise ValueError(
+            f"observe(y, theta) returns shape {h.shape} but the data has "
+            f"{len(observables)} observables {observables}"
+        )
+
+
+def prepare(model, data) -> PreparedData:
+    """Validate `data` (a TimeSeries or a list of them) against `model` and align it."""
+    series, single = as_series(data)
+    observables = _check_observables(model, series, single)
+    times, values = _align(series, observables)
+    if model.t0 is not None and model.t0 > times[0]:
+        raise ValueError(
+            f"t0 must not be after the first observation time {times[0]}; got t0={model.t0}"
+        )
+    names = [ts.name if ts.name is not None else str(i) for i, ts in enumerate(series)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"experiment names must be unique; got {names}")
+    _check_observe_shape(model, observables)
+    model.source.check_experiments(model, len(series))
+    starts = np.array([ts.times[0] for ts in series])
+    if model.discrepancy is not None:
+        model.discrepancy.check_model(observables, model.observation)
+        start = model.t0 if model.t0 is not None else float(starts.min())
+        model.discrepancy.check_times(model.source.earliest_time(start), float(times[-1]))
+    return PreparedData(
+        times=times,
+        starts=starts,
+        values=values,
+        mask=~np.isnan(values),
+        observables=observables,
+        experiments=tuple(names),
+        single=single,
+    )
+
+
+def starts_of(model, data: PreparedData) -> np.ndarray:
+    """`(E,)`: each experiment's initial time (the model's `t0`, or its first time)."""
+    if model.t0 is not None:
+        return np.full(data.num_experiments, model.t0)
+    return data.starts
+
+
+def active(model, data: PreparedData) -> np.ndarray:
+    """`(E, T)`: `True` where time is at or after the experiment's initial time."""
+    return data.times[None, :] >= starts_of(model, data)[:, None]
