@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.svi import SVIState
 
@@ -27,3 +28,18 @@ def svi_step(svi, model_kwargs):
         return SVIState(optim_state, new.mutable_state, new.rng_key), (loss, ~ok)
 
     return step
+
+
+def default_optimizer(learning_rate: float, num_steps: int) -> optax.GradientTransformation:
+    """Adam on a warmup-cosine schedule: a linear rise from `learning_rate / 10` to
+    `learning_rate` over the first 5% of the steps, then a cosine decay to
+    `learning_rate / 100` at `num_steps`."""
+    warmup = max(1, num_steps // 20)
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=learning_rate / 10,
+        peak_value=learning_rate,
+        warmup_steps=warmup,
+        decay_steps=max(num_steps, warmup + 1),
+        end_value=learning_rate / 100,
+    )
+    return optax.adam(schedule)

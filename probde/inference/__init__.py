@@ -3,12 +3,13 @@
 
 from .filters import EKF, UKF
 from .infer import infer
+from .laplace import Laplace
 from .likelihood import log_likelihood
 from .methods import NUTS, AbstractMethod
 from .particle import ParticleFilter
 from .result import InferenceResult, load
 from .rwm import RandomWalkMetropolis
-from .svi import SVI, Laplace
+from .svi import SVI
 
 __all__ = [
     "AbstractMethod",

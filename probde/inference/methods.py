@@ -1,19 +1,22 @@
-"""Inference methods as option objects: `probde.NUTS`."""
+"""Inference methods as option objects: the extension point `AbstractMethod`, the chain
+options shared by the MCMC methods (`_ChainOptions`, `sharded_chains`) and `probde.NUTS`.
+`SVI`, `Laplace` and `RandomWalkMetropolis` have their own modules."""
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-import functools
-import math
 import warnings
 
 import jax
 import jax.numpy as jnp
 
-from numpyro import handlers
-from numpyro.infer import MCMC, init_to_median, init_to_uniform
+from numpyro.infer import MCMC
 from numpyro.infer import NUTS as _NumpyroNUTS
+
+from ._options import check_init_radius, is_real, positive_int
+from .initialisation import init_strategy
+from .mode import laplace_starts
 
 _CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized", "sharded")
 
@@ -88,68 +91,6 @@ def numpyro_chain_method(name: str, num_chains: int):
     return "sequential" if name == "sharded" else name
 
 
-def _positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-
-
-def _real(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-# Sample sites marked `infer={SMALL_INIT: True}` (a deep GP's weights) start in
-# (-SMALL_INIT_RADIUS, SMALL_INIT_RADIUS) instead of (-init_radius, init_radius): weights
-# drawn in (-2, 2) make a wild random function whose misfit drives the discrepancy's
-# variance to zero before the weights can adapt, and at zero variance their gradient
-# vanishes (SVI then ends with the discrepancy switched off).
-SMALL_INIT = "probde_small_init"
-SMALL_INIT_RADIUS = 0.1
-
-
-def init_strategy(radius: float, model_fn=None, model_kwargs=None):
-    """numpyro init strategy: uniform in (-radius, radius) in the unconstrained space;
-    for a model with sites marked `infer={SMALL_INIT: ...}` (a deep GP's weights and
-    hyperparameters) those start in (-0.1, 0.1) or at their prior median. A model with no
-    marked site (or that cannot be traced without its arguments) gets numpyro's own
-    `init_to_uniform`, unchanged. Returns a `functools.partial`, as numpyro expects."""
-    if model_fn is None or not _has_marked_sites(model_fn, model_kwargs or {}):
-        return init_to_uniform(radius=radius)
-    return functools.partial(_init_uniform_or_small, radius=radius)
-
-
-def _has_marked_sites(model_fn, model_kwargs) -> bool:
-    found = {}
-
-    def probe():
-        with handlers.block(), handlers.seed(rng_seed=0):
-            tr = handlers.trace(model_fn).get_trace(**model_kwargs)
-        found["marked"] = any(
-            (site.get("infer") or {}).get(SMALL_INIT)
-            for site in tr.values() if site["type"] == "sample"
-        )
-        return jnp.zeros(())
-
-    try:
-        jax.eval_shape(probe)
-    except Exception:  # noqa: BLE001 - a model function that needs its data: no marks
-        return False
-    return bool(found.get("marked", False))
-
-
-def _init_uniform_or_small(site=None, radius=2.0):
-    if site is None:
-        return functools.partial(_init_uniform_or_small, radius=radius)
-    mark = (site.get("infer") or {}).get(SMALL_INIT, False)
-    if mark == "median":
-        return init_to_median(site)
-    return init_to_uniform(site, radius=SMALL_INIT_RADIUS if mark else radius)
-
-
-def _check_init_radius(value):
-    if not _real(value) or not 0 < value < math.inf:
-        raise ValueError(f"init_radius must be a positive finite number; got {value!r}")
-
-
 class _ChainOptions:
     """Checks and chain placement shared by the MCMC methods (NUTS, random-walk
     Metropolis): fields `num_chains`, `num_warmup`, `num_samples`, `thinning`,
@@ -159,14 +100,17 @@ class _ChainOptions:
 
     def _check_chain_options(self):
         for name in self._POSITIVE_INTS:
-            _positive_int(name, getattr(self, name))
-        if not isinstance(self.num_warmup, int) or isinstance(self.num_warmup, bool) or self.num_warmup < 0:
-            raise ValueError(f"num_warmup must be a non-negative integer; got {self.num_warmup!r}")
-        if not _real(self.target_accept) or not 0 < self.target_accept < 1:
+            positive_int(name, getattr(self, name))
+        warmup = self.num_warmup
+        if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+            raise ValueError(f"num_warmup must be a non-negative integer; got {warmup!r}")
+        if not is_real(self.target_accept) or not 0 < self.target_accept < 1:
             raise ValueError(f"target_accept must be in (0, 1); got {self.target_accept!r}")
         if not isinstance(self.chain_method, str) or self.chain_method not in _CHAIN_METHODS:
-            raise ValueError(f"chain_method must be one of {_CHAIN_METHODS}; got {self.chain_method!r}")
-        _check_init_radius(self.init_radius)
+            raise ValueError(
+                f"chain_method must be one of {_CHAIN_METHODS}; got {self.chain_method!r}"
+            )
+        check_init_radius(self.init_radius)
 
     def _placement(self, chain_method, progress_bar) -> dict:
         """numpyro `MCMC`'s `chain_method` and `progress_bar` for these options (sharded
@@ -258,7 +202,9 @@ class NUTS(_ChainOptions, AbstractMethod):
             init_strategy=init_strategy(self.init_radius, model_fn),
         )
 
-    def mcmc(self, model_fn, *, progress_bar: bool = False, chain_method: str | None = None) -> MCMC:
+    def mcmc(
+        self, model_fn, *, progress_bar: bool = False, chain_method: str | None = None
+    ) -> MCMC:
         """The numpyro `MCMC` object `run` uses (for users and benchmarks that need phases)."""
         return MCMC(
             self.kernel(model_fn),
@@ -274,8 +220,6 @@ class NUTS(_ChainOptions, AbstractMethod):
         mcmc = self.mcmc(model_fn, progress_bar=progress_bar, chain_method=chain_method)
         init_params = None
         if self.init == "map":
-            from .svi import laplace_starts
-
             key, key_map = jax.random.split(key)
             init_params = laplace_starts(model_fn, key_map, self.num_chains, model_kwargs,
                                          self.init_radius, progress_bar)

@@ -19,7 +19,8 @@ from numpyro.infer.mcmc import MCMCKernel
 from numpyro.infer.util import initialize_model, potential_energy
 from numpyro.util import is_prng_key
 
-from .methods import AbstractMethod, _ChainOptions, init_strategy
+from .initialisation import init_strategy
+from .methods import AbstractMethod, _ChainOptions
 
 # numpyro state fields collected per transition and the ArviZ sample_stats names they become.
 _EXTRA_FIELDS = {
@@ -165,117 +166,15 @@ class RandomWalkMetropolisKernel(MCMCKernel):
         z0 = init_params
         proto = jax.tree.map(lambda v: v[0], z0) if vectorized else z0
         x_proto, self._unravel = ravel_pytree(proto)
-        dim = int(x_proto.size)
-        dtype = x_proto.dtype
-        init_log_scale = math.log(2.38 / math.sqrt(max(dim, 1)))
-        schedule = build_adaptation_schedule(num_warmup)
-        slow = schedule[1:-1]  # the covariance windows, between the fast start and end
-        slow_start = slow[0].start if slow else -1
-        slow_end = slow[-1].end if slow else -1
-        slow_ends = jnp.asarray([w.end for w in slow] or [-1], dtype=jnp.int32)
-        target = self._target_accept
+        adapt = _adaptation(num_warmup, self._target_accept, int(x_proto.size), x_proto.dtype)
 
         def init_one(z, key):
-            key, key_pe = random.split(key)
-            x, _ = ravel_pytree(z)
-            pe = self._potential(x, key_pe, model_args, model_kwargs)
-            zero = jnp.zeros((), dtype)
-            return RWMState(
-                i=jnp.zeros((), jnp.int32),
-                z=z,
-                potential_energy=pe,
-                accept_prob=zero,
-                mean_accept_prob=zero,
-                step_size=jnp.exp(jnp.asarray(init_log_scale, dtype)),
-                log_scale=jnp.asarray(init_log_scale, dtype),
-                log_scale_avg=jnp.asarray(init_log_scale, dtype),
-                rm_count=jnp.zeros((), jnp.int32),
-                cov_chol=jnp.eye(dim, dtype=dtype),
-                wf_mean=jnp.zeros((dim,), dtype),
-                wf_m2=jnp.zeros((dim, dim), dtype),
-                wf_n=jnp.zeros((), jnp.int32),
-                rng_key=key,
-            )
+            potential = lambda x, k: self._potential(x, k, model_args, model_kwargs)  # noqa: E731
+            return _initial_state(z, key, potential, adapt)
 
         def transition(state, model_args, model_kwargs):
-            i = state.i
-            key, key_eps, key_pe, key_u = random.split(state.rng_key, 4)
-            x, _ = ravel_pytree(state.z)
-            scale = jnp.exp(state.log_scale)
-            eps = random.normal(key_eps, x.shape, dtype)
-            x_prop = x + scale * (state.cov_chol @ eps)
-            # A fresh estimate at the proposal; the current one is kept (pseudo-marginal).
-            pe_prop = self._potential(x_prop, key_pe, model_args, model_kwargs)
-            log_ratio = jnp.where(jnp.isfinite(pe_prop), state.potential_energy - pe_prop, -jnp.inf)
-            accept_prob = jnp.exp(jnp.minimum(log_ratio, 0.0))
-            accept = random.uniform(key_u, (), dtype) < accept_prob
-            x_new = jnp.where(accept, x_prop, x)
-            pe_new = jnp.where(accept, pe_prop, state.potential_energy)
-
-            # Robbins-Monro on log(scale) toward the target acceptance probability, with a
-            # running average of the iterates (frozen at the end of warmup).
-            t = state.rm_count + 1
-            gain = jnp.asarray(t, dtype) ** -_RM_DECAY
-            log_scale = state.log_scale + gain * (accept_prob - target)
-            log_scale_avg = state.log_scale_avg + (log_scale - state.log_scale_avg) / t
-
-            # Welford accumulation of the draws in the slow (covariance) windows.
-            in_slow = (i >= slow_start) & (i <= slow_end)
-            wf_n = state.wf_n + in_slow.astype(jnp.int32)
-            delta = x_new - state.wf_mean
-            mean_upd = state.wf_mean + delta / jnp.maximum(wf_n, 1).astype(dtype)
-            wf_mean = jnp.where(in_slow, mean_upd, state.wf_mean)
-            m2_upd = state.wf_m2 + jnp.outer(delta, x_new - mean_upd)
-            wf_m2 = jnp.where(in_slow, m2_upd, state.wf_m2)
-
-            def end_window(carry):
-                chol, mean, m2, n, _, _, _ = carry
-                nf = n.astype(dtype)
-                cov = m2 / jnp.maximum(nf - 1.0, 1.0)
-                cov = (nf / (nf + _SHRINK_N)) * cov + (
-                    _SHRINK_TARGET * _SHRINK_N / (nf + _SHRINK_N)
-                ) * jnp.eye(dim, dtype=dtype)
-                new_chol = jnp.linalg.cholesky(cov)
-                new_chol = jnp.where(jnp.all(jnp.isfinite(new_chol)), new_chol, chol)
-                ls0 = jnp.asarray(init_log_scale, dtype)
-                return (new_chol, jnp.zeros_like(mean), jnp.zeros_like(m2), jnp.zeros_like(n),
-                        ls0, ls0, jnp.zeros((), jnp.int32))
-
-            carry = (state.cov_chol, wf_mean, wf_m2, wf_n, log_scale, log_scale_avg, t)
-            at_window_end = jnp.any(i == slow_ends)
-            carry = lax.cond(at_window_end, end_window, lambda c: c, carry)
-            cov_chol, wf_mean, wf_m2, wf_n, log_scale, log_scale_avg, rm_count = carry
-            # Sampling uses the averaged scale of the last adaptation stretch.
-            log_scale = jnp.where(i == num_warmup - 1, log_scale_avg, log_scale)
-
-            warm = i < num_warmup
-            adapted = (log_scale, log_scale_avg, rm_count, cov_chol, wf_mean, wf_m2, wf_n)
-            frozen = (state.log_scale, state.log_scale_avg, state.rm_count, state.cov_chol,
-                      state.wf_mean, state.wf_m2, state.wf_n)
-            (log_scale, log_scale_avg, rm_count, cov_chol, wf_mean, wf_m2, wf_n) = jax.tree.map(
-                lambda a, b: jnp.where(warm, a, b), adapted, frozen
-            )
-
-            n_mean = jnp.where(warm, i + 1, i - num_warmup + 1).astype(dtype)
-            prev_mean = jnp.where(i == num_warmup, jnp.zeros((), dtype), state.mean_accept_prob)
-            mean_accept_prob = prev_mean + (accept_prob - prev_mean) / n_mean
-
-            return RWMState(
-                i=i + 1,
-                z=self._unravel(x_new),
-                potential_energy=pe_new,
-                accept_prob=accept_prob,
-                mean_accept_prob=mean_accept_prob,
-                step_size=scale,
-                log_scale=log_scale,
-                log_scale_avg=log_scale_avg,
-                rm_count=rm_count,
-                cov_chol=cov_chol,
-                wf_mean=wf_mean,
-                wf_m2=wf_m2,
-                wf_n=wf_n,
-                rng_key=key,
-            )
+            potential = lambda x, k: self._potential(x, k, model_args, model_kwargs)  # noqa: E731
+            return _transition(state, potential, self._unravel, adapt)
 
         if vectorized:
             state = jax.jit(jax.vmap(init_one))(z0, key_state)
@@ -291,6 +190,161 @@ class RandomWalkMetropolisKernel(MCMCKernel):
     def sample(self, state, model_args, model_kwargs):
         model_kwargs = {} if model_kwargs is None else model_kwargs
         return self._sample_fn(state, model_args, model_kwargs)
+
+
+# ------------------------------------------------------------------ pure transition
+class _Adaptation(NamedTuple):
+    """Constants of one run's warmup adaptation: `num_warmup` iterations, the target
+    acceptance probability, the initial `log(scale)` (`log(2.38 / sqrt(dim))`), the slow
+    (covariance) windows of numpyro's schedule (first and last iteration, and the last
+    iteration of each window), and the dimension and dtype of the flat parameters."""
+
+    num_warmup: int
+    target: float
+    init_log_scale: float
+    slow_start: int
+    slow_end: int
+    slow_ends: Any
+    dim: int
+    dtype: Any
+
+
+def _adaptation(num_warmup, target, dim, dtype) -> _Adaptation:
+    schedule = build_adaptation_schedule(num_warmup)
+    slow = schedule[1:-1]  # the covariance windows, between the fast start and end
+    return _Adaptation(
+        num_warmup=num_warmup,
+        target=target,
+        init_log_scale=math.log(2.38 / math.sqrt(max(dim, 1))),
+        slow_start=slow[0].start if slow else -1,
+        slow_end=slow[-1].end if slow else -1,
+        slow_ends=jnp.asarray([w.end for w in slow] or [-1], dtype=jnp.int32),
+        dim=dim,
+        dtype=dtype,
+    )
+
+
+def _initial_state(z, key, potential, adapt: _Adaptation) -> RWMState:
+    """The state of one chain at unconstrained `z`; `potential(x, key)` is -log density at
+    flat `x`."""
+    dtype, dim = adapt.dtype, adapt.dim
+    key, key_pe = random.split(key)
+    x, _ = ravel_pytree(z)
+    pe = potential(x, key_pe)
+    zero = jnp.zeros((), dtype)
+    return RWMState(
+        i=jnp.zeros((), jnp.int32),
+        z=z,
+        potential_energy=pe,
+        accept_prob=zero,
+        mean_accept_prob=zero,
+        step_size=jnp.exp(jnp.asarray(adapt.init_log_scale, dtype)),
+        log_scale=jnp.asarray(adapt.init_log_scale, dtype),
+        log_scale_avg=jnp.asarray(adapt.init_log_scale, dtype),
+        rm_count=jnp.zeros((), jnp.int32),
+        cov_chol=jnp.eye(dim, dtype=dtype),
+        wf_mean=jnp.zeros((dim,), dtype),
+        wf_m2=jnp.zeros((dim, dim), dtype),
+        wf_n=jnp.zeros((), jnp.int32),
+        rng_key=key,
+    )
+
+
+def _transition(state: RWMState, potential, unravel, adapt: _Adaptation) -> RWMState:
+    """One Metropolis step of one chain, then (during warmup) the adaptation; `potential`
+    as for `_initial_state`, `unravel` the inverse of the flattening."""
+    dtype = adapt.dtype
+    i = state.i
+    key, key_eps, key_pe, key_u = random.split(state.rng_key, 4)
+    x, _ = ravel_pytree(state.z)
+    scale = jnp.exp(state.log_scale)
+    eps = random.normal(key_eps, x.shape, dtype)
+    x_prop = x + scale * (state.cov_chol @ eps)
+    # A fresh estimate at the proposal; the current one is kept (pseudo-marginal).
+    pe_prop = potential(x_prop, key_pe)
+    log_ratio = jnp.where(jnp.isfinite(pe_prop), state.potential_energy - pe_prop, -jnp.inf)
+    accept_prob = jnp.exp(jnp.minimum(log_ratio, 0.0))
+    accept = random.uniform(key_u, (), dtype) < accept_prob
+    x_new = jnp.where(accept, x_prop, x)
+    pe_new = jnp.where(accept, pe_prop, state.potential_energy)
+
+    (log_scale, log_scale_avg, rm_count, cov_chol, wf_mean, wf_m2, wf_n) = _adapt(
+        state, x_new, accept_prob, adapt
+    )
+
+    n_mean = jnp.where(i < adapt.num_warmup, i + 1, i - adapt.num_warmup + 1).astype(dtype)
+    prev_mean = jnp.where(i == adapt.num_warmup, jnp.zeros((), dtype), state.mean_accept_prob)
+    mean_accept_prob = prev_mean + (accept_prob - prev_mean) / n_mean
+
+    return RWMState(
+        i=i + 1,
+        z=unravel(x_new),
+        potential_energy=pe_new,
+        accept_prob=accept_prob,
+        mean_accept_prob=mean_accept_prob,
+        step_size=scale,
+        log_scale=log_scale,
+        log_scale_avg=log_scale_avg,
+        rm_count=rm_count,
+        cov_chol=cov_chol,
+        wf_mean=wf_mean,
+        wf_m2=wf_m2,
+        wf_n=wf_n,
+        rng_key=key,
+    )
+
+
+def _adapt(state: RWMState, x_new, accept_prob, adapt: _Adaptation):
+    """The adapted `(log_scale, log_scale_avg, rm_count, cov_chol, wf_mean, wf_m2, wf_n)`
+    after iteration `state.i` (kept as they were once warmup is over)."""
+    dtype = adapt.dtype
+    i = state.i
+    # Robbins-Monro on log(scale) toward the target acceptance probability, with a
+    # running average of the iterates (frozen at the end of warmup).
+    t = state.rm_count + 1
+    gain = jnp.asarray(t, dtype) ** -_RM_DECAY
+    log_scale = state.log_scale + gain * (accept_prob - adapt.target)
+    log_scale_avg = state.log_scale_avg + (log_scale - state.log_scale_avg) / t
+
+    # Welford accumulation of the draws in the slow (covariance) windows.
+    in_slow = (i >= adapt.slow_start) & (i <= adapt.slow_end)
+    wf_n = state.wf_n + in_slow.astype(jnp.int32)
+    delta = x_new - state.wf_mean
+    mean_upd = state.wf_mean + delta / jnp.maximum(wf_n, 1).astype(dtype)
+    wf_mean = jnp.where(in_slow, mean_upd, state.wf_mean)
+    m2_upd = state.wf_m2 + jnp.outer(delta, x_new - mean_upd)
+    wf_m2 = jnp.where(in_slow, m2_upd, state.wf_m2)
+
+    carry = (state.cov_chol, wf_mean, wf_m2, wf_n, log_scale, log_scale_avg, t)
+    at_window_end = jnp.any(i == adapt.slow_ends)
+    carry = lax.cond(at_window_end, lambda c: _end_window(c, adapt), lambda c: c, carry)
+    cov_chol, wf_mean, wf_m2, wf_n, log_scale, log_scale_avg, rm_count = carry
+    # Sampling uses the averaged scale of the last adaptation stretch.
+    log_scale = jnp.where(i == adapt.num_warmup - 1, log_scale_avg, log_scale)
+
+    warm = i < adapt.num_warmup
+    adapted = (log_scale, log_scale_avg, rm_count, cov_chol, wf_mean, wf_m2, wf_n)
+    frozen = (state.log_scale, state.log_scale_avg, state.rm_count, state.cov_chol,
+              state.wf_mean, state.wf_m2, state.wf_n)
+    return jax.tree.map(lambda a, b: jnp.where(warm, a, b), adapted, frozen)
+
+
+def _end_window(carry, adapt: _Adaptation):
+    """At the end of a slow window: the proposal covariance from the window's draws
+    (regularised; kept as it was if its Cholesky factor is not finite), the Welford
+    accumulators reset, and the scale adaptation restarted."""
+    chol, mean, m2, n, _, _, _ = carry
+    dtype = adapt.dtype
+    nf = n.astype(dtype)
+    cov = m2 / jnp.maximum(nf - 1.0, 1.0)
+    cov = (nf / (nf + _SHRINK_N)) * cov + (
+        _SHRINK_TARGET * _SHRINK_N / (nf + _SHRINK_N)
+    ) * jnp.eye(adapt.dim, dtype=dtype)
+    new_chol = jnp.linalg.cholesky(cov)
+    new_chol = jnp.where(jnp.all(jnp.isfinite(new_chol)), new_chol, chol)
+    ls0 = jnp.asarray(adapt.init_log_scale, dtype)
+    return (new_chol, jnp.zeros_like(mean), jnp.zeros_like(m2), jnp.zeros_like(n),
+            ls0, ls0, jnp.zeros((), jnp.int32))
 
 
 @dataclasses.dataclass(frozen=True)
