@@ -94,6 +94,36 @@ def _per_layer(prior, n: int):
     return prior if prior.event_shape else prior.to_event(1)
 
 
+def _check_sizes(layers, num_features, seed, width) -> None:
+    for name, value in (("layers", layers), ("num_features", num_features), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an integer; got {describe(value)}")
+    if layers < 1:
+        raise ValueError(f"layers must be at least 1; got {layers}")
+    if num_features < 1:
+        raise ValueError(f"num_features must be a positive integer; got {num_features}")
+    if width is not None and (
+        isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1
+    ):
+        raise ValueError(f"width must be None or a positive integer; got {describe(width)}")
+
+
+def _check_kernel(kernel):
+    if not isinstance(kernel, StationaryKernel):
+        raise TypeError(
+            "kernel must be a stationary gpjax kernel with a spectral density "
+            f"(RBF, Matern12, Matern32, Matern52); got {describe(kernel)}"
+        )
+    try:
+        base_frequencies(kernel, 2, 1, 0)
+    except Exception as err:  # noqa: BLE001 - gpjax raises various errors here
+        raise TypeError(
+            "kernel must have a spectral density (RBF, Matern12, Matern32, Matern52); "
+            f"{type(kernel).__name__} has none usable: {err}"
+        ) from None
+    return kernel
+
+
 class DeepGPDiscrepancy(AbstractDiscrepancy):
     r"""Deep-GP model discrepancy from random-feature layers (Cutajar et al. 2017), as in
     Marmin & Filippone's deep-GP calibration.
@@ -165,30 +195,8 @@ class DeepGPDiscrepancy(AbstractDiscrepancy):
     ):
         import gpjax as gpx
 
-        for name, value in (("layers", layers), ("num_features", num_features), ("seed", seed)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise TypeError(f"{name} must be an integer; got {describe(value)}")
-        if layers < 1:
-            raise ValueError(f"layers must be at least 1; got {layers}")
-        if num_features < 1:
-            raise ValueError(f"num_features must be a positive integer; got {num_features}")
-        if width is not None and (
-            isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1
-        ):
-            raise ValueError(f"width must be None or a positive integer; got {describe(width)}")
-        kernel = gpx.kernels.RBF() if kernel is None else kernel
-        if not isinstance(kernel, StationaryKernel):
-            raise TypeError(
-                "kernel must be a stationary gpjax kernel with a spectral density "
-                f"(RBF, Matern12, Matern32, Matern52); got {describe(kernel)}"
-            )
-        try:
-            base_frequencies(kernel, 2, 1, 0)
-        except Exception as err:  # noqa: BLE001 - gpjax raises various errors here
-            raise TypeError(
-                "kernel must have a spectral density (RBF, Matern12, Matern32, Matern52); "
-                f"{type(kernel).__name__} has none usable: {err}"
-            ) from None
+        _check_sizes(layers, num_features, seed, width)
+        kernel = _check_kernel(gpx.kernels.RBF() if kernel is None else kernel)
         if inputs not in INPUTS:
             raise ValueError(f"inputs must be one of {INPUTS}; got {inputs!r}")
         self.layers = int(layers)

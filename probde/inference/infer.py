@@ -190,18 +190,8 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
     latent = {k: v for k, v in samples.items() if not sites.is_bookkeeping(k)}
     flat = _flatten(latent)
 
-    pred_sites = [OBSERVED, TRAJECTORY, MEAN]
-    if model.discrepancy is not None:
-        pred_sites += [DELTA, CORRECTED]
-    predictive = Predictive(fn, posterior_samples=flat, return_sites=pred_sites + [VALID])
-    post_pred = {
-        k: np.asarray(v)
-        for k, v in predictive(key_post, observed=False, conditional=True).items()
-    }
-    # Before an experiment's initial time there is no prediction.
     active = model.active(prepared)[None, :, :, None]
-    for k in pred_sites:
-        post_pred[k] = np.where(active, post_pred[k], np.nan)
+    post_pred = _posterior_predictive(model, fn, flat, key_post, active, num_chains)
     loglik = pointwise_log_likelihood(fn, flat)
     if loglik is not None:
         loglik = np.where(prepared.mask, np.asarray(loglik), np.nan)
@@ -209,27 +199,15 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
     states = None
     if model.sde is not None:
         states = _latent_states(fn, flat, key_post, num_chains)
-
-    prior = prior_pred = None
-    if num_prior:
-        drawn = Predictive(fn, num_samples=num_prior)(key_prior, observed=False)
-        drawn = {k: np.asarray(v) for k, v in drawn.items()}
-        valid = drawn[VALID][:, :, None, None] & active
-        ok = drawn[SOLVER_OK][:, :, None, None] & active
-        prior = {k: v[None] for k, v in drawn.items() if k in latent}
-        prior_pred = _public({
-            OBSERVED: np.where(valid, drawn[OBSERVED], np.nan)[None],
-            TRAJECTORY: np.where(ok, drawn[TRAJECTORY], np.nan)[None],
-            MEAN: np.where(valid, drawn[MEAN], np.nan)[None],
-        })
+    prior, prior_pred = (None, None) if not num_prior else _prior_draws(
+        fn, key_prior, num_prior, active, latent)
 
     idata = build_datatree(
         model=model,
         data=prepared,
         posterior=latent,
         sample_stats=stats,
-        posterior_predictive=_public(_by_chain({k: post_pred[k] for k in pred_sites},
-                                               num_chains)),
+        posterior_predictive=post_pred,
         log_likelihood=loglik,
         prior=prior,
         prior_predictive=prior_pred,
@@ -239,6 +217,33 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
     _add_groups(idata, extra)
     _warn(idata, failures, model, variational=bool(extra.get("svi_trace") is not None))
     return InferenceResult(idata, model=model, data=data)
+
+
+def _posterior_predictive(model, fn, flat, key, active, num_chains):
+    """The posterior predictive group: observations, trajectory, mean (and discrepancy),
+    NaN before an experiment's initial time (there is no prediction there)."""
+    pred_sites = [OBSERVED, TRAJECTORY, MEAN]
+    if model.discrepancy is not None:
+        pred_sites += [DELTA, CORRECTED]
+    predictive = Predictive(fn, posterior_samples=flat, return_sites=pred_sites + [VALID])
+    out = predictive(key, observed=False, conditional=True)
+    post_pred = {k: np.where(active, np.asarray(out[k]), np.nan) for k in pred_sites}
+    return _public(_by_chain(post_pred, num_chains))
+
+
+def _prior_draws(fn, key, num_prior, active, latent):
+    """The prior and prior predictive groups (impossible or failed draws as NaN)."""
+    drawn = Predictive(fn, num_samples=num_prior)(key, observed=False)
+    drawn = {k: np.asarray(v) for k, v in drawn.items()}
+    valid = drawn[VALID][:, :, None, None] & active
+    ok = drawn[SOLVER_OK][:, :, None, None] & active
+    prior = {k: v[None] for k, v in drawn.items() if k in latent}
+    prior_pred = _public({
+        OBSERVED: np.where(valid, drawn[OBSERVED], np.nan)[None],
+        TRAJECTORY: np.where(ok, drawn[TRAJECTORY], np.nan)[None],
+        MEAN: np.where(valid, drawn[MEAN], np.nan)[None],
+    })
+    return prior, prior_pred
 
 
 def _public(group: dict) -> dict:

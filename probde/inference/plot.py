@@ -37,24 +37,7 @@ def plot_fit(idata, *, path=None, interval=0.9, ax=None):
     corrected = "corrected" in group
     sde = "smoothed_states" in idata.children
     for a, (label, sel) in zip(axes, panels):
-        q = np.nanquantile(_draws(pred, sel), [lo, 0.5, hi], axis=0)
-        a.fill_between(times, q[0], q[2], alpha=0.3, color="C0",
-                       label=f"{int(interval * 100)}% posterior predictive")
-        a.plot(times, q[1], color="C0", lw=1.5, label="posterior predictive median")
-        if sde and "mu" in group:
-            m = np.nanquantile(_draws(group["mu"], sel), [lo, 0.5, hi], axis=0)
-            a.fill_between(times, m[0], m[2], alpha=0.3, color="C1",
-                           label=f"{int(interval * 100)}% latent state (smoothed)")
-            a.plot(times, m[1], color="C1", lw=1.2)
-        elif "mu" in group:
-            mu = _draws(group["mu"], sel)
-            a.plot(times, np.nanmedian(mu, axis=0), color="C1", lw=1, ls="--",
-                   label="simulator median" if corrected else "model (noise-free) median")
-        if corrected:
-            c = np.nanquantile(_draws(group["corrected"], sel), [lo, 0.5, hi], axis=0)
-            a.plot(times, c[1], color="C2", lw=1.2, label="simulator + discrepancy median")
-            a.fill_between(times, c[0], c[2], alpha=0.25, color="C2")
-        a.plot(times, obs.sel(sel).values, "o", color="k", ms=4, label="data")
+        _observable_panel(a, group, pred, obs, sel, times, (lo, hi), interval, sde, corrected)
         a.set_ylabel(label)
     experiments = list(obs["experiment"].values) if "experiment" in obs.dims else [None]
     extra = [(s, e) for e in experiments for s in hidden]
@@ -71,6 +54,29 @@ def plot_fit(idata, *, path=None, interval=0.9, ax=None):
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def _observable_panel(a, group, pred, obs, sel, times, bounds, interval, sde, corrected):
+    """One observable's panel: predictive band, model (or smoothed state) and data."""
+    lo, hi = bounds
+    q = np.nanquantile(_draws(pred, sel), [lo, 0.5, hi], axis=0)
+    a.fill_between(times, q[0], q[2], alpha=0.3, color="C0",
+                   label=f"{int(interval * 100)}% posterior predictive")
+    a.plot(times, q[1], color="C0", lw=1.5, label="posterior predictive median")
+    if sde and "mu" in group:
+        m = np.nanquantile(_draws(group["mu"], sel), [lo, 0.5, hi], axis=0)
+        a.fill_between(times, m[0], m[2], alpha=0.3, color="C1",
+                       label=f"{int(interval * 100)}% latent state (smoothed)")
+        a.plot(times, m[1], color="C1", lw=1.2)
+    elif "mu" in group:
+        mu = _draws(group["mu"], sel)
+        a.plot(times, np.nanmedian(mu, axis=0), color="C1", lw=1, ls="--",
+               label="simulator median" if corrected else "model (noise-free) median")
+    if corrected:
+        c = np.nanquantile(_draws(group["corrected"], sel), [lo, 0.5, hi], axis=0)
+        a.plot(times, c[1], color="C2", lw=1.2, label="simulator + discrepancy median")
+        a.fill_between(times, c[0], c[2], alpha=0.25, color="C2")
+    a.plot(times, obs.sel(sel).values, "o", color="k", ms=4, label="data")
 
 
 def _panels(obs):

@@ -52,6 +52,82 @@ def _squeeze_experiment(arr, data, axis):
     return np.take(arr, 0, axis=axis) if data is not None and data.single else arr
 
 
+def _coords_and_dims(model, data, posterior):
+    """Coordinates and named dims of a model's groups (`exp`: the experiment dim, if any)."""
+    exp = [] if data.single else ["experiment"]
+    coords = {
+        "time": data.times,
+        "observable": list(data.observables),
+        "state": list(model.dynamics.state_names),
+    }
+    if not data.single:
+        coords["experiment"] = list(data.experiments)
+    if model.discrepancy is not None:
+        idx = model.discrepancy.observable_index(data.observables)
+        coords["discrepancy_observable"] = [data.observables[i] for i in idx]
+    dims = {}
+    for name, value in posterior.items():
+        d = _site_dims(name, tuple(value.shape[2:]), model, data)
+        if d is not None:
+            dims[name] = d
+    for site in (OBSERVED, MEAN, DELTA, CORRECTED):
+        dims[public(site)] = exp + ["time", "observable"]
+    dims[public(TRAJECTORY)] = exp + ["time", "state"]
+    dims["solver_steps"] = exp
+    return coords, dims, exp
+
+
+def _model_groups(groups, dims, coords, exp, model, data, states):
+    """Squeeze a single experiment's axis, add the observed data and the latent states."""
+
+    def squeeze(group):
+        return None if group is None else {
+            k: _squeeze_experiment(v, data, 2) for k, v in group.items()}
+
+    groups["sample_stats"]["solver_steps"] = _squeeze_experiment(
+        groups["sample_stats"]["solver_steps"], data, 2)
+    for name in ("posterior_predictive", "prior_predictive"):
+        groups[name] = squeeze(groups[name])
+    if states:
+        coords["state_col"] = list(model.dynamics.state_names)
+        for name, group in states.items():
+            groups[name] = squeeze(group)
+        dims.update({"mean": exp + ["time", "state"], "cov": exp + ["time", "state", "state_col"]})
+    if groups["log_likelihood"] is not None and data.mask.all():
+        groups["log_likelihood"] = squeeze(groups["log_likelihood"])
+    groups["observed_data"] = {Y: _squeeze_experiment(data.values, data, 0)}
+
+
+def _log_likelihood_by_obs_id(log_likelihood, data):
+    """With missing values, ArviZ's LOO needs one finite value per observation: the
+    observed values only, along `obs_id`, with coordinates that say where each came from."""
+    log_likelihood = {k: v[:, :, data.mask] for k, v in log_likelihood.items()}
+    e, t, o = np.nonzero(data.mask)
+    ll = az.from_dict(
+        {"log_likelihood": log_likelihood}, dims={Y: ["obs_id"]}
+    )["log_likelihood"].to_dataset()
+    ll = ll.assign_coords(
+        obs_time=("obs_id", data.times[t]),
+        obs_observable=("obs_id", np.asarray(data.observables)[o]),
+    )
+    if not data.single:
+        ll = ll.assign_coords(obs_experiment=("obs_id", np.asarray(data.experiments)[e]))
+    return xr.DataTree(ll)
+
+
+def _parameter_names(model, posterior) -> list[str]:
+    """The posterior variables that are the model's parameters (not weights or latent
+    GP values)."""
+    names = list(posterior)
+    if model is None:
+        return names
+    disc_names = model.discrepancy_names
+    names = [n for n in names if n in model.params or n in model.derived
+             or n in model.hyper_names.values() or n == INITIAL_STATE
+             or n in disc_names.values()]
+    return [n for n in names if n not in _deep_weight_names(model) and n != disc_names.get("z")]
+
+
 def build_datatree(
     *,
     model,
@@ -68,89 +144,22 @@ def build_datatree(
     """Assemble the DataTree with named dims and coordinates (internal)."""
     dims: dict = {}
     coords: dict = {}
-    groups: dict = {"posterior": dict(posterior), "sample_stats": dict(sample_stats)}
+    groups: dict = {
+        "posterior": dict(posterior), "sample_stats": dict(sample_stats),
+        "posterior_predictive": posterior_predictive, "log_likelihood": log_likelihood,
+        "prior": prior, "prior_predictive": prior_predictive,
+    }
+    by_obs_id = data is not None and log_likelihood is not None and not data.mask.all()
     if data is not None:
-        exp = [] if data.single else ["experiment"]
-        coords = {
-            "time": data.times,
-            "observable": list(data.observables),
-            "state": list(model.dynamics.state_names),
-        }
-        if not data.single:
-            coords["experiment"] = list(data.experiments)
-        if model.discrepancy is not None:
-            idx = model.discrepancy.observable_index(data.observables)
-            coords["discrepancy_observable"] = [data.observables[i] for i in idx]
-        for name, value in posterior.items():
-            d = _site_dims(name, tuple(value.shape[2:]), model, data)
-            if d is not None:
-                dims[name] = d
-        dims[Y] = exp + ["time", "observable"]
-        dims[public(MEAN)] = exp + ["time", "observable"]
-        dims[public(TRAJECTORY)] = exp + ["time", "state"]
-        dims[public(DELTA)] = exp + ["time", "observable"]
-        dims[public(CORRECTED)] = exp + ["time", "observable"]
-        dims["solver_steps"] = exp
-        groups["sample_stats"]["solver_steps"] = _squeeze_experiment(
-            sample_stats["solver_steps"], data, 2
-        )
-
-        def squeeze(group):
-            return {k: _squeeze_experiment(v, data, 2) for k, v in group.items()}
-
-        posterior_predictive = squeeze(posterior_predictive)
-        missing = not data.mask.all()
-        if states:
-            coords["state_col"] = list(model.dynamics.state_names)
-            states = {name: squeeze(group) for name, group in states.items()}
-            for name, group in states.items():
-                dims_g = {"mean": exp + ["time", "state"], "cov": exp + ["time", "state", "state_col"]}
-                groups[name] = group
-                dims.update(dims_g)
-        if log_likelihood is None:
-            pass
-        elif missing:
-            # ArviZ's LOO needs one finite value per observation: keep observed values only,
-            # along `obs_id`, with coordinates that say where each one came from.
-            log_likelihood = {k: v[:, :, data.mask] for k, v in log_likelihood.items()}
-            dims[f"{Y}_log_likelihood"] = ["obs_id"]
-        else:
-            log_likelihood = squeeze(log_likelihood)
-        if prior_predictive is not None:
-            prior_predictive = squeeze(prior_predictive)
-        groups["observed_data"] = {Y: _squeeze_experiment(data.values, data, 0)}
-    if posterior_predictive:
-        groups["posterior_predictive"] = posterior_predictive
-    if log_likelihood is not None:
-        groups["log_likelihood"] = log_likelihood
-    if prior:
-        groups["prior"] = prior
-    if prior_predictive:
-        groups["prior_predictive"] = prior_predictive
-    ll_dims = dims.pop(f"{Y}_log_likelihood", None)
-    if ll_dims is not None:
+        coords, dims, exp = _coords_and_dims(model, data, posterior)
+        _model_groups(groups, dims, coords, exp, model, data, states)
+    if by_obs_id:
         groups.pop("log_likelihood")
+    groups = {k: v for k, v in groups.items() if v or k in ("posterior", "sample_stats")}
     idata = az.from_dict(groups, dims=dims, coords=coords)
-    if ll_dims is not None:
-        e, t, o = np.nonzero(data.mask)
-        ll = az.from_dict(
-            {"log_likelihood": log_likelihood}, dims={Y: ll_dims}
-        )["log_likelihood"].to_dataset()
-        ll = ll.assign_coords(
-            obs_time=("obs_id", data.times[t]),
-            obs_observable=("obs_id", np.asarray(data.observables)[o]),
-        )
-        if not data.single:
-            ll = ll.assign_coords(obs_experiment=("obs_id", np.asarray(data.experiments)[e]))
-        idata["log_likelihood"] = xr.DataTree(ll)
-    names = list(posterior)
-    if model is not None:
-        names = [n for n in names if n in model.params or n in model.derived
-                 or n in model.hyper_names.values() or n == INITIAL_STATE
-                 or n in model.discrepancy_names.values()]
-        names = [n for n in names if n not in _deep_weight_names(model)
-                 and n != model.discrepancy_names.get("z")]
-    idata.attrs[PARAMETERS_ATTR] = ",".join(names)
+    if by_obs_id:
+        idata["log_likelihood"] = _log_likelihood_by_obs_id(log_likelihood, data)
+    idata.attrs[PARAMETERS_ATTR] = ",".join(_parameter_names(model, posterior))
     idata.attrs["inference_library"] = "probde"
     if solver_failures is not None:
         idata["sample_stats"].attrs["solver_failures"] = int(solver_failures)
