@@ -9,6 +9,13 @@ import optax
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.svi import SVIState
 
+# The `infer` key with which a model term marks sample sites to start near zero or at their
+# prior median (a deep GP's weights and hyperparameters); read by the samplers' and
+# optimisers' init strategy (`probde.inference.initialisation`).
+SMALL_INIT = "probde_small_init"
+# Marked weights start uniform in (-SMALL_INIT_RADIUS, SMALL_INIT_RADIUS), unconstrained.
+SMALL_INIT_RADIUS = 0.1
+
 
 def svi_step(svi, model_kwargs):
     """One step of the numpyro `SVI` object `svi` for `lax.scan`, undone when its loss or

@@ -17,7 +17,7 @@ import numpyro.distributions as dist
 from numpyro.infer import init_to_median, init_to_uniform
 
 from .._checks import describe
-from .._optim import default_optimizer, svi_step
+from .._optim import SMALL_INIT_RADIUS, default_optimizer, svi_step
 from .deepgp import SMALL_INIT, DeepGPDiscrepancy, base_frequencies, forward
 from .emulator_checks import _check_seed
 
@@ -26,9 +26,8 @@ _LENGTHSCALE_PRIOR = (np.log(0.3), 0.75)  # LogNormal, per layer (as DeepGPDiscr
 _VARIANCE_PRIOR = 1.0  # HalfNormal scale of the output layer's variance
 _HIDDEN_VARIANCE_PRIOR = 0.2  # HalfNormal scale of the hidden layers' variances
 _NOISE_PRIOR = 0.1  # HalfNormal scale of the noise sd per observable (10% of the output sd)
-# Weights start in (-0.1, 0.1) (see probde.inference.methods.SMALL_INIT); the guide's
+# Weights start in (-0.1, 0.1) (see probde._optim.SMALL_INIT); the guide's
 # initial scale is small so that its first draws are near that start.
-_SMALL_INIT_RADIUS = 0.1
 _INIT_SCALE = 0.01
 
 
@@ -37,7 +36,7 @@ def _init_small_or_median(site=None):
     if site is None:
         return _init_loc
     if (site.get("infer") or {}).get(SMALL_INIT, False):
-        return init_to_uniform(site, radius=_SMALL_INIT_RADIUS)
+        return init_to_uniform(site, radius=SMALL_INIT_RADIUS)
     return init_to_median(site, num_samples=15)
 
 

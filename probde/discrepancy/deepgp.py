@@ -33,13 +33,11 @@ import numpyro.distributions as dist
 from gpjax.kernels.stationary.base import StationaryKernel
 
 from .._checks import describe
+from .._optim import SMALL_INIT
 from .base import AbstractDiscrepancy, DiscrepancyInputs, DiscrepancyTerm
 from .gp import check_observables, observable_index
 
 INPUTS = ("time", "time+output")
-# The samplers' marker for sites to start near zero (probde.inference.methods.SMALL_INIT;
-# repeated here so that the discrepancy layer does not import the inference layer).
-SMALL_INIT = "probde_small_init"
 
 
 def base_frequencies(kernel, num_features: int, num_dims: int, seed: int) -> np.ndarray:

@@ -12,13 +12,13 @@ import jax.numpy as jnp
 from numpyro import handlers
 from numpyro.infer import init_to_median, init_to_uniform
 
+from .._optim import SMALL_INIT, SMALL_INIT_RADIUS  # noqa: F401 (re-exported)
+
 # Sample sites marked `infer={SMALL_INIT: True}` (a deep GP's weights) start in
 # (-SMALL_INIT_RADIUS, SMALL_INIT_RADIUS) instead of (-init_radius, init_radius): weights
 # drawn in (-2, 2) make a wild random function whose misfit drives the discrepancy's
 # variance to zero before the weights can adapt, and at zero variance their gradient
 # vanishes (SVI then ends with the discrepancy switched off).
-SMALL_INIT = "probde_small_init"
-SMALL_INIT_RADIUS = 0.1
 
 
 def init_strategy(radius: float, model_fn=None, model_kwargs=None):
