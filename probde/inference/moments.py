@@ -4,7 +4,9 @@ The mean and covariance of X follow the moment equations (Jazwinski 1970; Särkk
 2019, ch. 9-10), with the expectations taken by linearisation at the mean (EKF) or by
 sigma points (UKF), solved with diffrax over each interval; the transition's linearisation
 `Phi` is solved with them for the smoother. A declared linear SDE is discretised exactly
-instead (Van Loan 1978, with scaling and squaring). Used by `filters.py`.
+instead (Van Loan 1978, with scaling and squaring). Used by `filters.py`; the particle
+filter draws its transitions of a linear SDE from the same discretisation
+(`linear_transition`).
 """
 
 from __future__ import annotations
@@ -169,10 +171,23 @@ def _exact_linear(sde: SDE, theta, m, P, t_start, t_end):
     """Exact transition of a linear SDE over `[t_start, t_end]`: `(m', P', Phi)`.
 
     `F = expm(A dt)`, offset from the augmented matrix `[[A, b], [0, 0]]`, and
-    `Q = int_0^dt expm(A s) L L' expm(A s)' ds` from Van Loan's block matrix.
+    `Q = int_0^dt expm(A s) L L' expm(A s)' ds` from Van Loan's block matrix
+    (`linear_transition`).
     """
-    S = m.shape[0]
-    zero = jnp.zeros_like(m)
+    F, offset, Q = linear_transition(sde, theta, t_start, t_end, m)
+    return F @ m + offset, _sym(F @ P @ F.T + Q), F
+
+
+def linear_transition(sde: SDE, theta, t_start, t_end, like):
+    """The exact Gaussian transition of a linear SDE over `[t_start, t_end]`:
+    `x(t_end) | x(t_start) = x ~ N(F x + offset, Q)`, as `(F, offset, Q)`.
+
+    `like` is a state `(S,)` that gives the shape and dtype. Shared by the Gaussian
+    filters (`_exact_linear`, which moves a mean and covariance) and the particle filter
+    (which moves each particle by `F x + offset + Q^{1/2} eps`).
+    """
+    S = like.shape[0]
+    zero = jnp.zeros_like(like)
     A = jax.jacfwd(sde.drift, argnums=1)(t_start, zero, theta)
     b = sde.drift(t_start, zero, theta)
     L = sde.noise_matrix(t_start, zero, theta)
@@ -182,13 +197,13 @@ def _exact_linear(sde: SDE, theta, m, P, t_start, t_end):
     # scaling-and-squaring limit) depend on A dt only, not on the units of x.
     b_scale = jax.lax.stop_gradient(_unit_scale(b))
     top = jnp.concatenate([A, (b / b_scale)[:, None]], axis=1)
-    aug = jnp.concatenate([top, jnp.zeros((1, S + 1), m.dtype)], axis=0)
+    aug = jnp.concatenate([top, jnp.zeros((1, S + 1), like.dtype)], axis=0)
     E = jsl.expm(aug * dt)
     F, offset = E[:S, :S], E[:S, S] * b_scale
     QC = L @ L.T
     q_scale = jax.lax.stop_gradient(_unit_scale(QC))
     Q = _van_loan_doubling(A, QC / q_scale, dt) * q_scale
-    return F @ m + offset, _sym(F @ P @ F.T + Q), F
+    return F, offset, Q
 
 
 _MAX_HALVINGS = 40

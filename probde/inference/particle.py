@@ -1,11 +1,21 @@
-"""`probde.ParticleFilter`: a bootstrap particle filter on diffrax SDE paths.
+"""`probde.ParticleFilter`: a bootstrap particle filter for discretely observed SDEs.
 
-Particles are propagated between observations by diffrax's fixed-step SDE solvers
-(Euler-Maruyama by default) and weighted by the observation density of any probde noise
-model. The product over observation times of the mean unnormalised weights is an unbiased
-estimate of p(y | theta) (Del Moral 2004); with it, `probde.RandomWalkMetropolis` is an
-exact pseudo-marginal MCMC sampler (Andrieu & Roberts 2009). The estimate is random and
-not differentiable, so NUTS cannot use it.
+Particles move between observations by the exact Gaussian transition of a declared linear
+SDE (the Gaussian filters' Van Loan discretisation, `moments.linear_transition`), or
+otherwise by diffrax's fixed-step SDE solvers (Euler-Maruyama by default), and are weighted
+by the observation density of any probde noise model. The product over observation times
+of the mean unnormalised weights is an unbiased estimate of p(y | theta) (Del Moral 2004)
+for the model the particles follow; with it, `probde.RandomWalkMetropolis` is an exact
+pseudo-marginal MCMC sampler (Andrieu & Roberts 2009). The estimate is random and not
+differentiable, so NUTS cannot use it.
+
+Why exact transitions and a step rule: with a fixed 20 Euler steps per interval, the filter
+targets the Euler-discretised model. On a partially observed Matérn-3/2 SDE (60 irregular
+observations, 2,000 particles) that put its log-likelihood 0.35 nats (lengthscale 0.7) and
+0.08 nats (lengthscale 2.0) off the exact Kalman value, many Monte Carlo standard errors,
+and nothing said so. Linear SDEs now have no discretisation error; for the others the
+default step follows the drift's time scale, and `ParticleFilter.check_discretisation`
+compares the estimate with the step halved.
 
 Neither diffrax nor numpyro ships a particle filter for SDEs, hence this module.
 """
@@ -13,12 +23,16 @@ Neither diffrax nor numpyro ships a particle filter for SDEs, hence this module.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
+import diffrax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 
-from ..dynamics.sde import AbstractLikelihood, FilterOutput, sde_step
+from ..dynamics.sde import AbstractLikelihood, FilterOutput
+from .moments import linear_transition
 
 _RESAMPLING = ("systematic", "stratified", "multinomial")
 
@@ -38,23 +52,117 @@ def _resample(key, log_w, method: str):
     return jnp.minimum(jnp.searchsorted(cdf, u, side="right"), N - 1)
 
 
+# ------------------------------------------------------------------------- transitions
+def _exact_move(sde, theta, xs, ta, tb, key):
+    """Every particle `(N, S)` moved by the exact transition of a linear SDE: one
+    `(F, offset, Q)` for the interval, then `F x + offset + Q^{1/2} eps` per particle."""
+    F, offset, Q = linear_transition(sde, theta, ta, tb, xs[0])
+    # A symmetric square root by eigendecomposition: Q may be singular (a zero-length
+    # interval, or noise that reaches some states only through the drift over a short gap),
+    # where a Cholesky factor would fail.
+    w, U = jnp.linalg.eigh(Q)
+    root = U * jnp.sqrt(jnp.maximum(w, 0.0))[None, :]
+    eps = jax.random.normal(key, xs.shape, dtype=xs.dtype)
+    new = xs @ F.T + offset[None, :] + eps @ root.T
+    return new, jnp.all(jnp.isfinite(new), axis=1)
+
+
+def _path_move(sde, theta, x, ta, tb, key, n, max_steps: int, solver):
+    """One particle moved by `n` (possibly traced) equal steps of a diffrax SDE solver.
+
+    As `probde.dynamics.sde.sde_step`, but the number of steps may be a traced value (the
+    default step rule depends on theta); `max_steps` is its static upper bound.
+    """
+    solver = diffrax.Euler() if solver is None else solver
+    W = sde.noise_matrix(ta, x, theta).shape[1]
+    brownian = diffrax.UnsafeBrownianPath(shape=(W,), key=key)
+    terms = diffrax.MultiTerm(
+        diffrax.ODETerm(lambda t, y, args: sde.drift(t, y, args)),
+        diffrax.ControlTerm(lambda t, y, args: sde.noise_matrix(t, y, args), brownian),
+    )
+    sol = diffrax.diffeqsolve(
+        terms, solver, ta, tb, (tb - ta) / n, x, args=theta,
+        stepsize_controller=diffrax.ConstantStepSize(),
+        saveat=diffrax.SaveAt(t1=True),
+        max_steps=max_steps + 2,
+        # UnsafeBrownianPath supports forward mode only; paths are not differentiated.
+        adjoint=diffrax.ForwardMode(),
+        throw=False,
+    )
+    x_end = sol.ys[-1]
+    return x_end, (sol.result == diffrax.RESULTS.successful) & jnp.all(jnp.isfinite(x_end))
+
+
+def spectral_radius(J, squarings: int = 6):
+    """`max |eig(J)|` estimated by Gelfand's formula `||J^(2^k)||^(1/2^k)` (repeated,
+    normalised squaring; no eigendecomposition, so it runs on every backend and under
+    jit). An overestimate by at most a factor `(2^k)^(1/2^k)`, 1.07 for `k = 6`, for a
+    defective `J` (a Jordan block such as the Matérn drift's), exact in the limit."""
+    tiny = jnp.finfo(J.dtype).tiny
+    M, log_scale = J, jnp.zeros((), J.dtype)
+    for _ in range(squarings):
+        n = jnp.maximum(jnp.linalg.norm(M), tiny)
+        M = (M / n) @ (M / n)
+        log_scale = 2.0 * (log_scale + jnp.log(n))
+    log_norm = log_scale + jnp.log(jnp.maximum(jnp.linalg.norm(M), tiny))
+    return jnp.exp(log_norm / 2.0**squarings)
+
+
+def _initial_mean(initial, xs):
+    """The mean of the initial distribution, or the particles' mean where it has none."""
+    try:
+        mean = jnp.broadcast_to(initial.mean, xs.shape[1:]).astype(xs.dtype)
+    except (NotImplementedError, AttributeError, ValueError):
+        return jnp.mean(xs, axis=0)
+    return jnp.where(jnp.all(jnp.isfinite(mean)), mean, jnp.mean(xs, axis=0))
+
+
+# ----------------------------------------------------------------------------- filter
 @dataclasses.dataclass(frozen=True)
 class ParticleFilter(AbstractLikelihood):
-    """Bootstrap particle filter: an unbiased, random estimate of the likelihood.
+    r"""Bootstrap particle filter: an unbiased, random estimate of the likelihood.
 
     **Main arguments:**
 
     - `num_particles`: particles; the variance of the log-likelihood estimate falls like
       `1 / num_particles`. For pseudo-marginal MCMC aim for a standard deviation of the
       log-likelihood estimate of about 1-1.5 at the posterior mean (Doucet et al. 2015).
-    - `num_steps`: fixed SDE steps between consecutive observation times.
+    - `num_steps`: SDE steps between consecutive observation times. `None` (default):
+      chosen per interval by the step rule below; an integer: that many steps in every
+      interval. Unused for a linear SDE.
 
     **Other arguments:**
 
     - `resampling`: `"systematic"` (default), `"stratified"` or `"multinomial"`;
       resampling happens at every observation time.
     - `solver`: a diffrax SDE solver for fixed steps (default `diffrax.Euler()`,
-      Euler-Maruyama).
+      Euler-Maruyama). Unused for a linear SDE.
+    - `steps_per_time_scale`, `max_steps`: the default step rule's resolution and its cap
+      per interval.
+
+    **Transitions.** For an SDE declared `linear=True` the particles move by the exact
+    Gaussian transition $x' = F x + c + Q^{1/2}\varepsilon$ over each interval, from the
+    same matrix-exponential (Van Loan) discretisation as the Gaussian filters: the estimate
+    is unbiased for the SDE itself, with no step to choose. Otherwise the paths are
+    simulated with fixed steps, and the estimate is unbiased for the discretised SDE, whose
+    likelihood differs from the SDE's by an error of the order of the step (Euler-Maruyama
+    has weak order 1).
+
+    **Default step rule** (`num_steps=None`, nonlinear SDEs): the drift's time scale is
+    $\tau = 1/\rho(J)$, with $\rho(J)$ the spectral radius of the drift's Jacobian at the
+    mean of the initial state, at the start time and the current theta; the interval
+    $[t_{k-1}, t_k]$ takes
+    $n_k = \min(\max(\lceil \text{steps\_per\_time\_scale}\,(t_k - t_{k-1})/\tau \rceil, 1),
+    \text{max\_steps})$ equal steps, 100 per time scale by default and at most 1000. The
+    count is a traced value (it follows theta under MCMC); the compiled loop stops after
+    `n_k` steps. A drift whose time scale shrinks away from the initial mean (stiff
+    excursions) needs more: run `check_discretisation`.
+
+    **Checking the step.** `pf.check_discretisation(model, data, params)` estimates the
+    log-likelihood with independent seeds at the current step and with the step halved,
+    and warns (naming `num_steps`) when they differ by more than their Monte Carlo error.
+    It costs `2 * num_seeds` filter runs; `probde.infer` does not run it, so run it once at
+    a typical parameter value (the prior mean, a MAP estimate) before sampling.
 
     Any noise model and any initial-state distribution work. Use it with
     `probde.RandomWalkMetropolis` (pseudo-marginal MCMC), to check the Gaussian filters on
@@ -72,20 +180,49 @@ class ParticleFilter(AbstractLikelihood):
     """
 
     num_particles: int = 1000
-    num_steps: int = 20
+    num_steps: int | None = None
     resampling: str = "systematic"
     solver: object = None
+    steps_per_time_scale: float = 100.0
+    max_steps: int = 1000
 
     gaussian = False
     needs_key = True
 
     def __post_init__(self):
-        for name in ("num_particles", "num_steps"):
+        for name in ("num_particles", "num_steps", "max_steps"):
             v = getattr(self, name)
+            if name == "num_steps" and v is None:
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer; got {v!r}")
+                hint = " (or None, the default step rule)" if name == "num_steps" else ""
+                raise ValueError(f"{name} must be a positive integer; got {v!r}{hint}")
+        s = self.steps_per_time_scale
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < np.inf:
+            raise ValueError(f"steps_per_time_scale must be a positive number; got {s!r}")
         if self.resampling not in _RESAMPLING:
             raise ValueError(f"resampling must be one of {_RESAMPLING}; got {self.resampling!r}")
+
+    def refined(self) -> ParticleFilter:
+        """The same filter with the step halved: `num_steps` doubled, or, under the default
+        rule, `steps_per_time_scale` and `max_steps` doubled."""
+        if self.num_steps is not None:
+            return dataclasses.replace(self, num_steps=2 * self.num_steps)
+        return dataclasses.replace(self, steps_per_time_scale=2 * self.steps_per_time_scale,
+                                   max_steps=2 * self.max_steps)
+
+    def step_counts(self, sde, theta, x_mean, t0, times):
+        """Steps per interval `(T,)` (the first from `t0` to `times[0]`): `num_steps`
+        everywhere, or the default rule (see the class docstring) with the drift's Jacobian
+        at `x_mean`."""
+        starts = jnp.concatenate([jnp.asarray(t0, times.dtype)[None], times[:-1]])
+        if self.num_steps is not None:
+            return jnp.full(times.shape, self.num_steps, jnp.int32)
+        J = jax.jacfwd(sde.drift, argnums=1)(starts[0], x_mean, theta)
+        rate = jax.lax.stop_gradient(spectral_radius(J))
+        n = jnp.ceil(self.steps_per_time_scale * rate * (times - starts))
+        n = jnp.where(jnp.isfinite(n), n, self.max_steps)
+        return jnp.clip(n, 1, self.max_steps).astype(jnp.int32)
 
     def run(self, sde, theta, initial, inputs, solver, key, *, smooth=False):
         if key is None:
@@ -97,11 +234,27 @@ class ParticleFilter(AbstractLikelihood):
         if not isinstance(initial, dist.Distribution):
             raise TypeError(f"initial must be a numpyro distribution; got {type(initial).__name__}")
         key_init, key_run = jax.random.split(key)
-        x = initial.sample(key_init, (N,))
+        # numpyro's samplers broadcast implicitly (MultivariateNormal adds `loc (S,)` to
+        # `(N, S)`): allow it here under a user's `jax_numpy_rank_promotion="raise"`.
+        with jax.numpy_rank_promotion("allow"):
+            x = initial.sample(key_init, (N,))
         x = jnp.broadcast_to(x, (N, sde.num_states)).astype(inputs.times.dtype)
         times = inputs.times
         starts = jnp.concatenate([inputs.t0[None], times[:-1]])
         keys = jax.random.split(key_run, times.shape[0])
+        exact = sde.linear
+        if exact:
+            counts = jnp.zeros(times.shape, jnp.int32)  # no solver steps: exact transitions
+            cap = 0
+        else:
+            counts = self.step_counts(sde, theta, _initial_mean(initial, x), inputs.t0, times)
+            cap = self.max_steps if self.num_steps is None else self.num_steps
+
+        def move(xs, ta, tb, n, k):
+            if exact:
+                return _exact_move(sde, theta, xs, ta, tb, k)
+            path = lambda x, kk: _path_move(sde, theta, x, ta, tb, kk, n, cap, self.solver)  # noqa: E731
+            return jax.vmap(path)(xs, jax.random.split(k, N))
 
         def log_weights(xs, y, mask):
             pred = jax.vmap(inputs.observe)(xs)
@@ -110,12 +263,9 @@ class ParticleFilter(AbstractLikelihood):
 
         def step(carry, inp):
             xs, ok = carry
-            ta, tb, y, mask, k = inp
+            ta, tb, n, y, mask, k = inp
             k_move, k_res = jax.random.split(k)
-            move = jax.vmap(
-                lambda x, kk: sde_step(sde, theta, x, ta, tb, kk, self.num_steps, self.solver)
-            )
-            xs, ok_p = move(xs, jax.random.split(k_move, N))
+            xs, ok_p = move(xs, ta, tb, n, k_move)
             lw = log_weights(xs, y, mask)
             # A particle whose path failed (or left the noise model's support) gets weight 0.
             lw = jnp.where(ok_p & jnp.isfinite(lw), lw, -jnp.inf)
@@ -129,13 +279,103 @@ class ParticleFilter(AbstractLikelihood):
             return (xs[idx], ok), (inc, mean, cov)
 
         (_, ok), (incs, mean, cov) = jax.lax.scan(
-            step, (x, jnp.array(True)), (starts, times, inputs.values, inputs.mask, keys)
+            step, (x, jnp.array(True)), (starts, times, counts, inputs.values, inputs.mask, keys)
         )
         log_lik = jnp.sum(incs)
+        taken = jnp.sum(jnp.where(times > starts, counts, 0))
         return FilterOutput(
             log_lik=jnp.where(ok, log_lik, -jnp.inf),
             ok=ok,
-            num_steps=jnp.array(self.num_steps * times.shape[0], dtype=jnp.int32),
+            num_steps=taken.astype(jnp.int32),
             filtered_mean=mean,
             filtered_cov=cov,
         )
+
+    def check_discretisation(self, model, data, params, *, num_seeds: int = 10, seed: int = 0,
+                             z: float = 4.0) -> DiscretisationCheck:
+        """Compare this filter's log-likelihood estimate with the step halved.
+
+        Runs `num_seeds` independent estimates of `log p(data | params)` on `model` with
+        this filter, and `num_seeds` with `self.refined()` (twice the steps), each set one
+        compiled, vmapped call; warns when the means differ by more than `z` standard errors
+        (from the spread over seeds). The means of the log-estimates are compared: both
+        carry the same small negative bias (about half the variance), which cancels.
+
+        **Arguments:**
+
+        - `model`: a `probde.Model` with SDE dynamics (its own likelihood is replaced by
+          this filter); `data`, `params`: as for `probde.log_likelihood`.
+        - `num_seeds`: estimates per setting; the check resolves differences down to about
+          `z * sqrt(2 / num_seeds)` times the estimate's standard deviation.
+
+        **Returns:** a `DiscretisationCheck` (the estimates, their difference and its
+        standard error, and whether they agree).
+
+        A linear SDE needs no check (its transitions are exact; the two settings agree).
+        """
+        from .likelihood import log_likelihood  # the model layer, through the public function
+
+        if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 2:
+            raise ValueError(f"num_seeds must be an integer of at least 2; got {num_seeds!r}")
+        params = {k: jnp.asarray(v) for k, v in params.items()}
+        keys = jax.random.split(jax.random.PRNGKey(seed), 2 * num_seeds)
+
+        def estimates(pf, ks):
+            m = _with_likelihood(model, pf)
+            return np.asarray(jax.jit(jax.vmap(
+                lambda k: log_likelihood(m, data, params, seed=k)))(ks))
+
+        fine = self.refined()
+        a, b = estimates(self, keys[:num_seeds]), estimates(fine, keys[num_seeds:])
+        ok_a, ok_b = np.isfinite(a), np.isfinite(b)
+        if ok_a.sum() < 2 or ok_b.sum() < 2:
+            diff, se = float("nan"), float("nan")
+        else:
+            diff = float(b[ok_b].mean() - a[ok_a].mean())
+            se = float(np.sqrt(a[ok_a].var(ddof=1) / ok_a.sum() + b[ok_b].var(ddof=1) / ok_b.sum()))
+        agrees = bool(np.isfinite(diff) and abs(diff) <= z * se)
+        if not agrees:
+            now = (f"num_steps={self.num_steps}" if self.num_steps is not None else
+                   f"num_steps=None (the default rule, steps_per_time_scale="
+                   f"{self.steps_per_time_scale:g}, max_steps={self.max_steps})")
+            fix = (f"num_steps={fine.num_steps}" if self.num_steps is not None else
+                   f"steps_per_time_scale={fine.steps_per_time_scale:g}, "
+                   f"max_steps={fine.max_steps}, or an explicit num_steps")
+            detail = (f"differs by {diff:.3g} nats (standard error {se:.2g})"
+                      if np.isfinite(diff) else "failed (non-finite estimates)")
+            warnings.warn(
+                f"the particle filter's log-likelihood with {now} {detail} when the step is "
+                f"halved: it is biased by the SDE's discretisation. Raise "
+                f"ParticleFilter({fix}) until the check passes"
+                + (" (or declare linear=True if the SDE is linear)" if not
+                   getattr(model.dynamics, "linear", False) else ""),
+                stacklevel=2,
+            )
+        return DiscretisationCheck(a, b, diff, se, agrees)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscretisationCheck:
+    """Result of `ParticleFilter.check_discretisation`.
+
+    - `log_lik`, `log_lik_refined` `(num_seeds,)`: the estimates at the filter's step and
+      at half of it.
+    - `difference`: mean of the refined minus mean of the others (nats);
+      `standard_error`: its Monte Carlo standard error.
+    - `agrees`: `|difference| <= z * standard_error`.
+    """
+
+    log_lik: np.ndarray
+    log_lik_refined: np.ndarray
+    difference: float
+    standard_error: float
+    agrees: bool
+
+
+def _with_likelihood(model, likelihood):
+    """A shallow copy of `model` whose SDE likelihood is `likelihood`."""
+    import copy
+
+    m = copy.copy(model)
+    m.likelihood = likelihood
+    return m

@@ -1,0 +1,265 @@
+"""The particle filter against exact answers: on linear SDEs (exact transitions) its
+likelihood estimate is unbiased for the exact Kalman likelihood at default settings; on
+nonlinear SDEs the default step follows the drift's time scale, and the discretisation
+check warns when halving the step moves the estimate by more than its Monte Carlo error."""
+
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+from conftest import Z_MAX
+from scipy import stats
+
+import probde
+from probde.dynamics.sde import FilterInputs
+from probde.inference.particle import spectral_radius
+
+
+# ============================================================ linear SDEs: exact answers
+def ou_drift(t, x, th):
+    return th["k"] * (th["m"] - x)
+
+
+def ou_diffusion(t, x, th):
+    return jnp.stack([th["s"]])
+
+
+def matern_drift(t, x, th):
+    lam = jnp.sqrt(3.0) / th["ell"]
+    return jnp.stack([x[1], -(lam**2) * x[0] - 2.0 * lam * x[1]])
+
+
+def matern_diffusion(t, x, th):
+    lam = jnp.sqrt(3.0) / th["ell"]
+    q = 2.0 * th["sf"] * lam**1.5
+    return jnp.stack([jnp.zeros_like(q), q])[:, None]
+
+
+OU = {lin: probde.SDE(ou_drift, ou_diffusion, ("x",), linear=lin) for lin in (False, True)}
+MATERN = {lin: probde.SDE(matern_drift, matern_diffusion, ("x1", "x2"), linear=lin)
+          for lin in (False, True)}
+SIGMA = 0.3
+NUM_OBS = 60
+NUM_ESTIMATES = 48  # independent particle-filter estimates per case
+
+
+def _ou_initial(th):
+    return dist.Normal(th["m"], th["s"] / jnp.sqrt(2.0 * th["k"])).expand([1])
+
+
+def _matern_initial(th):
+    lam = jnp.sqrt(3.0) / th["ell"]
+    var = jnp.stack([th["sf"] ** 2, lam**2 * th["sf"] ** 2])
+    return dist.MultivariateNormal(jnp.zeros(2), jnp.diag(var))
+
+
+def _model(kind, likelihood, linear=True):
+    if kind == "ou":
+        priors = {"k": dist.LogNormal(0.0, 0.5), "m": dist.Normal(0.0, 1.0),
+                  "s": dist.LogNormal(-0.5, 0.5)}
+        return probde.Model(OU[linear], priors, initial_state=_ou_initial,
+                            observation=probde.noise.Normal(sigma=SIGMA),
+                            likelihood=likelihood, t0=0.0)
+    priors = {"ell": dist.LogNormal(0.0, 0.5), "sf": dist.LogNormal(0.0, 0.5)}
+    return probde.Model(MATERN[linear], priors, initial_state=_matern_initial,
+                        observation=probde.noise.Normal(sigma=SIGMA), observe=("x1",),
+                        likelihood=likelihood, t0=0.0)
+
+
+def _data(kind, ell, seed):
+    """60 irregular times on [0, 20] and values drawn from the exact Gaussian process of
+    the SDE (stationary OU or Matérn-3/2 with lengthscale `ell`) plus noise; the Matérn's
+    second state (the derivative) is never observed."""
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.uniform(0.0, 20.0, NUM_OBS))
+    d = np.abs(t[:, None] - t[None])
+    if kind == "ou":
+        K = 0.7**2 / (2 * 0.8) * np.exp(-0.8 * d)
+        mean = 0.6
+    else:
+        lam = math.sqrt(3.0) / ell
+        K = (1 + lam * d) * np.exp(-lam * d)
+        mean = 0.0
+    y = mean + np.linalg.cholesky(K + 1e-10 * np.eye(t.size)) @ rng.normal(size=t.size)
+    y = y + SIGMA * rng.normal(size=t.size)
+    obs = ("x",) if kind == "ou" else ("x1",)
+    return probde.TimeSeries(t, y, observables=obs)
+
+
+CASES = {
+    "ou": ("ou", {"k": 0.8, "m": 0.6, "s": 0.7}, 0),
+    # Data on which 20 Euler steps per interval (the former default) are off the exact
+    # log-likelihood by 0.42 (lengthscale 0.7) and 0.10 (2.0): the error of the Euler
+    # chain changes sign and size with the data.
+    "matern_short": ("matern", {"ell": 0.7, "sf": 1.0}, 3),
+    "matern_long": ("matern", {"ell": 2.0, "sf": 1.0}, 3),
+}
+
+
+def _euler_matern_loglik(th, data, num_steps):
+    """Exact log-likelihood of the Euler-Maruyama chain of the Matérn SDE with
+    `num_steps` steps per interval (a linear-Gaussian chain, by a Kalman filter): what the
+    particle filter estimated before linear SDEs had exact transitions."""
+    lam = math.sqrt(3.0) / th["ell"]
+    A = np.array([[0.0, 1.0], [-(lam**2), -2.0 * lam]])
+    LL = np.diag([0.0, 4.0 * th["sf"] ** 2 * lam**3])
+    m, P = np.zeros(2), np.diag([th["sf"] ** 2, lam**2 * th["sf"] ** 2])
+    ll, prev = 0.0, 0.0
+    for t, y in zip(data.times, np.asarray(data.values).reshape(-1), strict=True):
+        h = (t - prev) / num_steps
+        G = np.eye(2) + A * h
+        for _ in range(num_steps if t > prev else 0):
+            m, P = G @ m, G @ P @ G.T + h * LL
+        S = P[0, 0] + SIGMA**2
+        ll += stats.norm.logpdf(y, m[0], math.sqrt(S))
+        gain = P[:, 0] / S
+        m, P = m + gain * (y - m[0]), P - np.outer(gain, P[0])
+        prev = t
+    return ll
+
+
+# About a minute each on two cores, almost all of it compiling: the short lengthscale (the
+# hardest for a discretisation) in the fast tier, the others with the slow tests.
+@pytest.mark.parametrize("case", [
+    pytest.param("ou", marks=pytest.mark.slow),
+    "matern_short",
+    pytest.param("matern_long", marks=pytest.mark.slow),
+])
+def test_particle_filter_on_linear_sde_matches_kalman_at_default_settings(case):
+    kind, th, seed = CASES[case]
+    data = _data(kind, th.get("ell"), seed)
+    params = {k: jnp.asarray(v) for k, v in th.items()}
+    # For a linear SDE observed linearly with Gaussian noise the EKF is exact.
+    exact = float(probde.log_likelihood(_model(kind, probde.EKF()), data, params))
+    model = _model(kind, probde.ParticleFilter())  # default settings
+    run = jax.jit(jax.vmap(lambda k: probde.log_likelihood(model, data, params, seed=k)))
+    est = np.asarray(run(jax.random.split(jax.random.PRNGKey(7), NUM_ESTIMATES)))
+    assert np.all(np.isfinite(est))
+    # The estimate of the likelihood (not of its log) is unbiased: compare exp(est - exact)
+    # with 1, in units of its Monte Carlo standard error.
+    ratio = np.exp(est - exact)
+    se = ratio.std(ddof=1) / math.sqrt(ratio.size)
+    assert abs(ratio.mean() - 1.0) / se < Z_MAX, (ratio.mean(), se, est.mean() - exact)
+    if case == "matern_short":
+        # The test sees the bias it guards against: the likelihood of the Euler chain with
+        # 20 steps per interval is more than Z_MAX standard errors away.
+        se_log = est.std(ddof=1) / math.sqrt(est.size)
+        euler = _euler_matern_loglik(th, data, 20)
+        assert abs(euler - exact) > Z_MAX * se_log, (euler - exact, se_log)
+
+
+def test_linear_sde_transitions_are_exact_whatever_num_steps():
+    # Exact transitions take no solver steps, and num_steps does not change the estimate.
+    kind, th, seed = CASES["matern_short"]
+    data = _data(kind, th["ell"], seed)
+    params = {k: jnp.asarray(v) for k, v in th.items()}
+    a = probde.log_likelihood(_model(kind, probde.ParticleFilter(num_particles=64)), data,
+                              params, seed=3)
+    b = probde.log_likelihood(_model(kind, probde.ParticleFilter(num_particles=64,
+                                                                 num_steps=3)),
+                              data, params, seed=3)
+    assert float(a) == float(b)
+
+
+# ============================================================== nonlinear: the step rule
+def test_spectral_radius_against_eigenvalues():
+    rng = np.random.default_rng(0)
+    for J in (rng.normal(size=(3, 3)), np.array([[0.0, 1.0], [-6.1, -4.9]]),  # Jordan block
+              np.zeros((2, 2)), np.diag([-50.0, -0.1])):
+        rho = float(spectral_radius(jnp.asarray(J)))
+        true = np.max(np.abs(np.linalg.eigvals(J)))
+        # Gelfand's formula after 2^6 squarings: at most a factor 64^(1/64) = 1.067 over.
+        assert true - 1e-9 <= rho <= 1.067 * true + 1e-12, (J, rho, true)
+
+
+def _ou_inputs(times):
+    times = jnp.asarray(times)
+    return FilterInputs(times=times, t0=jnp.asarray(0.0), values=jnp.zeros((times.size, 1)),
+                        mask=jnp.zeros((times.size, 1), bool), observe=lambda x: x,
+                        log_density=lambda p, y: jnp.zeros_like(p))
+
+
+def test_default_steps_follow_the_drift_time_scale_and_the_gaps():
+    # OU not declared linear: the drift's time scale is 1/k; steps_per_time_scale steps per
+    # 1/k, at least 1 and at most max_steps per interval; zero-length intervals take none.
+    times = np.array([0.0, 0.01, 0.3, 0.35, 2.0, 40.0])
+    th = {"k": jnp.asarray(2.5), "m": jnp.asarray(0.0), "s": jnp.asarray(0.3)}
+    init = dist.Normal(0.0, 0.1).expand([1]).to_event(1)
+    pf = probde.ParticleFilter(num_particles=8, max_steps=300)
+    out = pf.run(OU[False], th, init, _ou_inputs(times), None, jax.random.PRNGKey(0))
+    gaps = np.diff(np.concatenate([[0.0], times]))
+    expected = np.clip(np.ceil(100.0 * 2.5 * gaps * (1 + 1e-12)), 1, 300)
+    counts = np.asarray(pf.step_counts(OU[False], th, jnp.zeros(1), jnp.asarray(0.0),
+                                       jnp.asarray(times)))
+    np.testing.assert_allclose(counts, expected, atol=1)  # ceil at a float's rounding
+    assert counts[-1] == 300  # the cap
+    assert int(out.num_steps) == int(np.sum(counts[gaps > 0]))
+    # An explicit integer keeps the fixed steps.
+    fixed = probde.ParticleFilter(num_particles=8, num_steps=5)
+    out = fixed.run(OU[False], th, init, _ou_inputs(times), None, jax.random.PRNGKey(0))
+    assert int(out.num_steps) == 5 * int(np.sum(gaps > 0))
+
+
+# ============================================================ the discretisation check
+def double_well_drift(t, x, th):
+    return th["k"] * (x - x**3)
+
+
+def double_well_diffusion(t, x, th):
+    return jnp.stack([th["s"]])
+
+
+DOUBLE_WELL = probde.SDE(double_well_drift, double_well_diffusion, ("x",))
+DW_TIMES = np.arange(1, 21) * 0.5
+
+
+@pytest.fixture(scope="module")
+def double_well():
+    model = probde.Model(DOUBLE_WELL, {"k": dist.LogNormal(0.0, 0.5),
+                                       "s": dist.LogNormal(-1.0, 0.5)},
+                         initial_state=dist.Normal(1.0, 0.2).expand([1]),
+                         observation=probde.noise.Normal(sigma=0.1), t0=0.0,
+                         likelihood=probde.ParticleFilter())
+    th = {"k": 2.0, "s": 0.5}
+    path = probde.simulate(DOUBLE_WELL, jnp.array([1.0]), th, DW_TIMES, jax.random.PRNGKey(4),
+                           t0=0.0, num_steps=400)
+    y = np.asarray(path.ys[:, 0]) + 0.1 * np.random.default_rng(5).normal(size=DW_TIMES.size)
+    return model, probde.TimeSeries(DW_TIMES, y, observables=("x",)), th
+
+
+def test_discretisation_check_warns_when_the_step_is_too_coarse(double_well):
+    # Two Euler steps per gap of 0.5: k h = 0.5 against a drift whose Jacobian in the
+    # wells is -2k = -4, so the Euler chain's variance in a well is about twice the SDE's.
+    model, data, th = double_well
+    pf = probde.ParticleFilter(num_particles=200, num_steps=2)
+    with pytest.warns(UserWarning, match=r"num_steps=2 differs by .* Raise "
+                                         r"ParticleFilter\(num_steps=4\)"):
+        check = pf.check_discretisation(model, data, th)
+    assert not check.agrees
+    assert abs(check.difference) > Z_MAX * check.standard_error
+
+
+def test_discretisation_check_is_quiet_when_the_step_is_fine(double_well):
+    model, data, th = double_well
+    pf = probde.ParticleFilter(num_particles=200)  # the default step rule
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check = pf.check_discretisation(model, data, th)
+    assert check.agrees
+    assert np.all(np.isfinite(check.log_lik)) and np.all(np.isfinite(check.log_lik_refined))
+
+
+def test_bad_particle_filter_options():
+    with pytest.raises(ValueError, match=r"num_steps must be a positive integer; got 0 "
+                                         r"\(or None, the default step rule\)"):
+        probde.ParticleFilter(num_steps=0)
+    with pytest.raises(ValueError, match="steps_per_time_scale must be a positive number; got 0"):
+        probde.ParticleFilter(steps_per_time_scale=0)
+    with pytest.raises(ValueError, match="max_steps must be a positive integer; got 2.5"):
+        probde.ParticleFilter(max_steps=2.5)
+    with pytest.raises(ValueError, match="num_seeds must be an integer of at least 2; got 1"):
+        probde.ParticleFilter().check_discretisation(None, None, {}, num_seeds=1)
