@@ -12,10 +12,11 @@ differentiable, so NUTS cannot use it.
 Why exact transitions and a step rule: with a fixed 20 Euler steps per interval, the filter
 targets the Euler-discretised model. On a partially observed Matérn-3/2 SDE (60 irregular
 observations, 2,000 particles) that put its log-likelihood 0.35 nats (lengthscale 0.7) and
-0.08 nats (lengthscale 2.0) off the exact Kalman value, many Monte Carlo standard errors,
-and nothing said so. Linear SDEs now have no discretisation error; for the others the
-default step follows the drift's time scale, and `ParticleFilter.check_discretisation`
-compares the estimate with the step halved.
+0.08 nats (lengthscale 2.0) off the exact Kalman value (0.42 and -0.03, standard errors
+0.10 and 0.05, on the data of tests/test_particle.py), and nothing said so. Linear SDEs
+now have no discretisation error; for the others the default step follows the drift's time
+scale, and `ParticleFilter.check_discretisation` compares the estimate with the step
+halved.
 
 Neither diffrax nor numpyro ships a particle filter for SDEs, hence this module.
 """
@@ -155,8 +156,11 @@ class ParticleFilter(AbstractLikelihood):
     $n_k = \min(\max(\lceil \text{steps\_per\_time\_scale}\,(t_k - t_{k-1})/\tau \rceil, 1),
     \text{max\_steps})$ equal steps, 100 per time scale by default and at most 1000. The
     count is a traced value (it follows theta under MCMC); the compiled loop stops after
-    `n_k` steps. A drift whose time scale shrinks away from the initial mean (stiff
-    excursions) needs more: run `check_discretisation`.
+    `n_k` steps. Euler-Maruyama's error in the log-likelihood falls like the step: on one
+    data set of a Matérn-3/2 SDE observed 60 times it was 0.18, 0.07, 0.04 and 0.02 nats
+    at 20, 50, 100 (the default) and 200 steps per time scale. A drift whose time scale
+    shrinks away from the initial mean (stiff excursions) needs more: run
+    `check_discretisation`.
 
     **Checking the step.** `pf.check_discretisation(model, data, params)` estimates the
     log-likelihood with independent seeds at the current step and with the step halved,
