@@ -122,12 +122,12 @@ def _euler_matern_loglik(th, data, num_steps):
     return ll
 
 
-# About a minute each on two cores, almost all of it compiling: the short lengthscale (the
-# hardest for a discretisation) in the fast tier, the others with the slow tests.
+# 15-20 s for each model on two cores, almost all of it compiling (the two Matérn cases
+# share one compilation): the OU with the slow tests.
 @pytest.mark.parametrize("case", [
     pytest.param("ou", marks=pytest.mark.slow),
     "matern_short",
-    pytest.param("matern_long", marks=pytest.mark.slow),
+    "matern_long",
 ])
 def test_particle_filter_on_linear_sde_matches_kalman_at_default_settings(case):
     kind, th, seed = CASES[case]
@@ -243,6 +243,7 @@ def test_discretisation_check_warns_when_the_step_is_too_coarse(double_well):
     assert abs(check.difference) > Z_MAX * check.standard_error
 
 
+@pytest.mark.slow  # about 40 s on two cores: the refined run takes 200-400 steps per gap
 def test_discretisation_check_is_quiet_when_the_step_is_fine(double_well):
     model, data, th = double_well
     pf = probde.ParticleFilter(num_particles=200)  # the default step rule
