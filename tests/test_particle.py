@@ -235,10 +235,10 @@ def test_discretisation_check_warns_when_the_step_is_too_coarse(double_well):
     # Two Euler steps per gap of 0.5: k h = 0.5 against a drift whose Jacobian in the
     # wells is -2k = -4, so the Euler chain's variance in a well is about twice the SDE's.
     model, data, th = double_well
-    pf = probde.ParticleFilter(num_particles=200, num_steps=2)
+    pf = probde.ParticleFilter(num_particles=50, num_steps=2)
     with pytest.warns(UserWarning, match=r"num_steps=2 differs by .* Raise "
                                          r"ParticleFilter\(num_steps=4\)"):
-        check = pf.check_discretisation(model, data, th)
+        check = pf.check_discretisation(model, data, th, num_particles=200)
     assert not check.agrees
     assert abs(check.difference) > Z_MAX * check.standard_error
 

@@ -296,7 +296,8 @@ class ParticleFilter(AbstractLikelihood):
         )
 
     def check_discretisation(self, model, data, params, *, num_seeds: int = 10, seed: int = 0,
-                             z: float = 4.0) -> DiscretisationCheck:
+                             z: float = 4.0, num_particles: int | None = None
+                             ) -> DiscretisationCheck:
         """Compare this filter's log-likelihood estimate with the step halved.
 
         Runs `num_seeds` independent estimates of `log p(data | params)` on `model` with
@@ -311,6 +312,11 @@ class ParticleFilter(AbstractLikelihood):
           this filter); `data`, `params`: as for `probde.log_likelihood`.
         - `num_seeds`: estimates per setting; the check resolves differences down to about
           `z * sqrt(2 / num_seeds)` times the estimate's standard deviation.
+        - `num_particles`: particles of the check's runs (default: the filter's own). The
+          discretisation's error does not depend on it, the estimate's spread does: with
+          `k` times the particles the check resolves `sqrt(k)` times smaller differences.
+          (On the FitzHugh-Nagumo case study, 300 particles and 10 seeds resolve only
+          about 3 nats.)
 
         **Returns:** a `DiscretisationCheck` (the estimates, their difference and its
         standard error, and whether they agree).
@@ -323,14 +329,16 @@ class ParticleFilter(AbstractLikelihood):
             raise ValueError(f"num_seeds must be an integer of at least 2; got {num_seeds!r}")
         params = {k: jnp.asarray(v) for k, v in params.items()}
         keys = jax.random.split(jax.random.PRNGKey(seed), 2 * num_seeds)
+        coarse = self if num_particles is None else dataclasses.replace(
+            self, num_particles=num_particles)
 
         def estimates(pf, ks):
             m = _with_likelihood(model, pf)
             return np.asarray(jax.jit(jax.vmap(
                 lambda k: log_likelihood(m, data, params, seed=k)))(ks))
 
-        fine = self.refined()
-        a, b = estimates(self, keys[:num_seeds]), estimates(fine, keys[num_seeds:])
+        fine = coarse.refined()
+        a, b = estimates(coarse, keys[:num_seeds]), estimates(fine, keys[num_seeds:])
         ok_a, ok_b = np.isfinite(a), np.isfinite(b)
         if ok_a.sum() < 2 or ok_b.sum() < 2:
             diff, se = float("nan"), float("nan")
