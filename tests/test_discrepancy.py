@@ -241,8 +241,10 @@ def test_bad_input_messages():
         probde.Constraint(0.0, derivative=2)
     with pytest.raises(TypeError, match=r"constraints\[0\] must be a probde.Constraint"):
         probde.GPDiscrepancy(rbf(), constraints=[0.0])
-    with pytest.raises(TypeError, match="discrepancy must be None, probde.GPDiscrepancy"):
+    with pytest.raises(TypeError, match="discrepancy must be None, probde.GPDiscrepancy.*got 'gp'"):
         _model("gp")
+    with pytest.raises(TypeError, match="discrepancy must be None, probde.GPDiscrepancy.*got <object"):
+        _model(object())
     with pytest.raises(ValueError, match="discrepancy observables names 'z'"):
         _model(probde.GPDiscrepancy(rbf(), observables=("z",)))
     with pytest.raises(ValueError, match="marginalise=True needs noise that is Gaussian.*Poisson"):

@@ -65,7 +65,9 @@ def test_model_initial_state_of_wrong_size():
         model(initial_state=jnp.array([1.0, 2.0]))
     with pytest.raises(ValueError, match=r"initial_state distribution must have shape \(1,\)"):
         model(initial_state=dist.LogNormal(0.0, 1.0).expand([3]))
-    with pytest.raises(ValueError, match=r"Use .expand\(\[1\]\)"):
+    # (the same check for SDE models: one function, tested here)
+    with pytest.raises(ValueError, match=r"initial_state distribution must have shape \(1,\).*"
+                                         r"Use .expand\(\[1\]\)"):
         model(initial_state=dist.LogNormal(0.0, 1.0))
 
 
@@ -146,13 +148,11 @@ def test_t0_after_first_observation():
         m.prepare(probde.TimeSeries([0.0, 1.0], [3.0, 1.0], observables=("x",)))
 
 
-def test_discrepancy_of_wrong_type_and_likelihood_on_an_ode():
-    with pytest.raises(TypeError, match="discrepancy must be None, probde.GPDiscrepancy.*got <object"):
-        model(discrepancy=object())
+def test_dynamics_of_wrong_type():
+    # (a discrepancy of the wrong type: tests/test_discrepancy.py; a likelihood on an ODE
+    # model: tests/test_sde.py, with the other likelihood checks)
     with pytest.raises(TypeError, match="dynamics must be a probde.ODE, a probde.SDE or a probde.GPEmulator"):
         model(dynamics="ode")
-    with pytest.raises(ValueError, match="an ODE model takes likelihood=None"):
-        model(likelihood=probde.EKF())
 
 
 def test_noise_hyperparameter_prior_of_wrong_shape():
