@@ -199,11 +199,45 @@ def test_constrained_prediction_is_exact_at_the_constraint():
         loaded.predict(np.array([1.0]))
 
 
+# Posterior mean of k in test_latent_discrepancy_with_count_data and its MCSE, from a long
+# run of the same model written out by hand in numpyro (k, variance, z ~ N(0, I);
+# delta = chol(variance * Matern52(lengthscale 3) + 1e-8 variance I) z; counts ~
+# Poisson(100 exp(-k t + delta)); closed-form decay): NUTS, target_accept 0.95, 4 chains
+# of 2000 warmup and 10000 draws (ESS 16400, R-hat 1.000; posterior sd 0.035). See
+# `_reference_latent_count_run` below.
+LATENT_COUNT_K_MEAN, LATENT_COUNT_K_MCSE = 0.2119, 0.0003
+COUNT_TIMES = np.arange(1.0, 9.0)
+COUNTS = np.array([80, 62, 50, 45, 30, 28, 20, 19], float)
+
+
+def _reference_latent_count_run(num_samples=10_000, seed=1):  # pragma: no cover - offline
+    """The reference above: `(mean, mcse)` of k (about four minutes on two cores)."""
+    import numpyro
+    from numpyro.infer import MCMC, NUTS
+
+    d = np.abs(COUNT_TIMES[:, None] - COUNT_TIMES[None, :]) / 3.0
+    matern52 = (1 + np.sqrt(5) * d + 5 / 3 * d**2) * np.exp(-np.sqrt(5) * d)
+
+    def model():
+        k = numpyro.sample("k", dist.LogNormal(np.log(0.2), 0.5))
+        v = numpyro.sample("variance", dist.HalfNormal(0.3))
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([8]).to_event(1))
+        K = v * matern52 + (1e-8 + 10 * np.finfo(float).eps) * v * jnp.eye(8)
+        delta = jnp.linalg.cholesky(K) @ z
+        numpyro.sample("y", dist.Poisson(100.0 * jnp.exp(-k * COUNT_TIMES + delta)), obs=COUNTS)
+
+    mcmc = MCMC(NUTS(model, target_accept_prob=0.95), num_warmup=2000,
+                num_samples=num_samples, num_chains=4, chain_method="vectorized",
+                progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(seed))
+    k = np.asarray(mcmc.get_samples(group_by_chain=True)["k"])
+    return float(k.mean()), float(az.mcse(k, method="mean"))
+
+
 def test_latent_discrepancy_with_count_data():
     """Poisson noise: delta is a latent non-centred GP on the log scale."""
     decay = probde.ODE(lambda t, y, th: -th["k"] * y, state_names=("n",))
-    t = np.arange(1.0, 9.0)
-    counts = np.array([80, 62, 50, 45, 30, 28, 20, 19], float)
+    t, counts = COUNT_TIMES, COUNTS
     disc = probde.GPDiscrepancy(gpx.kernels.Matern52(lengthscale=3.0), variance=dist.HalfNormal(0.3))
     model = probde.Model(decay, {"k": dist.LogNormal(np.log(0.2), 0.5)}, jnp.array([100.0]),
                          probde.noise.Poisson(), discrepancy=disc, t0=0.0)
@@ -217,7 +251,11 @@ def test_latent_discrepancy_with_count_data():
     pp = res.idata["posterior_predictive"]
     np.testing.assert_allclose(pp["corrected"].values, (pp["mu"] * np.exp(pp["discrepancy"])).values,
                                rtol=F64)
-    assert 0.1 < float(post["k"].mean()) < 0.4
+    # k against the reference posterior mean, within Monte Carlo error (both runs')
+    k = post["k"]
+    mcse = np.hypot(float(az.mcse(k, method="mean")), LATENT_COUNT_K_MCSE)
+    z = abs(float(k.mean()) - LATENT_COUNT_K_MEAN) / mcse
+    assert z < Z_MAX, (float(k.mean()), LATENT_COUNT_K_MEAN, mcse)
     pred = res.predict(np.array([2.5, 10.0]))
     assert np.all(np.isfinite(pred["y"].values))
 
