@@ -36,6 +36,33 @@ def site_kinds(model_fn, model_kwargs):
     return found["latent"], found["deterministic"]
 
 
+def unconstrained_shapes(model_fn, model_kwargs):
+    """`{name: shape}` of the model's latent sites in the unconstrained space, in the
+    model's order (an abstract trace: no solve is run)."""
+    found = {}
+
+    def probe():
+        with handlers.block(), handlers.seed(rng_seed=0):
+            tr = handlers.trace(model_fn).get_trace(**model_kwargs)
+        found["shapes"] = {
+            k: tuple(jnp.shape(biject_to(s["fn"].support).inv(s["value"])))
+            for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]
+        }
+        return jnp.zeros(())
+
+    jax.eval_shape(probe)
+    return found["shapes"]
+
+
+def flat_labels(shapes) -> tuple:
+    """One label per coordinate of the flattened sites `{name: shape}`: `"mu"`,
+    `"beta[0]"`, `"w[1,2]"`."""
+    return tuple(
+        name if not shape else f"{name}[{','.join(map(str, idx))}]"
+        for name, shape in shapes.items() for idx in np.ndindex(*shape)
+    )
+
+
 def guide_draws(guide, params, key, num_draws, latent, model_kwargs):
     """`num_draws` draws of the model's latent sites (constrained) from the fitted guide,
     without running the model. A guide's own sample sites carry the model's names; the

@@ -1,8 +1,12 @@
 """The variational families of `probde.SVI` and `probde.Laplace`: numpyro autoguides built
-from the methods' options."""
+from the methods' options, their start at the Laplace approximation
+(`laplace_init_params`), and their location and scale as the convergence check reads them
+(`guide_moments`)."""
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+import numpy as np
 from numpyro.infer.autoguide import (
     AutoIAFNormal,
     AutoLaplaceApproximation,
@@ -52,3 +56,93 @@ class FlowGuide(AutoIAFNormal):
             )
         self._hidden_dims = [2 * self.latent_dim]
         return super()._get_posterior()
+
+
+def laplace_init_params(kind: str, prefix: str, gaussian):
+    """Initial parameters of a Gaussian guide of family `kind` at the Laplace approximation
+    `gaussian` (a usable `mode.LaplaceGaussian`): a function from the guide's default
+    initial parameters (constrained, as `SVI.get_params` gives them) to the ones to pass
+    as `SVI.init(init_params=...)`; `None` for a family without a Gaussian start (`"flow"`).
+
+    With precision matrix H (the Hessian of the negative log density at the mode m):
+
+    - `"multivariate_normal"`: N(m, H^-1), the Laplace approximation itself;
+    - `"normal"` (mean field): independent normals with variances `1 / H_ii`, not the
+      marginal variances `(H^-1)_ii`. For a Gaussian posterior the mean-field optimum of
+      the ELBO (KL(q || p)) has exactly this precision, diag(H), so the start is the answer
+      SVI converges to and the optimiser has nothing left to shrink; starting at the
+      (larger) marginal variances would leave it the slow work of shrinking the scales
+      that this start exists to avoid.
+    - `"low_rank"` (numpyro's covariance `S (F F^T + I) S`, S diagonal): the top-r
+      eigenvectors of H^-1 scaled by the square roots of their eigenvalues as `S F`, and
+      the rest of H^-1's diagonal as `S^2` (floored at 1e-6 of the marginal variance), so
+      the marginal variances and the r leading directions are exact. This is the truncated
+      eigendecomposition, not the best rank-r-plus-diagonal fit in KL (a factor-analysis
+      problem without a closed form); the optimiser corrects the difference.
+    """
+    loc = gaussian.loc
+    if kind == "flow":
+        return None
+    if kind == "normal":
+        scale = 1.0 / np.sqrt(np.diag(gaussian.precision))
+
+        def make(default):
+            params = dict(default)
+            for name in gaussian.names:
+                for part, flat in (("loc", loc), ("scale", scale)):
+                    key = f"{name}_{prefix}_{part}"
+                    params[key] = _like(gaussian.site(flat, name), default[key])
+            return params
+
+        return make
+    cov = np.linalg.inv(gaussian.precision)
+    cov = 0.5 * (cov + cov.T)
+
+    def make(default):
+        params = dict(default)
+        params[f"{prefix}_loc"] = _like(loc, default[f"{prefix}_loc"])
+        if kind == "multivariate_normal":
+            key = f"{prefix}_scale_tril"
+            params[key] = _like(np.linalg.cholesky(cov), default[key])
+            return params
+        rank = default[f"{prefix}_cov_factor"].shape[-1]
+        eig, vec = np.linalg.eigh(cov)
+        top = np.argsort(eig)[::-1][:rank]
+        factor = vec[:, top] * np.sqrt(np.clip(eig[top], 0.0, None))  # (D, r): S F
+        rest = np.clip(np.diag(cov) - (factor**2).sum(-1), 1e-6 * np.diag(cov), None)
+        scale = np.sqrt(rest)
+        params[f"{prefix}_scale"] = _like(scale, default[f"{prefix}_scale"])
+        params[f"{prefix}_cov_factor"] = _like(factor / scale[:, None],
+                                               default[f"{prefix}_cov_factor"])
+        return params
+
+    return make
+
+
+def _like(value, default):
+    return jnp.asarray(np.reshape(value, np.shape(default)), dtype=jnp.result_type(default))
+
+
+def guide_moments(guide, names):
+    """A function from a Gaussian guide's constrained parameters to its location and
+    marginal standard deviations in the unconstrained space, flat in the order of the
+    latent sites `names` (jit-compatible); `None` for the other guides (the flow, whose
+    parameters are network weights, and the Laplace guide, a point)."""
+    if isinstance(guide, AutoNormal):
+        p = guide.prefix
+
+        def moments(params):
+            loc = jnp.concatenate([jnp.reshape(params[f"{n}_{p}_loc"], -1) for n in names])
+            scale = jnp.concatenate([jnp.reshape(params[f"{n}_{p}_scale"], -1)
+                                     for n in names])
+            return loc, scale
+
+        return moments
+    if isinstance(guide, (AutoMultivariateNormal, AutoLowRankMultivariateNormal)):
+
+        def moments(params):
+            posterior = guide.get_posterior(params)
+            return posterior.mean, jnp.sqrt(posterior.variance)
+
+        return moments
+    return None
