@@ -143,8 +143,8 @@ def test_observe_function_and_derived():
 # (a few early warmup proposals reach rates whose solve fails: counted, warned, irrelevant here)
 @pytest.mark.filterwarnings("ignore:.*proposals were rejected because the solve")
 def test_derived_draws_are_the_function_of_each_draw():
-    """A derived quantity is recorded with every draw, prior and posterior: exactly its
-    function of that draw's parameters."""
+    """A derived quantity is recorded with every draw, prior and posterior: its function of
+    that draw's parameters, to the last bit or two."""
     m = probde.Model(ODE1, {"k": dist.LogNormal(0.0, 0.5)}, initial_state=jnp.array([2.0]),
                      observation=probde.noise.Normal(sigma=0.1),
                      derived={"half_life": lambda th: jnp.log(2.0) / th["k"]})
