@@ -13,6 +13,7 @@ import probde
 from conftest import RTOL, Z_MAX
 from probde.discrepancy import dense
 from probde.discrepancy.marginal import MarginalGP
+from probde.model import sites
 
 F64 = RTOL[np.dtype("float64")]
 
@@ -324,7 +325,7 @@ def test_joint_emulation_infers_emulator_hyperparameters(emulator):
     names = {k for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]}
     assert names == {"theta"} | {f"emulator_{k}" for k in emulator.hyperparameter_priors()}
     hyper = {k[len("emulator_"):]: tr[k]["value"] for k in names if k.startswith("emulator_")}
-    np.testing.assert_allclose(float(tr["emulator_runs"]["fn"].log_prob(0.0)),
+    np.testing.assert_allclose(float(tr[sites.EMULATOR_RUNS]["fn"].log_prob(0.0)),
                                float(emulator.training_log_marginal(hyper)), rtol=F64)
 
 
