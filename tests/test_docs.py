@@ -14,12 +14,17 @@ write (`fit.png`, `idata.nc`) land there. Figures are drawn with matplotlib's Ag
   since an excerpt such as a model-building function uses the file's imports and
   constants.
 - A page whose code configures JAX's devices (`numpyro.set_host_device_count`, which works
-  only before JAX starts) runs in a fresh Python process, as a script would; the others
-  run in this process (float64 and 4 CPU devices from conftest.py).
+  only before JAX starts) runs in a fresh Python process, as a script would, without
+  conftest.py's device setting, and must end with the devices it asked for. These
+  processes start with the first page's test and run while the other pages run here
+  (float64 and 4 CPU devices from conftest.py; the JAX settings a page changes are put
+  back after it).
 - Warnings are errors, as in the rest of the suite (pyproject's `filterwarnings`).
-- A block is skipped only when an HTML comment `<!-- docs-test: skip: REASON -->` stands
-  right before its fence. Code that is not meant to run (a shell command, a signature) is
-  fenced with another language (```bash, ```text).
+- Text that is not Python (a shell command, printed output) is fenced with its own
+  language (```bash, ```text). A Python block that cannot run here (a signature with
+  placeholders, a case study's run of many minutes) is skipped only when an HTML comment
+  `<!-- docs-test: skip: REASON -->` stands right before its fence; a skip without a
+  reason, or one before nothing to skip, is an error.
 
 Heavy examples are not shortened here: the pages themselves use short runs where the full
 run would add nothing to what they teach, and say what the full run takes.
