@@ -46,12 +46,15 @@ import tomllib
 import warnings
 from dataclasses import dataclass
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)")
 SKIP = re.compile(r"^\s*<!--\s*docs-test:\s*skip\b:?\s*(?P<why>.*?)\s*-->\s*$")
-SNIPPET = re.compile(r"""^(?P<indent>\s*)--8<--\s+["'](?P<path>[^"':]+)(?::(?P<section>[\w-]+))?["']\s*$""")
+SNIPPET = re.compile(
+    r"""^(?P<indent>\s*)--8<--\s+["'](?P<path>[^"':]+)(?::(?P<section>[\w-]+))?["']\s*$""")
 FRESH_PROCESS = re.compile(r"\bset_host_device_count\s*\(")
 DOCTEST_FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
@@ -176,9 +179,8 @@ def run_page(page: pathlib.Path, log=print) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     import jax
+    import matplotlib.pyplot as plt
 
     namespace: dict = {"__name__": "__main__"}
     contexts_run: set[pathlib.Path] = set()
@@ -303,8 +305,6 @@ if __name__ == "__main__":
     _check_devices(page)
     sys.exit(0)
 
-
-import pytest  # noqa: E402  (not needed to run one page as a script)
 
 
 # The pages that need a fresh process go last, and start in the background with the first
