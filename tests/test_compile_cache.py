@@ -37,7 +37,8 @@ def _fresh_env(env_extra):
 def _compile_in_fresh_process(env_extra, prelude=""):
     """Import probde in a fresh process (after `prelude`), compile one small function, and
     return JAX's cache folder as the process saw it (`'None'` when off)."""
-    code = (prelude + "import jax, probde; jax.jit(lambda x: 3.0 * x + 1.0)(2.0).block_until_ready(); "
+    code = (prelude + "import jax, probde; "
+            "jax.jit(lambda x: 3.0 * x + 1.0)(2.0).block_until_ready(); "
             "print('DIR', jax.config.jax_compilation_cache_dir)")
     out = subprocess.run([sys.executable, "-c", code], env=_fresh_env(env_extra),
                          capture_output=True, text=True, check=True, cwd=ROOT).stdout

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import RTOL
+
 from probde.discrepancy import dense
 
 F32 = RTOL[np.dtype("float32")]

@@ -9,11 +9,11 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 import xarray as xr
+from conftest import Z_MAX, decay_at_failure_edge
 from scipy import stats
 from scipy.special import logsumexp
 
 import probde
-from conftest import Z_MAX, decay_at_failure_edge
 
 # ----------------------------------------------------------- linear-Gaussian problem
 # dx/dt = a with x(0) = x0: x(t) = x0 + a t is linear in (x0, a). With Gaussian priors and

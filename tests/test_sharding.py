@@ -10,7 +10,6 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from conftest import RTOL
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
