@@ -1,12 +1,14 @@
-# Two entry points for a fresh machine (see README):
+# Entry points for a fresh machine (see README):
 #   make demo   set up .venv, install probde, run the lynx-hare calibration -> results/lynx_hare/
-#   make test   same set-up, run the test suite and build the docs strictly
+#   make check  same set-up, run the fast tier of the tests (under 5 minutes on 2 cores;
+#               what tests/tiers.py and @pytest.mark.slow leave out is skipped)
+#   make test   same set-up, run the whole test suite and build the docs strictly (CI)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install docs bench clean
+.PHONY: demo check test install docs bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), f"probde needs Python >= 3.12; {sys.executable} is {sys.version.split()[0]} (pyenv install 3.12, or PYTHON=python3.12 make ...)"'
@@ -20,8 +22,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) case_studies/lynx_hare/run.py --out results/lynx_hare
 
+check: $(STAMP)
+	$(PY) -m pytest --check-tier --durations=10
+
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 docs: $(STAMP)

@@ -44,3 +44,105 @@ def decay_at_failure_edge():
     )
     t = np.linspace(0.25, 5.0, 8)
     return model, probde.TimeSeries(t, 2.0 * np.exp(-2.9 * t), observables=("x",))
+
+
+# --------------------------------------------------------------------------- test tiers
+# `make check` runs `pytest --check-tier`: the fast tier, everything except what
+# tests/tiers.py leaves out and the tests marked slow. `make test` runs everything.
+
+
+def _tiers():
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location(
+        "_probde_test_tiers", pathlib.Path(__file__).with_name("tiers.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--check-tier", action="store_true", default=False,
+        help="run the fast tier only (make check): leave out the tests marked slow and "
+             "those listed in tests/tiers.py")
+
+
+def _wholly_collected(config):
+    """A function telling whether every test of a file was collected in this run (it was
+    named, or a folder above it, and not narrowed to some of its tests by `file::test`)."""
+    import pathlib
+
+    if config.getoption("lf", False) or config.getoption("stepwise", False):
+        return lambda path: False  # these collect only some files
+    here = pathlib.Path(config.invocation_params.dir)
+    whole, partial = [], set()
+    for arg in config.args:
+        path, sep, _ = arg.partition("::")
+        path = (here / path).resolve()
+        (partial.add(path) if sep else whole.append(path))
+    return lambda path: path not in partial and any(
+        path == root or root in path.parents for root in whole)
+
+
+def _stale_tier_entries(config, items, tiers):
+    """Entries of tests/tiers.py that match no test although their file was collected whole
+    (or no longer exists)."""
+    import pathlib
+
+    wholly = _wholly_collected(config)
+    root = pathlib.Path(config.rootpath)
+    stale = []
+    entries = [("SLOW", prefix, ()) for prefix in tiers.SLOW]
+    entries += [("CASES", prefix, ids) for prefix, ids in tiers.CASES.items()]
+    for table, prefix, ids in entries:
+        path = root / prefix.partition("::")[0]
+        if not path.exists():
+            if wholly(path.parent):
+                stale.append(f"{table}: {prefix} (no file {path.relative_to(root)})")
+            continue
+        if not wholly(path.resolve()):
+            continue
+        found = [i.nodeid for i in items if tiers.matches(i.nodeid, prefix)]
+        if not found:
+            stale.append(f"{table}: {prefix} (no such test)")
+        for case in set(ids) - {tiers.case_id(n) for n in found}:
+            stale.append(f"{table}: {prefix}[{case}] (no such case)")
+    return stale
+
+
+def _in_fast_tier(items, tiers):
+    """Split `items` into the fast tier and the rest."""
+    keep, drop, first = [], [], {}
+    for item in items:
+        cases = next(((p, ids) for p, ids in tiers.CASES.items()
+                      if tiers.matches(item.nodeid, p)), None)
+        if cases is not None:
+            prefix, ids = cases
+            first.setdefault(prefix, item.nodeid)
+            other_case = (tiers.case_id(item.nodeid) not in ids if ids
+                          else first[prefix] != item.nodeid)
+        else:
+            other_case = False
+        if (other_case or item.get_closest_marker("slow") is not None
+                or any(tiers.matches(item.nodeid, p) for p in tiers.SLOW)):
+            drop.append(item)
+        else:
+            keep.append(item)
+    return keep, drop
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k/-m/--deselect narrow the items
+def pytest_collection_modifyitems(config, items):
+    tiers = _tiers()
+    stale = _stale_tier_entries(config, items, tiers)
+    if stale:
+        raise pytest.UsageError(
+            "tests/tiers.py names tests that were not collected (renamed, merged or deleted?); "
+            "update it:\n  " + "\n  ".join(stale))
+    if config.getoption("check_tier"):
+        keep, drop = _in_fast_tier(items, tiers)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep

@@ -1,0 +1,169 @@
+"""Which tests the fast tier leaves out (`make check`, i.e. `pytest --check-tier`).
+
+`make test` runs everything. `make check` runs every collected test except
+- the tests marked `@pytest.mark.slow`,
+- the node-id prefixes in `SLOW` below (a file, a test function with all its
+  parametrisations, or one parametrisation written out in full), and
+- the parametrisations of the test functions in `CASES` other than those it names.
+
+So a new test is in the fast tier unless someone decides otherwise here, and an entry
+that no longer matches a test (a renamed, merged or deleted test or case) fails the
+collection of any run that collects its whole file, naming the entry, rather than
+silently putting the test back or leaving a dead entry behind.
+
+The fast tier keeps the exact algebra (closed forms, filters and Markov GPs against the
+dense Gaussian, likelihoods against scipy), the bad-input tests, one case per family, and
+the short posterior checks (NUTS on the exact Gaussian, full-rank SVI and Laplace, random-
+walk Metropolis on the conjugate normal). It leaves out what compiles or samples for long:
+the other inference runs, the docs pages, fresh processes, and repeated cases of one
+algebra. The seconds are CPU seconds per test from a cold compilation cache (one pytest
+process, measured December 2026 on the 2-core development machine); a test that shares a
+module fixture pays for it only if it runs first.
+"""
+
+# node-id prefix: why it is left out of the fast tier
+SLOW: dict[str, str] = {
+    # doctests that run an inference
+    "probde/inference/infer.py::probde.inference.infer.infer": "NUTS on an ODE model (24 s)",
+    "probde/inference/svi.py::probde.inference.svi.SVI": "an SVI fit (7 s)",
+    "probde/discrepancy/deep_emulator.py::probde.discrepancy.deep_emulator.DeepGPEmulator":
+        "fits a deep-GP emulator by SVI (18 s)",
+    # README and docs pages: whole tutorials with their inference runs (10-90 s a page)
+    "tests/test_docs.py::test_page_runs": "every page, about 10 minutes in all",
+    "tests/test_docs.py::test_fresh_process_page_gets_its_devices_only_if_it_asks_before_jax_starts":
+        "a fresh Python process",
+    # fresh processes that import JAX and compile
+    "tests/test_float32.py": "a float32 run in a fresh process (44 s)",
+    "tests/test_compile_cache.py::test_import_turns_the_cache_on_in_probdes_folder":
+        "a fresh process (6 s)",
+    "tests/test_compile_cache.py::test_cache_opt_out_and_folder_from_the_environment":
+        "two fresh processes (12 s)",
+    "tests/test_compile_cache.py::test_a_cache_folder_the_user_set_stands": "a fresh process (7 s)",
+    "tests/test_compile_cache.py::test_a_second_process_loads_the_sampler_from_the_cache":
+        "two fresh processes that run NUTS",
+    "tests/test_compile_cache.py::test_infer_without_failure_count_gives_the_same_draws":
+        "two NUTS runs",
+    # solves and sensitivities: one forward-sensitivity case stays (CASES)
+    "tests/test_solve.py::test_forward_sensitivity_gradient_equals_reverse_and_finite_differences":
+        "10 s",
+    "tests/test_solve.py::test_stiff_forward_sensitivity_gradient_equals_reverse": "19 s",
+    "tests/test_solve.py::test_simulate_paths_is_the_tuple_form_of_simulate":
+        "5 s; simulate's trajectory test stays",
+    "tests/test_sensitivity.py::test_error_control_on_sensitivities_makes_them_accurate": "12 s",
+    "tests/test_sensitivity.py::test_forward_sensitivity_gradient_under_vmap_equals_one_at_a_time":
+        "9 s",
+    "tests/test_sensitivity.py::test_second_derivatives_through_forward_sensitivities": "9 s",
+    "tests/test_likelihood.py::test_several_experiments_add_up": "12 s",
+    "tests/test_likelihood.py::test_derived_draws_are_the_function_of_each_draw": "a NUTS run",
+    # Markov GP against dense: the log marginal, LOO and smoother algebra stay (CASES)
+    "tests/test_markov.py::test_posterior_draws_match_dense_conditional": "6 s",
+    "tests/test_markov.py::test_gradients_match_dense": "6 s each",
+    # GP discrepancies: posterior checks with NUTS
+    "tests/test_discrepancy.py::test_linear_simulator_posterior_is_the_exact_gaussian": "27 s",
+    "tests/test_discrepancy.py::test_hyperparameter_posterior_matches_quadrature": "28 s",
+    "tests/test_discrepancy.py::test_constrained_prediction_is_exact_at_the_constraint": "32 s",
+    "tests/test_discrepancy.py::test_latent_discrepancy_with_count_data": "42 s",
+    "tests/test_discrepancy.py::test_markov_discrepancy_in_a_model_equals_the_dense_one": "10 s",
+    "tests/test_discrepancy.py::test_a_parameter_named_delta_coexists_with_a_discrepancy": "7 s",
+    "tests/test_emulator.py::test_held_out_coverage_near_nominal": "fits 200 emulators",
+    "tests/test_emulator.py::test_full_kennedy_ohagan_log_density_is_differentiable": "6 s",
+    # NUTS runs other than the exact-Gaussian one, whose result the DataTree tests share
+    "tests/test_inference.py::test_same_seed_same_draws": "44 s",
+    "tests/test_inference.py::test_run_with_many_max_steps_failures_finishes_and_counts_them":
+        "21 s",
+    "tests/test_inference.py::test_several_experiments_with_missing_values": "30 s",
+    "tests/test_inference.py::test_user_written_numpyro_model_runs_through_infer": "17 s",
+    "tests/test_inference.py::test_no_feasible_starting_point_is_a_clear_error": "7 s",
+    # SVI fits other than the exact-Gaussian ones
+    "tests/test_svi.py::test_default_svi_matches_exact_gaussian_optimum":
+        "four fits from the Laplace start (33 s for the first)",
+    "tests/test_svi.py::test_default_full_rank_is_exact_in_correlation": "shares those fits",
+    "tests/test_svi.py::test_prior_start_ends_too_wide_where_the_default_is_exact":
+        "shares those fits",
+    "tests/test_svi.py::test_other_guides_run_and_find_the_means": "14 s",
+    "tests/test_svi.py::test_flat_hessian_falls_back_to_the_prior_start": "8 s",
+    "tests/test_svi.py::test_reproducible_with_seed": "6 s",
+    "tests/test_svi.py::test_short_fit_warns": "9 s for the first case",
+    "tests/test_svi.py::test_non_finite_steps_are_skipped_and_counted": "6 s for the first case",
+    "tests/test_svi.py::test_model_datatree_and_arviz": "24 s",
+    "tests/test_svi.py::test_custom_optax_optimizer_and_hashable": "4 s",
+    "tests/test_svi.py::test_several_starts_find_the_major_mode": "19 s",
+    "tests/test_svi.py::test_plot_loss": "9 s",
+    "tests/test_svi.py::test_map_initialised_nuts_starts_near_the_mode_and_samples_correctly":
+        "9 s",
+    # random-walk Metropolis: the conjugate-normal posterior stays
+    "tests/test_rwm.py::test_correlated_gaussian_and_adapted_covariance": "5 s",
+    "tests/test_rwm.py::test_pseudo_marginal_noisy_likelihood_gives_exact_posterior": "5 s each",
+    "tests/test_rwm.py::test_chain_methods_give_the_same_draws": "8 s",
+    "tests/test_rwm.py::test_same_seed_same_draws": "4 s",
+    # SDEs: inference runs and repeated cases; the filters' exact algebra stays (CASES)
+    "tests/test_sde.py::test_infer_sde_groups_and_dims": "NUTS with states (36 s)",
+    "tests/test_sde.py::test_infer_records_exact_states_and_loo_terms_per_draw":
+        "shares that run",
+    "tests/test_sde.py::test_gradient_matches_finite_differences_and_dense_gradient":
+        "10 s for the first case; the jit-compiled gradient test stays",
+    "tests/test_sde.py::test_long_series_is_stable_and_exact": "4-6 s each",
+    "tests/test_sde.py::test_matern32_model_log_likelihood_is_the_dense_gp":
+        "5 s; the OU model's test stays",
+    "tests/test_sde.py::test_particle_filter_through_model_log_likelihood":
+        "6 s; the particle filter's unbiasedness test stays",
+    "tests/test_particle.py::test_particle_filter_on_linear_sde_matches_kalman_at_default_settings":
+        "24 s",
+    "tests/test_particle.py::test_linear_sde_transitions_are_exact_whatever_num_steps": "9 s",
+    "tests/test_particle.py::test_default_steps_follow_the_drift_time_scale_and_the_gaps": "7 s",
+    "tests/test_particle.py::test_discretisation_check_warns_when_the_step_is_too_coarse":
+        "14 s",
+    # deep GPs: fits by SVI and NUTS
+    "tests/test_deepgp.py::test_random_features_converge_to_the_kernel_at_rate_one_over_sqrt_features":
+        "a Monte Carlo rate, 6-10 s each",
+    "tests/test_deepgp.py::test_random_feature_gp_by_svi_reduces_held_out_error": "77 s",
+    "tests/test_deepgp.py::test_prediction_at_data_times_is_the_fitted_function":
+        "shares that SVI fit of a deep GP (50 s)",
+    "tests/test_deepgp.py::test_output_input_and_poisson_noise_with_nuts": "39 s",
+    "tests/test_deepgp.py::test_minibatch_log_density_and_gradient_are_unbiased": "50 s",
+    "tests/test_deepgp.py::test_minibatch_svi_fit": "35 s",
+    # the deep-GP emulator these share is an SVI fit (20 s)
+    "tests/test_deep_emulator.py::test_emulates_a_smooth_simulator_on_held_out_runs": "22 s",
+    "tests/test_deep_emulator.py::test_fit_record_and_summary": "shares the fit",
+    "tests/test_deep_emulator.py::test_predict_is_pure_jax_in_theta": "shares the fit",
+    "tests/test_deep_emulator.py::test_modular_calibration_recovers_k": "NUTS, 22 s",
+    "tests/test_deep_emulator.py::test_bad_input": "shares the fit",
+    "tests/test_model_parts.py::test_ornstein_uhlenbeck_mean_called_mu": "7 s",
+}
+
+# test function: the parametrisations the fast tier keeps, by id (the text in brackets);
+# () keeps the first one. Its other cases are full-tier only.
+CASES: dict[str, tuple[str, ...]] = {
+    # 6 solver x tolerance cases, 9-10 s each
+    "tests/test_sensitivity.py::test_forward_sensitivity_is_the_discrete_derivative_reverse_mode_computes":
+        (),
+    # 4 solvers, 2-4 s each
+    "tests/test_sensitivity.py::test_unrolled_stepper_takes_diffrax_steps_and_interpolates_the_same":
+        (),
+    # 8 kernels, 2-7 s each; the first (Matern-1/2) is exact algebra like the others
+    "tests/test_markov.py::test_log_marginal_matches_dense": (),
+    "tests/test_markov.py::test_loo_matches_dense": (),
+    "tests/test_markov.py::test_smoother_moments_match_dense_conditional": (),
+    # filters against the dense Gaussian: one EKF and one UKF case of the 9 (2-4 s each)
+    "tests/test_sde.py::test_filter_log_likelihood_is_the_dense_gaussian":
+        ("ou-EKF-moment_ode", "matern-UKF-exact"),
+    "tests/test_sde.py::test_filtered_moments_are_exact_conditionals":
+        ("ou-EKF-moment_ode", "matern-UKF-exact"),
+    "tests/test_sde.py::test_smoothed_moments_are_exact_conditionals":
+        ("ou-EKF-moment_ode", "matern-UKF-exact"),
+    "tests/test_sde.py::test_pointwise_terms_are_exact_leave_one_out_densities":
+        ("ou-EKF-moment_ode", "matern-UKF-exact"),
+    "tests/test_sde.py::test_ou_model_log_likelihood_is_the_dense_gaussian": (),  # 2-4 s each
+    "tests/test_model_parts.py::test_natural_parameter_names_are_free": (),  # 4-7 s each
+}
+
+
+def case_id(nodeid: str) -> str | None:
+    """The parametrisation id of a test (`test_f[a-b]` -> `a-b`), None if it has none."""
+    return nodeid[nodeid.index("[") + 1:-1] if nodeid.endswith("]") else None
+
+
+def matches(nodeid: str, prefix: str) -> bool:
+    """Whether `prefix` names the test `nodeid`: the file, the test function (any of its
+    parametrisations, or a class and its tests), or the test itself."""
+    return nodeid == prefix or nodeid.startswith((prefix + "::", prefix + "["))
