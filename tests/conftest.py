@@ -86,23 +86,37 @@ def _wholly_collected(config):
         path == root or root in path.parents for root in whole)
 
 
+_FAILED_TO_COLLECT = set()  # files whose collection failed: their own error says why
+
+
+def pytest_collectreport(report):
+    if report.failed:
+        _FAILED_TO_COLLECT.add(report.nodeid.partition("::")[0])
+
+
 def _stale_tier_entries(config, items, tiers):
     """Entries of tests/tiers.py that match no test although their file was collected whole
     (or no longer exists)."""
     import pathlib
 
-    wholly = _wholly_collected(config)
-    root = pathlib.Path(config.rootpath)
+    collected = _wholly_collected(config)
+    root = pathlib.Path(config.rootpath).resolve()
+
+    def wholly(path):
+        failed = path.is_relative_to(root) and path.relative_to(root).as_posix() in \
+            _FAILED_TO_COLLECT
+        return collected(path) and not failed
+
     stale = []
     entries = [("SLOW", prefix, ()) for prefix in tiers.SLOW]
     entries += [("CASES", prefix, ids) for prefix, ids in tiers.CASES.items()]
     for table, prefix, ids in entries:
-        path = root / prefix.partition("::")[0]
+        path = (root / prefix.partition("::")[0]).resolve()
         if not path.exists():
             if wholly(path.parent):
                 stale.append(f"{table}: {prefix} (no file {path.relative_to(root)})")
             continue
-        if not wholly(path.resolve()):
+        if not wholly(path):
             continue
         found = [i.nodeid for i in items if tiers.matches(i.nodeid, prefix)]
         if not found:
