@@ -167,9 +167,9 @@ def test_prediction_at_data_times_is_the_fitted_function(split_data, deep_fit):
     assert "discrepancy_w0" not in deep_fit.summary().index.str.split("[").str[0]
 
 
-def test_output_input_and_poisson_noise_with_nuts():
-    """inputs='time+output' and a log-link noise model (the discrepancy multiplies the
-    rate) through NUTS: a small deep GP samples and every draw is finite."""
+def _count_model_and_data():
+    """Counts from a decay with a multiplicative sinusoid; a 2-layer deep GP fed (t, eta)
+    multiplies the rate (log link)."""
     rng = np.random.default_rng(2)
     t = np.linspace(0.5, 5.0, 12)
     counts = rng.poisson(20 * np.exp(-0.4 * t) * (1 + 0.3 * np.sin(t)))
@@ -179,14 +179,49 @@ def test_output_input_and_poisson_noise_with_nuts():
         discrepancy=probde.DeepGPDiscrepancy(layers=2, num_features=4, inputs="time+output"),
         t0=0.0,
     )
-    data = probde.TimeSeries(t, counts[:, None].astype(float), observables=("x",))
-    result = probde.infer(model, data, probde.NUTS(num_chains=1, num_warmup=60,
-                                                   num_samples=40), seed=0,
-                          num_prior_samples=0)
+    return model, probde.TimeSeries(t, counts[:, None].astype(float), observables=("x",))
+
+
+# Posterior mean of k for _count_model_and_data and its MCSE, from a long run
+# (`_reference_count_run()`: 4 chains of 1000 warmup and 2000 draws, target_accept 0.9;
+# chain means 0.368 to 0.377, R-hat 1.003, ESS 2060, posterior sd 0.071, 76 divergent
+# transitions of 8000). A second run (target_accept 0.99, seed 2) agreed in three chains
+# (0.371 to 0.375); its fourth stuck at k = 4.3 with most of its transitions divergent, a
+# region 5 prior sds out where the deep GP must grow the rate twentyfold.
+COUNT_K_MEAN, COUNT_K_MCSE = 0.3734, 0.0016
+
+
+def _reference_count_run(num_samples=2000, seed=1):  # pragma: no cover - offline
+    """The reference above: `(mean, mcse)` of k (about 8 minutes on two cores)."""
+    import arviz as az
+
+    model, data = _count_model_and_data()
+    result = probde.infer(model, data, probde.NUTS(
+        num_chains=4, num_warmup=1000, num_samples=num_samples, target_accept=0.9,
+        chain_method="vectorized"), seed=seed, num_prior_samples=0)
+    k = result.idata.posterior["k"]
+    return float(k.mean()), float(az.mcse(k, method="mean"))
+
+
+def test_output_input_and_poisson_noise_with_nuts():
+    """inputs='time+output' and a log-link noise model (the discrepancy multiplies the
+    rate) through NUTS: a small deep GP samples, every draw is finite, and k agrees with a
+    long reference run within Monte Carlo error (both runs')."""
+    import arviz as az
+
+    model, data = _count_model_and_data()
+    # 150 warmup steps (60 left 1 to 15 of 40 draws divergent at target_accept 0.8 to
+    # 0.9) and 100 draws (an ESS of about 100, so that the MCSE itself is estimated)
+    result = probde.infer(model, data, probde.NUTS(num_chains=1, num_warmup=150,
+                                                   num_samples=100, target_accept=0.9),
+                          seed=0, num_prior_samples=0)
     post = result.idata.posterior
     assert post["discrepancy_w0"].shape[2:] == (8, 2)  # hidden width = input dim (t, eta)
     assert np.all(np.isfinite(result.idata.posterior_predictive["corrected"].values))
-    assert 0.2 < float(post["k"].mean()) < 0.7
+    k = post["k"]
+    mcse = np.hypot(float(az.mcse(k, method="mean")), COUNT_K_MCSE)
+    z = abs(float(k.mean()) - COUNT_K_MEAN) / mcse
+    assert z < Z_MAX, (float(k.mean()), COUNT_K_MEAN, mcse)
 
 
 # --------------------------------------------------------------- minibatching
@@ -250,8 +285,7 @@ def test_minibatch_svi_fit(split_data):
     pred = result.predict(held_times, seed=0)["corrected"].mean(("chain", "draw"))
     assert np.sqrt(np.mean((pred.values.ravel() - _reality(held_times)) ** 2)) < 0.08
     # the draws and the log-likelihood use all the data
-    assert result.idata.log_likelihood["y"].shape[2:] == (len(train.times), 1) or (
-        result.idata.log_likelihood["y"].shape[-1] == len(train.times))
+    assert result.idata.log_likelihood["y"].shape[2:] == (len(train.times), 1)
 
 
 # ------------------------------------------------------------------- bad input
