@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import itertools
 import pathlib
 import textwrap
 
@@ -228,8 +229,8 @@ def cycle_report(edges: list[Edge]) -> list[str]:
     lines = []
     for cycle, component in find_cycles(edges):
         lines.append("cycle: " + " -> ".join(cycle))
-        on_path = set(zip(cycle, cycle[1:]))
-        for a, b in zip(cycle, cycle[1:]):
+        on_path = set(itertools.pairwise(cycle))
+        for a, b in itertools.pairwise(cycle):
             lines.append(f"    {a} -> {b}: {describe_edges(edges, a, b)}")
         others = sorted({(e.source, e.target) for e in edges
                          if e.source in component and e.target in component} - on_path)
