@@ -1,10 +1,17 @@
 """Strict JAX for the whole suite: float64, no implicit rank promotion, 4 CPU devices."""
 
 import os
+import tempfile
 
 # Single-threaded BLAS: small LAPACK calls (GP Cholesky and solves) otherwise stall on
 # thread hand-offs on a loaded 2-core machine (see case_studies/_common.py).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+# A compilation cache of this test session's own: probde turns JAX's persistent cache on at
+# import, and a folder shared with other processes compiling at the same time (a second
+# test run, a parallel worker) once handed one of them an entry it aborted on while reading
+# (inside JAX's cache read, in test_sde). The cache tests set their own folders.
+os.environ.setdefault("PROBDE_COMPILATION_CACHE", tempfile.mkdtemp(prefix="probde-tests-"))
 
 import numpyro  # noqa: E402
 
