@@ -30,17 +30,6 @@ RTOL = {np.dtype("float64"): 5e-7, np.dtype("float32"): 5e-4}
 Z_MAX = 4.0
 
 
-def pytest_configure(config):
-    # JAX's persistent compilation cache (~/.cache/probde/jax, shared by every process on the
-    # machine) warns when an entry cannot be read or written, e.g. when another process
-    # removed the folder mid-run; JAX then compiles as usual, so the result is unchanged.
-    # Not an error of the test that happened to compile then (tests/test_compile_cache.py
-    # checks what the cache writes).
-    config.addinivalue_line(
-        "filterwarnings",
-        "ignore:Error (reading|writing) persistent compilation cache entry:UserWarning")
-
-
 @pytest.fixture(autouse=True)
 def _x64_doctest_namespace(doctest_namespace):
     doctest_namespace["np"] = np
