@@ -1,6 +1,8 @@
 """Strict JAX for the whole suite: float64, no implicit rank promotion, 4 CPU devices."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Single-threaded BLAS: small LAPACK calls (GP Cholesky and solves) otherwise stall on
@@ -11,7 +13,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # import, and a folder shared with other processes compiling at the same time (a second
 # test run, a parallel worker) once handed one of them an entry it aborted on while reading
 # (inside JAX's cache read, in test_sde). The cache tests set their own folders.
-os.environ.setdefault("PROBDE_COMPILATION_CACHE", tempfile.mkdtemp(prefix="probde-tests-"))
+if "PROBDE_COMPILATION_CACHE" not in os.environ:
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="probde-tests-")
+    os.environ["PROBDE_COMPILATION_CACHE"] = _SESSION_CACHE
+    atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
 
 import numpyro  # noqa: E402
 
