@@ -78,7 +78,7 @@ SLOW: dict[str, str] = {
     "tests/test_svi.py::test_default_svi_matches_exact_gaussian_optimum":
         "four fits from the Laplace start (33 s for the first)",
     "tests/test_svi.py::test_default_full_rank_is_exact_in_correlation": "shares those fits",
-    "tests/test_svi.py::test_prior_start_ends_too_wide_where_the_default_is_exact":
+    "tests/test_svi.py::test_prior_start_ends_too_wide_and_warns_where_the_default_is_exact":
         "shares those fits",
     "tests/test_svi.py::test_other_guides_run_and_find_the_means": "14 s",
     "tests/test_svi.py::test_flat_hessian_falls_back_to_the_prior_start": "8 s",

@@ -4,6 +4,7 @@ one chain of MCMC draws."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import jax
@@ -15,7 +16,7 @@ from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import Predictive
 from numpyro.infer.autoguide import AutoLaplaceApproximation
-from numpyro.infer.util import log_density
+from numpyro.infer.util import log_density, potential_energy
 
 
 def site_kinds(model_fn, model_kwargs):
@@ -52,6 +53,26 @@ def unconstrained_shapes(model_fn, model_kwargs):
 
     jax.eval_shape(probe)
     return found["shapes"]
+
+
+def flat_potential(model_fn, model_kwargs, shapes):
+    """numpyro's potential energy (the negative log density in the unconstrained space,
+    Jacobians included) as a function of one flat vector: the latent sites `{name: shape}`
+    (unconstrained shapes, in the model's order, the order of numpyro's autoguides)
+    concatenated. The model runs seeded (its sample sites are all given, so the seed only
+    matters to a model that draws outside them)."""
+    names = list(shapes)
+    sizes = [math.prod(s) for s in shapes.values()]
+    seeded = handlers.seed(model_fn, rng_seed=0)
+
+    def unravel(flat):
+        parts = jnp.split(flat, np.cumsum(sizes)[:-1])
+        return {k: jnp.reshape(p, shapes[k]) for k, p in zip(names, parts, strict=True)}
+
+    def energy(flat):
+        return potential_energy(seeded, (), model_kwargs, unravel(flat))
+
+    return energy
 
 
 def flat_labels(shapes) -> tuple:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax import lax, random
 
 from numpyro.handlers import replay, seed, substitute, trace
@@ -18,6 +19,7 @@ from numpyro.infer.util import log_density
 from numpyro.optim import optax_to_numpyro
 
 from .._optim import default_optimizer, svi_step
+from . import stationarity
 from .guide_draws import draws, flat_labels, unconstrained_shapes
 from .guides import guide_moments
 from .loss_trace import TRACE_GROUP, ParameterWindows, check_fit, trace_group, window_size
@@ -72,7 +74,7 @@ def fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar,
     without `moments`).
 
     `init_params`: a function from the guide's default initial parameters (constrained)
-    to the ones to start from (`guides.laplace_init_params`); the first start only. With
+    to the ones to start from (`guides.GuideStart.params`); the first start only. With
     it the gradient is `StickingTheLandingELBO`'s, without it `Trace_ELBO`'s: from a
     start far from the optimum (a random centre at scale 0.1, a deep GP's hundreds of
     weights near zero) the sticking-the-landing gradient is the noisier one (it replaces
@@ -113,13 +115,18 @@ def fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar,
     losses = np.concatenate([head_losses, np.asarray(losses)])
     skipped = np.concatenate([head_skipped.astype(bool), np.asarray(skipped)])
     state, sums = carry
+    params = svi.get_params(state)
     windows = None
     if moments is not None:
-        loc, scale = moments(svi.get_params(state))
+        *sums, total = sums
+        count = float(sums[3][1])
+        if count >= 1:
+            params = svi.constrain_fn(jax.tree.map(lambda t: t / count, total))
+        loc, scale = moments(params)
         windows = ParameterWindows.from_sums(np.asarray(loc), np.asarray(scale),
                                              *(np.asarray(x) for x in sums),
                                              window_size(num_steps))
-    return svi.get_params(state), losses, skipped, start_losses, windows
+    return params, losses, skipped, start_losses, windows
 
 
 def _init(svi, key, model_kwargs, init_params):
@@ -133,13 +140,16 @@ def _init(svi, key, model_kwargs, init_params):
 
 def _initial_carry(state, moments, svi):
     """`(state, sums)`: the running sums of `_body` start at zero, shifted by the guide's
-    starting location and log scale (keeps the sums of squares free of cancellation)."""
+    starting location and log scale (keeps the sums of squares free of cancellation),
+    with a zero sum of the optimiser's (unconstrained) parameters for their average over
+    the last window."""
     if moments is None:
         return state, ()
     loc, scale = moments(svi.get_params(state))
     shift = jnp.stack([loc, jnp.log(scale)])
+    total = jax.tree.map(jnp.zeros_like, svi.optim.get_params(state.optim_state))
     return state, (shift, jnp.zeros((2,) + shift.shape), jnp.zeros((2,) + shift.shape),
-                   jnp.zeros((2,)))
+                   jnp.zeros((2,)), total)
 
 
 def _body(step, svi, moments, num_steps):
@@ -156,7 +166,7 @@ def _body(step, svi, moments, num_steps):
     w = window_size(num_steps)
 
     def tracked(carry, i):
-        (state, (shift, s1, s2, count)) = carry
+        (state, (shift, s1, s2, count, total)) = carry
         state, out = step(state, None)
         loc, scale = moments(svi.get_params(state))
         x = jnp.stack([loc, jnp.log(scale)]) - shift
@@ -164,7 +174,9 @@ def _body(step, svi, moments, num_steps):
         m = which.astype(x.dtype)
         s1 = s1 + m[:, None, None] * x[None]
         s2 = s2 + m[:, None, None] * x[None] ** 2
-        return (state, (shift, s1, s2, count + m)), out
+        total = jax.tree.map(lambda t, p: t + m[1].astype(p.dtype) * p, total,
+                             svi.optim.get_params(state.optim_state))
+        return (state, (shift, s1, s2, count + m, total)), out
 
     return tracked
 
@@ -225,29 +237,54 @@ def _mean_finite(x):
     return float(x.mean()) if x.size else np.nan
 
 
+def scaled_location_steps(optimizer, loc_scales):
+    """`optimizer` followed by a multiplication of the location parameters' updates by
+    `loc_scales` (`{parameter name: sd}`, the Laplace approximation's sds): the location
+    then steps in units of the posterior's sd, as the scales (log-like parametrisations in
+    numpyro's Gaussian guides) already step in relative units.
+
+    Why: Adam's steps are about the learning rate in absolute units. For a parameter
+    whose posterior sd in the unconstrained space is 0.005, the default peak rate (0.01)
+    is two sds a step, and the location ends wherever the decaying rate froze its
+    jitter: a mean-field fit of a correlated 5-parameter Gaussian posterior, started at
+    its optimum, ended with means 0.03-0.14 sd off. In sd units the same schedule moves
+    the location by at most about a hundredth of an sd a step."""
+    def scale(updates, params=None):
+        del params
+        return {k: (u * jnp.asarray(loc_scales[k], dtype=u.dtype) if k in loc_scales else u)
+                for k, u in updates.items()}
+
+    return optax.chain(optimizer, optax.stateless(scale))
+
+
 def fit_and_draw(method, name, guide, model_fn, key, progress_bar, model_kwargs,
                  num_particles=1, starts=(), fit_kwargs=None, start=None):
     """Fit (with `fit_kwargs`, e.g. minibatch sizes; default `model_kwargs`), check, and
     draw (with `model_kwargs`, all the data): a `run` of `SVI` or `Laplace` (the `method`,
     called `name` in messages). `start`: a function of a key returning
-    `(init_params, description)` for the guide's start (`SVI(init="laplace")`; see
-    `fit`), run before the fit. A Gaussian guide's parameters are tracked for the
-    convergence check (`loss_trace.ParameterWindows`). Returns
+    `(guides.GuideStart or None, description)` for the guide's start
+    (`SVI(init="laplace")`; see `fit`), run before the fit. With a `GuideStart`, a single
+    start and the default optimiser, the location steps in the start's sd units
+    (`scaled_location_steps`). A Gaussian guide's parameters are tracked for the
+    convergence check (`loss_trace.ParameterWindows`) and the ELBO's gradient along its
+    family is estimated at the end (`stationarity.check`). Returns
     `(samples, stats, {"svi_trace": trace})`."""
-    optimizer = method.optimizer
-    if optimizer is None:
-        optimizer = default_optimizer(method.learning_rate, method.num_steps)
     key_fit, key_draw = random.split(key)
     shapes = unconstrained_shapes(model_fn, model_kwargs)
     moments = guide_moments(guide, list(shapes))
-    init_params, init = None, None
+    guide_start, init = None, None
     try:
         if start is not None:
-            init_params, init = start(random.fold_in(key_fit, 1))
+            guide_start, init = start(random.fold_in(key_fit, 1))
+        optimizer = method.optimizer
+        if optimizer is None:
+            optimizer = default_optimizer(method.learning_rate, method.num_steps)
+            if guide_start is not None and not starts:
+                optimizer = scaled_location_steps(optimizer, guide_start.loc_scales)
         params, losses, skipped, start_losses, windows = fit(
             model_fn, guide, optimizer, num_particles, method.num_steps, key_fit,
             progress_bar, model_kwargs if fit_kwargs is None else fit_kwargs, starts,
-            init_params, moments,
+            None if guide_start is None else guide_start.params, moments,
         )
     except RuntimeError as err:
         if "Cannot find valid initial parameters" not in str(err):
@@ -261,7 +298,11 @@ def fit_and_draw(method, name, guide, model_fn, key, progress_bar, model_kwargs,
             "such as diffrax.Kvaerno5()"
         ) from err
     labels = flat_labels(shapes)
-    check_fit(name, losses, skipped, method.num_steps, windows, labels)
+    gradient = None
+    if moments is not None:
+        gradient = stationarity.check(model_fn, guide, params, shapes,
+                                      random.fold_in(key_fit, 2), model_kwargs)
+    check_fit(name, losses, skipped, method.num_steps, windows, labels, gradient)
     samples, stats = draws(model_fn, guide, params, method.num_draws, key_draw, model_kwargs)
-    trace = trace_group(losses, skipped, start_losses, windows, labels, init)
+    trace = trace_group(losses, skipped, start_losses, windows, labels, init, gradient)
     return samples, stats, {TRACE_GROUP: trace}

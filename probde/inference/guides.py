@@ -1,9 +1,12 @@
 """The variational families of `probde.SVI` and `probde.Laplace`: numpyro autoguides built
 from the methods' options, their start at the Laplace approximation
-(`laplace_init_params`), and their location and scale as the convergence check reads them
+(`laplace_start`), and their location and scale as the convergence check reads them
 (`guide_moments`)."""
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import numpy as np
@@ -58,11 +61,25 @@ class FlowGuide(AutoIAFNormal):
         return super()._get_posterior()
 
 
-def laplace_init_params(kind: str, prefix: str, gaussian):
-    """Initial parameters of a Gaussian guide of family `kind` at the Laplace approximation
-    `gaussian` (a usable `mode.LaplaceGaussian`): a function from the guide's default
-    initial parameters (constrained, as `SVI.get_params` gives them) to the ones to pass
-    as `SVI.init(init_params=...)`; `None` for a family without a Gaussian start (`"flow"`).
+@dataclasses.dataclass(frozen=True)
+class GuideStart:
+    """Where a Gaussian guide starts (`laplace_start`):
+
+    - `params`: a function from the guide's default initial parameters (constrained, as
+      `SVI.get_params` gives them) to the ones to pass as `SVI.init(init_params=...)`;
+    - `loc_scales`: `{parameter name: array}`, the Laplace approximation's sd of every
+      coordinate of the guide's location parameters, shaped like them: the units in
+      which the default optimiser steps the location (`guide_fit.scaled_location_steps`).
+    """
+
+    params: Callable
+    loc_scales: dict
+
+
+def laplace_start(kind: str, prefix: str, gaussian) -> GuideStart | None:
+    """The start of a Gaussian guide of family `kind` at the Laplace approximation
+    `gaussian` (a usable `mode.LaplaceGaussian`); `None` for a family without a Gaussian
+    start (`"flow"`).
 
     With precision matrix H (the Hessian of the negative log density at the mode m):
 
@@ -79,6 +96,9 @@ def laplace_init_params(kind: str, prefix: str, gaussian):
       the marginal variances and the r leading directions are exact. This is the truncated
       eigendecomposition, not the best rank-r-plus-diagonal fit in KL (a factor-analysis
       problem without a closed form); the optimiser corrects the difference.
+
+    The location's step units (`GuideStart.loc_scales`) are the start's sds: `1 / sqrt(H_ii)`
+    for the mean field, `sqrt((H^-1)_ii)` for the others.
     """
     loc = gaussian.loc
     if kind == "flow":
@@ -94,9 +114,12 @@ def laplace_init_params(kind: str, prefix: str, gaussian):
                     params[key] = _like(gaussian.site(flat, name), default[key])
             return params
 
-        return make
+        loc_scales = {f"{name}_{prefix}_loc": gaussian.site(scale, name)
+                      for name in gaussian.names}
+        return GuideStart(make, loc_scales)
     cov = np.linalg.inv(gaussian.precision)
     cov = 0.5 * (cov + cov.T)
+    loc_scales = {f"{prefix}_loc": np.sqrt(np.diag(cov))}
 
     def make(default):
         params = dict(default)
@@ -116,7 +139,7 @@ def laplace_init_params(kind: str, prefix: str, gaussian):
                                                default[f"{prefix}_cov_factor"])
         return params
 
-    return make
+    return GuideStart(make, loc_scales)
 
 
 def _like(value, default):

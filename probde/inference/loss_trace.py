@@ -144,11 +144,13 @@ def loss_converged(losses) -> bool:
     return bool(drop <= _CONVERGENCE_Z * se + _CONVERGENCE_RTOL * max(1.0, abs(prev.mean())))
 
 
-def check_fit(name, losses, skipped, num_steps, windows=None, labels=()):
+def check_fit(name, losses, skipped, num_steps, windows=None, labels=(), gradient=None):
     """After a fit named `name` (for the messages): raise when every step was skipped,
     warn when more than 10% were, and warn when the fit had not converged: the loss was
     still falling (`loss_converged`) or, with `windows` (a Gaussian guide's
-    `ParameterWindows`, coordinates named by `labels`), its location or scale still moved.
+    `ParameterWindows`, coordinates named by `labels`), its location or scale still moved,
+    or, with `gradient` (a Gaussian guide's `stationarity.Stationarity`), the ELBO's
+    gradient says its location or scale is off the optimum.
     Called by `guide_fit.fit_and_draw` under a method's `run`, the warnings point at the
     caller of `probde.infer` (stacklevel 7)."""
     n_skip = int(skipped.sum())
@@ -175,10 +177,15 @@ def check_fit(name, losses, skipped, num_steps, windows=None, labels=()):
             else f"the loss was still falling at the end of the {num_steps} steps "
             f"(see idata['{TRACE_GROUP}'].loss)"
         )
-    elif windows is not None:
-        moved = _moving_message(windows, labels)
-        if moved:
-            why.append(moved)
+    else:
+        if windows is not None:
+            moved = _moving_message(windows, labels)
+            if moved:
+                why.append(moved)
+        if gradient is not None:
+            off = _off_message(gradient, labels)
+            if off:
+                why.append(off)
     if why:
         warnings.warn(
             f"{name} has not converged: {'; '.join(why)}; raise num_steps or learning_rate",
@@ -208,14 +215,42 @@ def _moving_message(windows, labels, most=5):
             "scale_change)")
 
 
-def trace_group(losses, skipped, start_losses=None, windows=None, labels=(), init=None):
+def _off_message(gradient, labels, most=5):
+    """'the ELBO's gradient ... puts the guide's location of a (...) and scale of b (...)
+    off the optimum ...' or ''. The scale's offset d (half the derivative along a
+    stretch, `stationarity`) is shown as the ratio sqrt(1 + 2 d) of the fitted sd to the
+    optimum's, exact for a Gaussian posterior."""
+    loc, scale = gradient.off()
+    parts = []
+    for what, mask, offset in (("location", loc, gradient.loc_offset),
+                               ("scale", scale, gradient.scale_offset)):
+        idx = np.flatnonzero(mask)
+        if idx.size:
+            idx = idx[np.argsort(-np.abs(offset[idx]))]
+            names = ", ".join(labels[i] for i in idx[:most])
+            more = f" and {idx.size - most} more" if idx.size > most else ""
+            worst = offset[idx[0]]
+            size = (f"by about {worst:+.2g} sd" if what == "location" else
+                    f"about {math.sqrt(max(1.0 + 2.0 * worst, 0.0)):.2g} times the optimum's")
+            parts.append(f"{what} of {names}{more} ({size})")
+    if not parts:
+        return ""
+    return (f"the ELBO's gradient at {gradient.used} draws of the guide puts its "
+            f"{' and '.join(parts)} off the optimum (see idata['{TRACE_GROUP}'].loc_offset "
+            "and scale_offset)")
+
+
+def trace_group(losses, skipped, start_losses=None, windows=None, labels=(), init=None,
+                gradient=None):
     """The `svi_trace` DataTree group: `loss` and `skipped` per `step`, the number of
     skipped steps as the attribute `skipped_steps`, and with several starts `start_loss`
     per `start` (the mean loss over the last fifth of each start's first phase). With
     `windows` (a Gaussian guide), per `latent` coordinate (named by `labels`, in the
     unconstrained space): `loc` and `scale`, the fitted guide's location and marginal sd,
     and `loc_change`, `scale_change`, `loc_spread`, `scale_spread` (see
-    `ParameterWindows`). With `init`, the attribute `init`: how the guide started."""
+    `ParameterWindows`). With `gradient` (`stationarity.Stationarity`), per `latent`:
+    `loc_offset`, `scale_offset` and their standard errors `loc_offset_se`,
+    `scale_offset_se`. With `init`, the attribute `init`: how the guide started."""
     data = {"loss": ("step", losses), "skipped": ("step", skipped.astype(bool))}
     coords = {"step": np.arange(losses.shape[0])}
     if start_losses is not None and start_losses.size:
@@ -225,6 +260,10 @@ def trace_group(losses, skipped, start_losses=None, windows=None, labels=(), ini
         for field in ("loc", "scale", "loc_change", "scale_change", "loc_spread",
                       "scale_spread"):
             data[field] = ("latent", np.asarray(getattr(windows, field), dtype=float))
+        coords["latent"] = list(labels)
+    if gradient is not None:
+        for field in ("loc_offset", "scale_offset", "loc_offset_se", "scale_offset_se"):
+            data[field] = ("latent", np.asarray(getattr(gradient, field), dtype=float))
         coords["latent"] = list(labels)
     ds = xr.Dataset(data, coords=coords)
     ds.attrs[SKIPPED_ATTR] = int(skipped.sum())

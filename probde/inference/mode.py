@@ -17,11 +17,11 @@ import numpy as np
 from jax import random
 
 from numpyro import handlers
-from numpyro.infer.util import log_density, potential_energy, unconstrain_fn
+from numpyro.infer.util import log_density, unconstrain_fn
 
 from .._optim import default_optimizer
 from ._options import check_init_radius
-from .guide_draws import flat_labels, guide_draws, site_kinds
+from .guide_draws import flat_labels, flat_potential, guide_draws, site_kinds
 from .guide_fit import fit
 from .guides import laplace_guide
 from .loss_trace import check_fit
@@ -125,15 +125,8 @@ def laplace_gaussian(model_fn, key, model_kwargs, init_radius, progress_bar):
     mode = guide.median(params)
     z = unconstrain_fn(seeded, (), model_kwargs, {k: mode[k] for k in latent})
     shapes = tuple(tuple(jnp.shape(z[k])) for k in latent)
-    sizes = [math.prod(s) for s in shapes]
     loc = jnp.concatenate([jnp.reshape(z[k], -1) for k in latent])
-
-    def unravel(flat):
-        parts = jnp.split(flat, np.cumsum(sizes)[:-1])
-        return {k: jnp.reshape(p, s) for k, p, s in zip(latent, parts, shapes, strict=True)}
-
-    def energy(flat):
-        return potential_energy(seeded, (), model_kwargs, unravel(flat))
+    energy = flat_potential(model_fn, model_kwargs, dict(zip(latent, shapes, strict=True)))
 
     hessian = jax.jit(jax.hessian(energy))(loc)
     finite = bool(jnp.isfinite(jax.jit(energy)(loc)))

@@ -21,7 +21,7 @@ from .._optim import default_optimizer
 from ._options import check_fit_options, is_real, positive_int
 from .guide_draws import site_kinds
 from .guide_fit import fit_and_draw
-from .guides import GUIDES, laplace_init_params, make_guide
+from .guides import GUIDES, laplace_start, make_guide
 from .initialisation import _has_marked_sites
 from .loss_trace import loss_converged
 from .methods import AbstractMethod
@@ -125,6 +125,13 @@ class SVI(AbstractMethod):
     to the end. From the prior start, far from the optimum, numpyro's `Trace_ELBO`
     gradient is used (less noisy there).
 
+    From the Laplace start (single start, default optimiser) the location steps in units
+    of the Laplace sds: Adam's steps are about the learning rate in absolute units, two
+    posterior sds a step for a parameter with sd 0.005 at the default peak rate, and the
+    location would end wherever the decaying rate froze that jitter. The fitted guide is
+    the average of the optimiser's parameters over the last 10% of the steps (Polyak
+    averaging; Gaussian guides).
+
     **Convergence check:** after fitting, a warning says to raise `num_steps` or
     `learning_rate` when
     - the loss was still falling: the mean loss over the last 10% of the steps (at least
@@ -134,17 +141,26 @@ class SVI(AbstractMethod):
     - (Gaussian guides) the guide's parameters were still moving: for some parameter, the
       mean location over the last window differs from that over the preceding one by more
       than 0.02 of its scale plus twice the location's spread within the windows, or the
-      mean log scale by more than 0.01 plus twice its spread. The warning names those
-      parameters; `svi_trace` holds, per unconstrained parameter (`latent`), the fitted
-      `loc` and `scale` and their `loc_change`, `scale_change`, `loc_spread` and
-      `scale_spread`.
+      mean log scale by more than 0.01 plus twice its spread; or
+    - (Gaussian guides) the guide is off its optimum by the ELBO's gradient: at 1000 draws
+      of the fitted guide the model's gradient gives the derivative of the ELBO along a
+      shift of the location and a stretch of each coordinate's scale, moves that stay in
+      the guide's family and so are zero at its optimum, for any posterior (see
+      `probde.inference.stationarity`). The location's offset (its Newton step, in sds)
+      or the scale's (half the stretch derivative, about its relative error) must be
+      within 0.05 plus a Bonferroni z (1% false alarms over all coordinates) times its
+      Monte Carlo standard error (about 0.03 and 0.02 for a Gaussian posterior). This
+      rule sees a fit that stopped short while its parameters barely moved: a 1-D fit from
+      `init="prior"`, 3000 steps, ended with an sd five times the exact one, its scale
+      moving by about 1% per window (within its jitter, so the parameter rule passed it),
+      and this rule warned "scale of theta (about 5 times the optimum's)".
 
-    Runs of fewer than 100 steps always warn: too short to tell. A fit can still stop
-    short unseen: when the decaying learning rate, not the gradient, limits the steps,
-    the parameters move by little per window (measured: a 1-D fit from `init="prior"`,
-    5000 steps, 3.2 times too wide, its scale changing by 1.3% per window), so the parameter rule sees no movement and only the
-    loss rule can catch it; the Laplace start avoids that case for nearly Gaussian
-    posteriors. Compare the trace's start and end when in doubt.
+    The warning names the parameters concerned; `svi_trace` holds, per unconstrained
+    parameter (`latent`), the fitted `loc` and `scale`, their `loc_change`,
+    `scale_change`, `loc_spread` and `scale_spread` (parameter rule), and `loc_offset`,
+    `scale_offset`, `loc_offset_se` and `scale_offset_se` (gradient rule).
+
+    Runs of fewer than 100 steps always warn: too short to tell.
 
     `sample_stats` gets `lp` (the model's log density at each draw in the unconstrained
     space, as NUTS reports it), and `diverging` (always False) and `n_steps` (always 1) for
@@ -322,7 +338,7 @@ class SVI(AbstractMethod):
                     stacklevel=7,
                 )
                 return None, "prior (Hessian at the mode not positive definite)"
-            return laplace_init_params(self.guide, guide.prefix, gaussian), "laplace"
+            return laplace_start(self.guide, guide.prefix, gaussian), "laplace"
 
         return start
 
