@@ -9,7 +9,11 @@ loads them). Each repeat, with seed `--seed + r`, fits it twice with `probde.inf
 
 - **NUTS**: `probde.NUTS(num_chains=4, num_warmup=1000, num_samples=1000)`;
 - **SVI**: `probde.SVI(**SVI_OPTIONS)` with `SVI_OPTIONS` of `case_studies/_common.py`
-  (full-rank Gaussian guide, 8 starts of 1500 steps, 10000 steps in all, 4000 draws).
+  (full-rank Gaussian guide started at the Laplace approximation of the best of 8 mode
+  searches, default 5000 steps, 4000 draws);
+- **SVI, prior start**: the settings this benchmark used before the Laplace start
+  (`PRIOR_START_OPTIONS`: `init="prior"`, 8 starts of 1500 steps, 10000 steps in all,
+  learning rate 0.1, 4000 draws), for comparison.
 
 Both in float64 with one host device per chain (`numpyro.set_host_device_count(4)` through
 `case_studies/_common.setup_jax`, before JAX starts) and `OPENBLAS_NUM_THREADS=1`.
@@ -30,7 +34,12 @@ What is measured per run
   it "has not converged", and the statistics of its convergence rule (mean over the last
   10% of the steps, over the preceding 10%, and the standard error of their difference
   from the two windows' sample variances). Each run's whole loss trace is saved as
-  `/tmp/svi_loss_seed{s}.npy`.
+  `/tmp/svi_loss_{init}_seed{s}.npy`.
+
+- SVI: **steps to converge**, the first step from which the mean loss over the next
+  100 steps stays within 1 nat of the final loss (the mean over the last 10%), and the
+  largest location and scale offsets of the gradient rule (`svi_trace.loc_offset`,
+  `scale_offset`).
 
 Reported: medians over the repeats, the ratio NUTS wall / SVI wall per repeat and its median,
 and per parameter component the standardised difference (SVI mean - NUTS mean) / NUTS sd and
@@ -74,12 +83,14 @@ import numpyro  # noqa: E402
 import probde  # noqa: E402
 
 SVI_OPTIONS = _common.SVI_OPTIONS
+PRIOR_START_OPTIONS = dict(guide="multivariate_normal", init="prior", num_steps=10000,
+                           learning_rate=0.1, num_starts=8, start_steps=1500, num_draws=4000)
 CASE_STUDY = ROOT / "case_studies" / "lynx_hare" / "model.py"
 PARAMETERS = ("alpha", "beta", "gamma", "delta", "sigma", "z_init")
 OBSERVABLES = ("hare", "lynx")
 RHAT_POOL_MAX = 1.05
 WINDOW = 0.1  # share of the steps in each window of the loss statistics
-LOSS_PATH = "/tmp/svi_loss_seed{seed}.npy"
+LOSS_PATH = "/tmp/svi_loss_{init}_seed{seed}.npy"
 
 
 def load_build_model():
@@ -134,6 +145,24 @@ def window_stats(losses, share=WINDOW) -> dict:
     }
 
 
+def steps_to_converge(losses, final, tol=1.0, span=100) -> int | None:
+    """The first step from which the mean of the finite losses over every later stretch
+    of `span` steps is within `tol` of `final`; `None` if there is none."""
+    losses = np.asarray(losses, dtype=float)
+    n = losses.shape[0]
+    if n < span:
+        return None
+    finite = np.isfinite(losses)
+    sums = np.convolve(np.where(finite, losses, 0.0), np.ones(span), "valid")
+    counts = np.convolve(finite.astype(float), np.ones(span), "valid")
+    means = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
+    bad = np.flatnonzero(np.abs(means - final) > tol)
+    if bad.size == 0:
+        return 0
+    first = int(bad[-1]) + 1
+    return first if first < means.shape[0] else None
+
+
 def timed_infer(build_model, data, method, seed):
     """`probde.infer` with its wall time and the warnings it gave."""
     with warnings.catch_warnings(record=True) as caught:
@@ -171,17 +200,22 @@ def run_svi(build_model, data, options, seed) -> dict:
     idata = result.idata
     trace = idata["svi_trace"]
     losses = np.asarray(trace["loss"].values, dtype=float)
-    path = LOSS_PATH.format(seed=seed)
+    path = LOSS_PATH.format(init=options.get("init", "laplace"), seed=seed)
     np.save(path, losses)
     comps = components(idata["posterior"])
     mean, sd = moments(comps)
     stats = window_stats(losses)
+    offsets = {k: float(np.abs(trace[k].values).max()) for k in ("loc_offset", "scale_offset")
+               if k in trace}
     return {
         "seed": seed,
         "wall_s": wall,
         "mean": mean,
         "sd": sd,
         "final_loss": stats["last_mean"],
+        "steps_to_converge": steps_to_converge(losses, stats["last_mean"]),
+        "max_abs_offset": offsets,
+        "init": trace.attrs.get("init"),
         "skipped_steps": int(trace.attrs["skipped_steps"]),
         "not_converged_warning": any("has not converged" in m for m in messages),
         "loss_window_stats": stats,
@@ -288,6 +322,11 @@ def medians_table(nuts_runs, svi_runs, ratios) -> str:
         ("final loss (SVI, mean of last 10% of steps)", None,
          [r["final_loss"] for r in svi_runs], 5),
         ("skipped steps (SVI)", None, [r["skipped_steps"] for r in svi_runs], 3),
+        ("steps to converge (SVI)", None, [r["steps_to_converge"] for r in svi_runs], 4),
+        ("largest location offset, sd (SVI gradient rule)", None,
+         [r["max_abs_offset"].get("loc_offset") for r in svi_runs], 2),
+        ("largest scale offset, relative (SVI gradient rule)", None,
+         [r["max_abs_offset"].get("scale_offset") for r in svi_runs], 2),
     ]
     lines = ["| quantity | NUTS (median) | SVI (median) | per repeat |", "|---|---|---|---|"]
     for label, nv, sv, digits in rows:
@@ -349,18 +388,22 @@ def main():
     args = parse_args()
     if args.quick:
         nuts = dict(num_chains=2, num_warmup=50, num_samples=50)
-        svi = dict(SVI_OPTIONS, num_steps=300, num_starts=2, start_steps=50, num_draws=200)
+        variants = {"svi": dict(SVI_OPTIONS, num_steps=300, num_starts=2, num_draws=200),
+                    "svi_prior_start": dict(PRIOR_START_OPTIONS, num_steps=300, num_starts=2,
+                                            start_steps=50, num_draws=200)}
         repeats = args.repeats or 1
     else:
         nuts = dict(num_chains=NUM_CHAINS, num_warmup=1000, num_samples=1000)
-        svi = dict(SVI_OPTIONS)
+        variants = {"svi": dict(SVI_OPTIONS), "svi_prior_start": dict(PRIOR_START_OPTIONS)}
         repeats = args.repeats or 3
-    print(f"lynx-hare SVI vs NUTS: NUTS {nuts}, SVI {svi}, {repeats} repeat(s), "
-          f"{jax.device_count()} host devices, {os.cpu_count()} cores", flush=True)
+    print(f"lynx-hare SVI vs NUTS: NUTS {nuts}, SVI variants {variants}, {repeats} "
+          f"repeat(s), {jax.device_count()} host devices, {os.cpu_count()} cores", flush=True)
 
     build_model = load_build_model()
     data = probde.datasets.lynx_hare()
-    nuts_runs, nuts_comps, svi_runs, ratios = [], [], [], []
+    nuts_runs, nuts_comps = [], []
+    svi_runs = {name: [] for name in variants}
+    ratios = {name: [] for name in variants}
     for r in range(repeats):
         seed = args.seed + r
         print(f"repeat {r + 1}/{repeats}, seed {seed}: NUTS ...", flush=True)
@@ -369,58 +412,62 @@ def main():
         nuts_comps.append(comps)
         print(f"  {res['wall_s']:.1f} s, min bulk ESS {res['min_bulk_ess']:.0f}, "
               f"max R-hat {res['max_rhat']:.4f}, divergences {res['divergences']}", flush=True)
-        print(f"repeat {r + 1}/{repeats}, seed {seed}: SVI ...", flush=True)
-        res = run_svi(build_model, data, svi, seed)
-        svi_runs.append(res)
-        print(f"  {res['wall_s']:.1f} s, final loss {res['final_loss']:.4f}, "
-              f"skipped {res['skipped_steps']}, 'not converged' warning "
-              f"{fmt(res['not_converged_warning'])}, trace -> {res['loss_trace_path']}",
-              flush=True)
-        ratios.append(nuts_runs[-1]["wall_s"] / svi_runs[-1]["wall_s"])
+        for name, options in variants.items():
+            print(f"repeat {r + 1}/{repeats}, seed {seed}: {name} ...", flush=True)
+            res = run_svi(build_model, data, options, seed)
+            svi_runs[name].append(res)
+            print(f"  {res['wall_s']:.1f} s, final loss {res['final_loss']:.4f}, steps to "
+                  f"converge {res['steps_to_converge']}, skipped {res['skipped_steps']}, "
+                  f"'not converged' warning {fmt(res['not_converged_warning'])}", flush=True)
+            ratios[name].append(nuts_runs[-1]["wall_s"] / res["wall_s"])
 
-    comp = comparison(nuts_runs, nuts_comps, svi_runs)
-    names = list(comp["nuts_pooled_mean"])
-    summary = {
-        "nuts_wall_s": median([r["wall_s"] for r in nuts_runs]),
-        "svi_wall_s": median([r["wall_s"] for r in svi_runs]),
-        "wall_ratio_nuts_over_svi": median(ratios),
-        "nuts_min_bulk_ess": median([r["min_bulk_ess"] for r in nuts_runs]),
-        "nuts_max_rhat": median([r["max_rhat"] for r in nuts_runs]),
-        "svi_final_loss": median([r["final_loss"] for r in svi_runs]),
-        "svi_skipped_steps": median([r["skipped_steps"] for r in svi_runs]),
-        "svi_not_converged_warnings": sum(r["not_converged_warning"] for r in svi_runs),
-        "nuts_mean": {k: median([r["mean"][k] for r in nuts_runs]) for k in names},
-        "nuts_sd": {k: median([r["sd"][k] for r in nuts_runs]) for k in names},
-        "svi_mean": {k: median([r["mean"][k] for r in svi_runs]) for k in names},
-        "svi_sd": {k: median([r["sd"][k] for r in svi_runs]) for k in names},
-    }
-
-    print()
-    print(f"## Lynx-hare: SVI (full-rank guide) vs NUTS (median of {repeats})")
-    print()
-    print(medians_table(nuts_runs, svi_runs, ratios))
-    print()
-    print(f"NUTS reference: {comp['nuts_reference']} (max R-hat < {RHAT_POOL_MAX}); SVI: "
-          "median over runs of each run's value (range over runs in brackets).")
-    print()
-    print(means_table(comp))
-    print()
-    print("SVI loss traces (windows of 10% of the steps; finite losses only):")
-    print()
-    print(loss_table(svi_runs))
-    print()
+    report_runs = {"nuts": nuts_runs}
+    comparisons, summaries = {}, {}
+    for name in variants:
+        runs = svi_runs[name]
+        comp = comparison(nuts_runs, nuts_comps, runs)
+        names = list(comp["nuts_pooled_mean"])
+        comparisons[name] = comp
+        report_runs[name] = runs
+        summaries[name] = {
+            "nuts_wall_s": median([r["wall_s"] for r in nuts_runs]),
+            "svi_wall_s": median([r["wall_s"] for r in runs]),
+            "wall_ratio_nuts_over_svi": median(ratios[name]),
+            "nuts_min_bulk_ess": median([r["min_bulk_ess"] for r in nuts_runs]),
+            "nuts_max_rhat": median([r["max_rhat"] for r in nuts_runs]),
+            "svi_final_loss": median([r["final_loss"] for r in runs]),
+            "svi_steps_to_converge": median([r["steps_to_converge"] for r in runs]),
+            "svi_skipped_steps": median([r["skipped_steps"] for r in runs]),
+            "svi_not_converged_warnings": sum(r["not_converged_warning"] for r in runs),
+            "svi_mean": {k: median([r["mean"][k] for r in runs]) for k in names},
+            "svi_sd": {k: median([r["sd"][k] for r in runs]) for k in names},
+        }
+        print()
+        print(f"## Lynx-hare: {name} ({variants[name]}) vs NUTS (median of {repeats})")
+        print()
+        print(medians_table(nuts_runs, runs, ratios[name]))
+        print()
+        print(f"NUTS reference: {comp['nuts_reference']} (max R-hat < {RHAT_POOL_MAX}); "
+              "SVI: median over runs of each run's value (range over runs in brackets).")
+        print()
+        print(means_table(comp))
+        print()
+        print("SVI loss traces (windows of 10% of the steps; finite losses only):")
+        print()
+        print(loss_table(runs))
+        print()
     if args.quick:
         print("(--quick: smoke-test settings; these numbers are not a benchmark)")
 
     report = {
-        "settings": {"nuts": nuts, "svi": svi, "repeats": repeats, "seed": args.seed,
+        "settings": {"nuts": nuts, "svi": variants, "repeats": repeats, "seed": args.seed,
                      "quick": args.quick, "host_devices": jax.device_count(),
                      "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS")},
         "environment": environment(),
-        "runs": {"nuts": nuts_runs, "svi": svi_runs},
+        "runs": report_runs,
         "wall_ratio_nuts_over_svi": ratios,
-        "comparison": comp,
-        "median": summary,
+        "comparison": comparisons,
+        "median": summaries,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

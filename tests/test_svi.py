@@ -653,26 +653,47 @@ def _two_modes(data=None):
                                         jnp.log(0.1) + dist.Normal(-4.0, 0.3).log_prob(mu)))
 
 
-def test_several_starts_find_the_major_mode():
+def _two_modes_energy(center):
+    """The smallest negative log density of `_two_modes` within 0.5 of `center` (a grid
+    of spacing 5e-6: the energy at that mode to about 1e-9)."""
+    mu = np.linspace(center - 0.5, center + 0.5, 200001)
+    normal = lambda m, s: -0.5 * ((mu - m) / s) ** 2 - np.log(s * np.sqrt(2 * np.pi))  # noqa: E731
+    log_p = normal(0.0, 10.0) + np.logaddexp(np.log(0.9) + normal(4.0, 0.3),
+                                             np.log(0.1) + normal(-4.0, 0.3))
+    return float(-log_p.max())
+
+
+@pytest.mark.parametrize("init", ["prior", "laplace"])
+def test_several_starts_find_the_major_mode(init):
     # init_radius 6 in the unconstrained (here: identity) space puts starts in both basins;
-    # a single start in the minor basin stays there
-    single = [float(probde.infer(_two_modes, None, probde.SVI(guide="normal", num_steps=600,
-                                                               learning_rate=0.05,
-                                                               init_radius=6.0, num_draws=200),
-                                 seed=s, num_prior_samples=0).idata.posterior["mu"].mean())
+    # a single start (of the guide, or of the mode search) in the minor basin stays there
+    options = dict(guide="normal", num_steps=600, learning_rate=0.05, init_radius=6.0,
+                   num_draws=200, init=init)
+    single = [float(probde.infer(_two_modes, None, probde.SVI(**options), seed=s,
+                                 num_prior_samples=0).idata.posterior["mu"].mean())
               for s in range(4)]
     assert min(single) < -3.0 < 3.0 < max(single)  # both optima are reachable
-    method = probde.SVI(guide="normal", num_steps=600, learning_rate=0.05, init_radius=6.0,
-                        num_draws=200, num_starts=8, start_steps=200)
+    if init == "prior":
+        method = probde.SVI(**options, num_starts=8, start_steps=200)
+    else:
+        method = probde.SVI(**options, num_starts=8)
     for seed in range(2):
         trace = probde.infer(_two_modes, None, method, seed=seed, num_prior_samples=0).idata
         assert abs(float(trace.posterior["mu"].mean()) - 4.0) < 0.1
         loss = trace["svi_trace"]["loss"]
-        starts = trace["svi_trace"]["start_loss"].values
-        assert loss.shape == (600,) and starts.shape == (8,)
-        # the kept path is the best start's: its first phase ends at the smallest score
-        assert np.isclose(float(loss.values[160:200].mean()), starts.min())
-        assert starts.max() - starts.min() > 1.0  # some starts ended in the minor mode
+        assert loss.shape == (600,)
+        if init == "prior":
+            starts = trace["svi_trace"]["start_loss"].values
+            assert starts.shape == (8,)
+            # the kept path is the best start's: its first phase ends at the smallest score
+            assert np.isclose(float(loss.values[160:200].mean()), starts.min())
+            assert starts.max() - starts.min() > 1.0  # some starts ended in the minor mode
+        else:
+            # every mode search's end is kept: the two modes' negative log densities
+            energies = trace["svi_trace"]["mode_energy"].values
+            assert energies.shape == (8,)
+            assert np.isclose(energies.min(), _two_modes_energy(4.0), atol=1e-6)
+            assert np.isclose(energies.max(), _two_modes_energy(-4.0), atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -305,4 +305,6 @@ def fit_and_draw(method, name, guide, model_fn, key, progress_bar, model_kwargs,
     check_fit(name, losses, skipped, method.num_steps, windows, labels, gradient)
     samples, stats = draws(model_fn, guide, params, method.num_draws, key_draw, model_kwargs)
     trace = trace_group(losses, skipped, start_losses, windows, labels, init, gradient)
+    if guide_start is not None and guide_start.mode_energies:
+        trace["mode_energy"] = ("start", np.asarray(guide_start.mode_energies, dtype=float))
     return samples, stats, {TRACE_GROUP: trace}

@@ -69,11 +69,14 @@ class GuideStart:
       `SVI.get_params` gives them) to the ones to pass as `SVI.init(init_params=...)`;
     - `loc_scales`: `{parameter name: array}`, the Laplace approximation's sd of every
       coordinate of the guide's location parameters, shaped like them: the units in
-      which the default optimiser steps the location (`guide_fit.scaled_location_steps`).
+      which the default optimiser steps the location (`guide_fit.scaled_location_steps`);
+    - `mode_energies`: the negative log density at every mode the search found (one per
+      starting point), kept in `svi_trace.mode_energy`.
     """
 
     params: Callable
     loc_scales: dict
+    mode_energies: tuple = ()
 
 
 def laplace_start(kind: str, prefix: str, gaussian) -> GuideStart | None:

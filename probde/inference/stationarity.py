@@ -50,7 +50,7 @@ NUM_DRAWS = 1000
 # A coordinate is off when its offset's magnitude exceeds this tolerance (sds for the
 # location, relative for the scale) plus z standard errors, z at a family-wise false-alarm
 # rate of 1% over all coordinates and both kinds (Bonferroni).
-_TOL = 0.05
+_TOL = 0.1
 _FALSE_ALARM = 0.01
 
 
