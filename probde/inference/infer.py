@@ -30,7 +30,9 @@ from ..model.sites import (
     VALID,
 )
 from .failures import FailureCounter
+from .likelihood import _latent_names
 from .methods import NUTS, AbstractMethod
+from .particle import ParticleFilter
 from .result import InferenceResult, build_datatree
 
 # Warn about rejected proposals when they exceed this fraction of the sampling phase's
@@ -216,7 +218,27 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
     )
     _add_groups(idata, extra)
     _warn(idata, failures, model, variational=bool(extra.get("svi_trace") is not None))
+    _check_particle_steps(model, data, prepared, latent, idata)
     return InferenceResult(idata, model=model, data=data)
+
+
+def _check_particle_steps(model, data, prepared, latent, idata):
+    """After a fit whose likelihood is a `ParticleFilter` on a nonlinear SDE: its
+    discretisation check (`ParticleFilter.check_discretisation`, 10 estimates with the
+    filter's steps and 10 with half the step) at the posterior median of every latent
+    variable; it warns when the two disagree. The outcome is kept in the posterior's
+    attributes (`particle_steps_check`: the difference in nats and its standard error).
+    A linear SDE's transitions are exact: no check."""
+    if not isinstance(model.likelihood, ParticleFilter) or getattr(model.dynamics, "linear",
+                                                                   False):
+        return
+    median = {k: np.median(np.reshape(latent[k], (-1,) + latent[k].shape[2:]), axis=0)
+              for k in _latent_names(model, prepared)}
+    check = model.likelihood.check_discretisation(model, data, median)
+    idata["posterior"].attrs["particle_steps_check"] = (
+        f"step halved at the posterior median: difference {check.difference:.3g} nats, "
+        f"standard error {check.standard_error:.2g}, "
+        f"{'agrees' if check.agrees else 'DISAGREES'}")
 
 
 def _posterior_predictive(model, fn, flat, key, active, num_chains):

@@ -165,8 +165,10 @@ class ParticleFilter(AbstractLikelihood):
     **Checking the step.** `pf.check_discretisation(model, data, params)` estimates the
     log-likelihood with independent seeds at the current step and with the step halved,
     and warns (naming `num_steps`) when they differ by more than their Monte Carlo error.
-    It costs `2 * num_seeds` filter runs; `probde.infer` does not run it, so run it once at
-    a typical parameter value (the prior mean, a MAP estimate) before sampling.
+    It costs `2 * num_seeds` filter runs. `probde.infer` runs it after fitting a model
+    whose SDE is not declared linear, at the posterior median, and keeps the outcome in
+    `idata.posterior.attrs["particle_steps_check"]`; run it yourself at a typical
+    parameter value (the prior mean, a MAP estimate) before a long run.
 
     Any noise model and any initial-state distribution work. Use it with
     `probde.RandomWalkMetropolis` (pseudo-marginal MCMC), to check the Gaussian filters on
