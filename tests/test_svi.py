@@ -737,9 +737,9 @@ def test_map_initialised_nuts_starts_near_the_mode_and_samples_correctly():
     (-2, 2) box, and the posterior is the same."""
     import jax
 
-    from probde.inference.svi import laplace_starts
+    from probde.inference.mode import laplace_starts
 
-    starts = laplace_starts(walled, jax.random.PRNGKey(0), 4, {"data": Y_CONJ}, 2.0, False)
+    starts = laplace_starts(walled, jax.random.PRNGKey(0), 4, {"data": Y_CONJ}, 2.0)
     mu0 = np.asarray(starts["mu"])
     assert mu0.shape == (4,) and np.ptp(mu0) > 0  # one start per chain, all different
     assert np.all(np.abs(mu0 - 5.3 / 6) < 5 * np.sqrt(1 / 6)) and np.all(mu0 < THRESHOLD)

@@ -15,7 +15,6 @@ from ._options import check_fit_options
 from .guide_fit import fit_and_draw
 from .guides import laplace_guide
 from .methods import AbstractMethod
-from .mode import LAPLACE_LEARNING_RATE, LAPLACE_NUM_STEPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +62,8 @@ class Laplace(AbstractMethod):
     """
 
     num_draws: int = 1000
-    num_steps: int = LAPLACE_NUM_STEPS
-    learning_rate: float = LAPLACE_LEARNING_RATE
+    num_steps: int = 2000
+    learning_rate: float = 1e-2
     optimizer: optax.GradientTransformation | None = None
     init_radius: float = 2.0
 

@@ -153,9 +153,10 @@ class NUTS(_ChainOptions, AbstractMethod):
     - `init`: where the chains start. `"uniform"` (default): at points drawn uniformly in
       (-init_radius, init_radius) in the unconstrained space; infeasible points (failed
       solves, non-finite density) are redrawn, so every chain starts from a feasible point.
-      `"map"`: first find the posterior mode by optimisation (`probde.Laplace` with its
-      defaults, started as above), then start each chain at its own draw from the
-      Laplace approximation there. Warmup then begins in the bulk of the posterior
+      `"map"`: first find the posterior mode by optimisation (L-BFGS with a line search,
+      started as above), then start each chain at its own draw from the Laplace
+      approximation there (at the mode where the Hessian is not positive definite; as
+      with `"uniform"`, with a warning, where the search ended at a failed solve). Warmup then begins in the bulk of the posterior
       rather than wandering in from the prior's far tails, which saves time on models
       whose solves are slow or stiff far from the data; the chains start less
       dispersed, so R-hat has less to go on (a mode the optimiser did not find stays
@@ -222,7 +223,7 @@ class NUTS(_ChainOptions, AbstractMethod):
         if self.init == "map":
             key, key_map = jax.random.split(key)
             init_params = laplace_starts(model_fn, key_map, self.num_chains, model_kwargs,
-                                         self.init_radius, progress_bar)
+                                         self.init_radius)
         try:
             mcmc.run(key, extra_fields=tuple(_EXTRA_FIELDS), init_params=init_params,
                      **model_kwargs)

@@ -1,15 +1,16 @@
 """The posterior mode and the Laplace approximation there as starting points: for MCMC
 (`NUTS(init="map")`) and for the Gaussian guides of `probde.SVI(init="laplace")`.
 
-Kept apart from the method classes: `probde.NUTS` uses it, and it uses the same fitting
-code as `probde.Laplace` (whose defaults, `LAPLACE_NUM_STEPS` and
-`LAPLACE_LEARNING_RATE`, live here), so neither methods module imports the other.
+Kept apart from the method classes: both `probde.NUTS` and `probde.SVI` use it. The mode
+is found by L-BFGS on the log density (deterministic), not by the Adam steps of
+`probde.Laplace`, which fits numpyro's `AutoLaplaceApproximation` guide.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -17,50 +18,49 @@ import numpy as np
 import optax
 from jax import lax, random
 
-from numpyro import handlers
-from numpyro.infer.util import initialize_model, log_density, unconstrain_fn
+from numpyro.infer.util import initialize_model
 
-from .._optim import default_optimizer
 from ._options import check_init_radius
-from .guide_draws import flat_labels, flat_potential, guide_draws, site_kinds
-from .guide_fit import fit
-from .guides import laplace_guide
+from .guide_draws import flat_labels, flat_potential, site_kinds
 from .initialisation import init_strategy
-from .loss_trace import check_fit
-
-# `probde.Laplace`'s defaults, which the mode search of `NUTS(init="map")` uses too.
-LAPLACE_NUM_STEPS = 2000
-LAPLACE_LEARNING_RATE = 1e-2
 
 
-def laplace_starts(model_fn, key, num_chains, model_kwargs, init_radius, progress_bar):
+def laplace_starts(model_fn, key, num_chains, model_kwargs, init_radius):
     """Starting points for MCMC chains from the Laplace approximation (`NUTS(init="map")`):
-    the MAP found by `probde.Laplace` (default settings), then one draw per chain from
-    the normal approximation there, in the unconstrained space (the form numpyro's
+    the mode found by L-BFGS (`laplace_gaussians`, one search), then one draw per chain
+    from the normal approximation there, in the unconstrained space (the form numpyro's
     `MCMC.run(init_params=...)` takes), with a leading chain dimension when
-    `num_chains > 1`. Draws whose log density is not finite are replaced by the MAP."""
+    `num_chains > 1`. Draws whose log density is not finite are replaced by the mode;
+    where the Hessian is not positive definite every chain starts at the mode. `None`
+    (start as with `init="uniform"`, with a warning) when the search ended where the log
+    density is not finite."""
     key_fit, key_draw = random.split(key)
-    guide, params, losses, skipped = find_mode(model_fn, key_fit, model_kwargs, init_radius,
-                                               progress_bar)
-    check_fit("NUTS(init='map')", losses, skipped, LAPLACE_NUM_STEPS)
-    latent, _ = site_kinds(model_fn, model_kwargs)
-    drawn = guide_draws(guide, params, key_draw, num_chains + 1, latent, model_kwargs)
-    mode = guide.median(params)
-    seeded = handlers.seed(model_fn, rng_seed=0)
-
-    def unconstrained(sample):
-        return unconstrain_fn(seeded, (), model_kwargs, sample)
-
-    def finite(sample):
-        return jnp.isfinite(log_density(seeded, (), model_kwargs, sample)[0])
-
-    ok = np.asarray(jax.vmap(finite)({k: v[:num_chains] for k, v in drawn.items()}))
-    starts = jax.vmap(unconstrained)({k: v[:num_chains] for k, v in drawn.items()})
-    at_mode = unconstrained({k: mode[k] for k in latent})
-    starts = {
-        k: jnp.where(jnp.reshape(ok, (-1,) + (1,) * (v.ndim - 1)), v, at_mode[k][None])
-        for k, v in starts.items()
-    }
+    gaussian = laplace_gaussians(model_fn, key_fit, model_kwargs, init_radius)[0]
+    if not gaussian.finite:
+        # stacklevel 6: laplace_starts < NUTS.run < _run_method < _infer_* < infer < caller
+        warnings.warn(
+            "NUTS(init='map'): the mode search ended where the log density is not finite "
+            "(a failed solve or an impossible prediction), so the chains start as with "
+            "init='uniform'; check the priors against the data or raise Solver(max_steps=...)",
+            stacklevel=6,
+        )
+        return None
+    loc = gaussian.loc
+    draws = np.broadcast_to(loc, (num_chains, loc.size)).copy()
+    if gaussian.usable:
+        cov = np.linalg.inv(gaussian.precision)
+        chol = np.linalg.cholesky(0.5 * (cov + cov.T))
+        eps = np.asarray(random.normal(key_draw, (num_chains, loc.size)), dtype=float)
+        draws = loc + eps @ chol.T
+        energy = flat_potential(model_fn, model_kwargs,
+                                dict(zip(gaussian.names, gaussian.shapes, strict=True)))
+        ok = np.isfinite(np.asarray(jax.jit(jax.vmap(energy))(jnp.asarray(draws))))
+        draws = np.where(ok[:, None], draws, loc)
+    dtype = jnp.result_type(float)
+    starts = {name: jnp.asarray(gaussian.site(draws.T, name), dtype=dtype)
+              for name in gaussian.names}
+    # gaussian.site puts the draws last; chains go first
+    starts = {k: jnp.moveaxis(v, -1, 0) for k, v in starts.items()}
     if num_chains == 1:
         starts = {k: v[0] for k, v in starts.items()}
     return starts
@@ -106,18 +106,6 @@ class LaplaceGaussian:
         start = sum(math.prod(s) for s in self.shapes[:i])
         size = math.prod(self.shapes[i])
         return np.reshape(flat[start:start + size], self.shapes[i] + np.shape(flat)[1:])
-
-
-def find_mode(model_fn, key, model_kwargs, init_radius, progress_bar):
-    """The posterior mode by `probde.Laplace`'s optimisation (default settings):
-    `(guide, params, losses, skipped)` of the fitted `AutoLaplaceApproximation`."""
-    check_init_radius(init_radius)
-    guide = laplace_guide(model_fn, init_radius)
-    params, losses, skipped, _, _ = fit(
-        model_fn, guide, default_optimizer(LAPLACE_LEARNING_RATE, LAPLACE_NUM_STEPS), 1,
-        LAPLACE_NUM_STEPS, key, progress_bar, model_kwargs,
-    )
-    return guide, params, losses, skipped
 
 
 # The mode search of `laplace_gaussians`: L-BFGS iterations at most, and the gradient norm

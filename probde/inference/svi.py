@@ -73,8 +73,9 @@ class SVI(AbstractMethod):
       data every step).
     - `init`: where the guide starts.
         - `"laplace"` (default): at the Laplace approximation. The posterior mode is
-          found as by `probde.Laplace` (2000 Adam steps on the negative log density, from
-          a point drawn as for `init_radius`) and the Hessian H of the negative log
+          found by L-BFGS (optax's `lbfgs`, zoom line search, at most 1000 iterations) from
+          a point drawn as for `init_radius` (from `num_starts` points, the best mode
+          kept) and the Hessian H of the negative log
           density in the unconstrained space is taken there (autodiff, exact). The
           full-rank guide starts at N(mode, H^-1); the mean-field guide at the mode with
           sds `1 / sqrt(H_ii)`, the mean-field optimum for a Gaussian posterior (not the
