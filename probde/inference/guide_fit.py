@@ -21,7 +21,7 @@ from numpyro.optim import optax_to_numpyro
 from .._optim import default_optimizer, svi_step
 from . import stationarity
 from .guide_draws import draws, flat_labels, unconstrained_shapes
-from .guides import guide_moments
+from .guides import guide_moments, location_units
 from .loss_trace import TRACE_GROUP, ParameterWindows, check_fit, trace_group, window_size
 
 
@@ -57,7 +57,7 @@ class StickingTheLandingELBO(ELBO):
 
 
 def fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar, model_kwargs,
-        starts=(), init_params=None, moments=None):
+        starts=(), init_params=None, moments=None, units=None):
     """Fit `guide` by `num_steps` SVI steps under one jit-compiled `lax.scan`.
 
     A step whose loss is not finite (a failed solve or an impossible prediction makes the
@@ -81,6 +81,9 @@ def fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar,
     the exact gradient of the Gaussian guide's entropy by a one-draw estimate; the deep-GP
     discrepancy fits of tests/test_deepgp.py failed with it).
 
+    `units`: with a Gaussian guide's `guides.location_units`, the location steps in the
+    guide's current sds (`scaled_location_steps`).
+
     `moments`: a function from the constrained parameters to the guide's location and
     marginal scale, flat (`guides.guide_moments`). With it every step adds the location
     and the log scale to running sums over the last two windows of the run (the windows
@@ -94,7 +97,15 @@ def fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar,
     their starting values, so one compiled step serves them all.
     """
     elbo = StickingTheLandingELBO if init_params is not None else Trace_ELBO
+    if units is not None:
+        # the step units read the guide's current sds through `svi.constrain_fn`, which
+        # exists once `svi` is initialised (before the first update)
+        holder = {}
+        optimizer = scaled_location_steps(optimizer, units,
+                                          lambda p: holder["svi"].constrain_fn(p))
     svi = _NumpyroSVI(model_fn, guide, optax_to_numpyro(optimizer), elbo(num_particles))
+    if units is not None:
+        holder["svi"] = svi
     body = _body(svi_step(svi, model_kwargs), svi, moments, num_steps)
     start_losses = np.zeros((0,))
     head_losses = head_skipped = np.zeros((0,))
@@ -237,22 +248,25 @@ def _mean_finite(x):
     return float(x.mean()) if x.size else np.nan
 
 
-def scaled_location_steps(optimizer, loc_scales):
+def scaled_location_steps(optimizer, units, constrain):
     """`optimizer` followed by a multiplication of the location parameters' updates by
-    `loc_scales` (`{parameter name: sd}`, the Laplace approximation's sds): the location
-    then steps in units of the posterior's sd, as the scales (log-like parametrisations in
-    numpyro's Gaussian guides) already step in relative units.
+    the guide's current marginal sds: `units(constrain(params))` (`guides.location_units`;
+    `constrain` maps the optimiser's unconstrained parameters to the guide's). The location
+    then steps in units of the guide's own spread, as the scales (log-like parametrisations
+    in numpyro's Gaussian guides) already step in relative units.
 
     Why: Adam's steps are about the learning rate in absolute units. For a parameter
     whose posterior sd in the unconstrained space is 0.005, the default peak rate (0.01)
     is two sds a step, and the location ends wherever the decaying rate froze its
     jitter: a mean-field fit of a correlated 5-parameter Gaussian posterior, started at
-    its optimum, ended with means 0.03-0.14 sd off. In sd units the same schedule moves
-    the location by at most about a hundredth of an sd a step."""
-    def scale(updates, params=None):
-        del params
-        return {k: (u * jnp.asarray(loc_scales[k], dtype=u.dtype) if k in loc_scales else u)
-                for k, u in updates.items()}
+    its optimum, ended with means 0.03-0.14 sd off (0.06-0.09 in sd units). The current
+    sds, not the start's: a posterior much wider than its Laplace approximation at the
+    mode (a handful of data, priors doing most of the work) needs the location's steps to
+    grow with the guide."""
+
+    def scale(updates, params):
+        sd = jax.tree.map(lax.stop_gradient, units(constrain(params)))
+        return {k: (u * sd[k].astype(u.dtype) if k in sd else u) for k, u in updates.items()}
 
     return optax.chain(optimizer, optax.stateless(scale))
 
@@ -264,7 +278,7 @@ def fit_and_draw(method, name, guide, model_fn, key, progress_bar, model_kwargs,
     called `name` in messages). `start`: a function of a key returning
     `(guides.GuideStart or None, description)` for the guide's start
     (`SVI(init="laplace")`; see `fit`), run before the fit. With a `GuideStart`, a single
-    start and the default optimiser, the location steps in the start's sd units
+    start and the default optimiser, the location steps in the guide's current sds
     (`scaled_location_steps`). A Gaussian guide's parameters are tracked for the
     convergence check (`loss_trace.ParameterWindows`) and the ELBO's gradient along its
     family is estimated at the end (`stationarity.check`). Returns
@@ -277,14 +291,15 @@ def fit_and_draw(method, name, guide, model_fn, key, progress_bar, model_kwargs,
         if start is not None:
             guide_start, init = start(random.fold_in(key_fit, 1))
         optimizer = method.optimizer
+        units = None
         if optimizer is None:
             optimizer = default_optimizer(method.learning_rate, method.num_steps)
             if guide_start is not None and not starts:
-                optimizer = scaled_location_steps(optimizer, guide_start.loc_scales)
+                units = location_units(guide)
         params, losses, skipped, start_losses, windows = fit(
             model_fn, guide, optimizer, num_particles, method.num_steps, key_fit,
             progress_bar, model_kwargs if fit_kwargs is None else fit_kwargs, starts,
-            None if guide_start is None else guide_start.params, moments,
+            None if guide_start is None else guide_start.params, moments, units,
         )
     except RuntimeError as err:
         if "Cannot find valid initial parameters" not in str(err):

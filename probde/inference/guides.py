@@ -68,8 +68,9 @@ class GuideStart:
     - `params`: a function from the guide's default initial parameters (constrained, as
       `SVI.get_params` gives them) to the ones to pass as `SVI.init(init_params=...)`;
     - `loc_scales`: `{parameter name: array}`, the Laplace approximation's sd of every
-      coordinate of the guide's location parameters, shaped like them: the units in
-      which the default optimiser steps the location (`guide_fit.scaled_location_steps`);
+      coordinate of the guide's location parameters, shaped like them (the start's step
+      units; during the fit the default optimiser steps the location in the guide's
+      current sds, `location_units` and `guide_fit.scaled_location_steps`);
     - `mode_energies`: the negative log density at every mode the search found (one per
       starting point), kept in `svi_trace.mode_energy`.
     """
@@ -143,6 +144,28 @@ def laplace_start(kind: str, prefix: str, gaussian) -> GuideStart | None:
         return params
 
     return GuideStart(make, loc_scales)
+
+
+def location_units(guide):
+    """A function from a Gaussian guide's constrained parameters to `{location parameter
+    name: the guide's marginal sd of each of its coordinates}` (shaped like the
+    parameter): the units in which `guide_fit.scaled_location_steps` steps the location.
+    `None` for the other guides."""
+    if isinstance(guide, AutoNormal):
+        p = guide.prefix
+
+        def units(params):
+            return {k[: -len("scale")] + "loc": v for k, v in params.items()
+                    if k.endswith(f"_{p}_scale")}
+
+        return units
+    if isinstance(guide, (AutoMultivariateNormal, AutoLowRankMultivariateNormal)):
+
+        def units(params):
+            return {f"{guide.prefix}_loc": jnp.sqrt(guide.get_posterior(params).variance)}
+
+        return units
+    return None
 
 
 def _like(value, default):
