@@ -2,8 +2,11 @@
 
     python tests/run_isolated.py [pytest options ...]
 
-Every `tests/test_*.py` runs in a fresh `python -m pytest` process, then the doctests of
-the `probde` package in one more; the options given are passed to each. All of them run
+First the whole `tests` folder is collected, not run (`--collect-only`): that collection
+fails if `tests/tiers.py` names a test that no longer exists in any file, which per-file
+runs cannot see for a deleted file. Then every `tests/test_*.py` runs in a fresh
+`python -m pytest` process, then the doctests of the `probde` package in one more; the
+options given are passed to each. All of them run
 even when one fails; the exit status is 0 only if every process passed (pytest's 5, no
 tests collected, counts as a failure). A table of the processes, their status and wall
 time is printed at the end.
@@ -30,6 +33,12 @@ def main(options: list[str]) -> int:
     targets = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py"))
     targets.append("probde")
     results = []
+    print("=== collecting the whole tests folder (tests/tiers.py must name only tests that "
+          "exist)", flush=True)
+    start = time.perf_counter()
+    code = subprocess.call([sys.executable, "-m", "pytest", "--collect-only", "-q", "tests"],
+                           cwd=ROOT, stdout=subprocess.DEVNULL)
+    results.append(("collection of tests/", code, time.perf_counter() - start))
     for target in targets:
         print(f"\n=== {target}", flush=True)
         start = time.perf_counter()
