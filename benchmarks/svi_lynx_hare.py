@@ -384,6 +384,67 @@ def parse_args():
     return args
 
 
+def _run_repeats(nuts, variants, repeats, first_seed):
+    """Each repeat: NUTS, then every SVI variant, with seed `first_seed + r`. Returns the
+    NUTS runs and their components, and per variant its runs and NUTS wall / its wall."""
+    build_model = load_build_model()
+    data = probde.datasets.lynx_hare()
+    nuts_runs, nuts_comps = [], []
+    svi_runs = {name: [] for name in variants}
+    ratios = {name: [] for name in variants}
+    for r in range(repeats):
+        seed = first_seed + r
+        print(f"repeat {r + 1}/{repeats}, seed {seed}: NUTS ...", flush=True)
+        res, comps = run_nuts(build_model, data, nuts, seed)
+        nuts_runs.append(res)
+        nuts_comps.append(comps)
+        print(f"  {res['wall_s']:.1f} s, min bulk ESS {res['min_bulk_ess']:.0f}, "
+              f"max R-hat {res['max_rhat']:.4f}, divergences {res['divergences']}", flush=True)
+        for name, options in variants.items():
+            print(f"repeat {r + 1}/{repeats}, seed {seed}: {name} ...", flush=True)
+            res = run_svi(build_model, data, options, seed)
+            svi_runs[name].append(res)
+            print(f"  {res['wall_s']:.1f} s, final loss {res['final_loss']:.4f}, steps to "
+                  f"converge {res['steps_to_converge']}, skipped {res['skipped_steps']}, "
+                  f"'not converged' warning {fmt(res['not_converged_warning'])}", flush=True)
+            ratios[name].append(nuts_runs[-1]["wall_s"] / res["wall_s"])
+    return nuts_runs, nuts_comps, svi_runs, ratios
+
+
+def _report_variant(name, options, nuts_runs, nuts_comps, runs, ratios, repeats):
+    """Print the tables of one SVI variant against NUTS; `(comparison, summary)`."""
+    comp = comparison(nuts_runs, nuts_comps, runs)
+    names = list(comp["nuts_pooled_mean"])
+    summary = {
+        "nuts_wall_s": median([r["wall_s"] for r in nuts_runs]),
+        "svi_wall_s": median([r["wall_s"] for r in runs]),
+        "wall_ratio_nuts_over_svi": median(ratios),
+        "nuts_min_bulk_ess": median([r["min_bulk_ess"] for r in nuts_runs]),
+        "nuts_max_rhat": median([r["max_rhat"] for r in nuts_runs]),
+        "svi_final_loss": median([r["final_loss"] for r in runs]),
+        "svi_steps_to_converge": median([r["steps_to_converge"] for r in runs]),
+        "svi_skipped_steps": median([r["skipped_steps"] for r in runs]),
+        "svi_not_converged_warnings": sum(r["not_converged_warning"] for r in runs),
+        "svi_mean": {k: median([r["mean"][k] for r in runs]) for k in names},
+        "svi_sd": {k: median([r["sd"][k] for r in runs]) for k in names},
+    }
+    print()
+    print(f"## Lynx-hare: {name} ({options}) vs NUTS (median of {repeats})")
+    print()
+    print(medians_table(nuts_runs, runs, ratios))
+    print()
+    print(f"NUTS reference: {comp['nuts_reference']} (max R-hat < {RHAT_POOL_MAX}); "
+          "SVI: median over runs of each run's value (range over runs in brackets).")
+    print()
+    print(means_table(comp))
+    print()
+    print("SVI loss traces (windows of 10% of the steps; finite losses only):")
+    print()
+    print(loss_table(runs))
+    print()
+    return comp, summary
+
+
 def main():
     args = parse_args()
     if args.quick:
@@ -399,63 +460,12 @@ def main():
     print(f"lynx-hare SVI vs NUTS: NUTS {nuts}, SVI variants {variants}, {repeats} "
           f"repeat(s), {jax.device_count()} host devices, {os.cpu_count()} cores", flush=True)
 
-    build_model = load_build_model()
-    data = probde.datasets.lynx_hare()
-    nuts_runs, nuts_comps = [], []
-    svi_runs = {name: [] for name in variants}
-    ratios = {name: [] for name in variants}
-    for r in range(repeats):
-        seed = args.seed + r
-        print(f"repeat {r + 1}/{repeats}, seed {seed}: NUTS ...", flush=True)
-        res, comps = run_nuts(build_model, data, nuts, seed)
-        nuts_runs.append(res)
-        nuts_comps.append(comps)
-        print(f"  {res['wall_s']:.1f} s, min bulk ESS {res['min_bulk_ess']:.0f}, "
-              f"max R-hat {res['max_rhat']:.4f}, divergences {res['divergences']}", flush=True)
-        for name, options in variants.items():
-            print(f"repeat {r + 1}/{repeats}, seed {seed}: {name} ...", flush=True)
-            res = run_svi(build_model, data, options, seed)
-            svi_runs[name].append(res)
-            print(f"  {res['wall_s']:.1f} s, final loss {res['final_loss']:.4f}, steps to "
-                  f"converge {res['steps_to_converge']}, skipped {res['skipped_steps']}, "
-                  f"'not converged' warning {fmt(res['not_converged_warning'])}", flush=True)
-            ratios[name].append(nuts_runs[-1]["wall_s"] / res["wall_s"])
-
-    report_runs = {"nuts": nuts_runs}
+    nuts_runs, nuts_comps, svi_runs, ratios = _run_repeats(nuts, variants, repeats, args.seed)
+    report_runs = {"nuts": nuts_runs, **svi_runs}
     comparisons, summaries = {}, {}
     for name in variants:
-        runs = svi_runs[name]
-        comp = comparison(nuts_runs, nuts_comps, runs)
-        names = list(comp["nuts_pooled_mean"])
-        comparisons[name] = comp
-        report_runs[name] = runs
-        summaries[name] = {
-            "nuts_wall_s": median([r["wall_s"] for r in nuts_runs]),
-            "svi_wall_s": median([r["wall_s"] for r in runs]),
-            "wall_ratio_nuts_over_svi": median(ratios[name]),
-            "nuts_min_bulk_ess": median([r["min_bulk_ess"] for r in nuts_runs]),
-            "nuts_max_rhat": median([r["max_rhat"] for r in nuts_runs]),
-            "svi_final_loss": median([r["final_loss"] for r in runs]),
-            "svi_steps_to_converge": median([r["steps_to_converge"] for r in runs]),
-            "svi_skipped_steps": median([r["skipped_steps"] for r in runs]),
-            "svi_not_converged_warnings": sum(r["not_converged_warning"] for r in runs),
-            "svi_mean": {k: median([r["mean"][k] for r in runs]) for k in names},
-            "svi_sd": {k: median([r["sd"][k] for r in runs]) for k in names},
-        }
-        print()
-        print(f"## Lynx-hare: {name} ({variants[name]}) vs NUTS (median of {repeats})")
-        print()
-        print(medians_table(nuts_runs, runs, ratios[name]))
-        print()
-        print(f"NUTS reference: {comp['nuts_reference']} (max R-hat < {RHAT_POOL_MAX}); "
-              "SVI: median over runs of each run's value (range over runs in brackets).")
-        print()
-        print(means_table(comp))
-        print()
-        print("SVI loss traces (windows of 10% of the steps; finite losses only):")
-        print()
-        print(loss_table(runs))
-        print()
+        comparisons[name], summaries[name] = _report_variant(
+            name, variants[name], nuts_runs, nuts_comps, svi_runs[name], ratios[name], repeats)
     if args.quick:
         print("(--quick: smoke-test settings; these numbers are not a benchmark)")
 

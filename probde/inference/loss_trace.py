@@ -193,6 +193,18 @@ def check_fit(name, losses, skipped, num_steps, windows=None, labels=(), gradien
         )
 
 
+def _largest_first(mask, values):
+    """The indices where `mask` holds, by decreasing |values|."""
+    idx = np.flatnonzero(mask)
+    return idx[np.argsort(-np.abs(values[idx]))]
+
+
+def _names(labels, idx, most):
+    """'a, b, c' for the first `most` of `idx`, then ' and N more'."""
+    more = f" and {idx.size - most} more" if idx.size > most else ""
+    return ", ".join(labels[i] for i in idx[:most]) + more
+
+
 def _moving_message(windows, labels, most=5):
     """'the guide's location of a, b and scale of c were still moving ...' or ''."""
     loc, scale = windows.moving()
@@ -201,12 +213,9 @@ def _moving_message(windows, labels, most=5):
         ("location", loc, windows.loc_change, " of its scale"),
         ("scale", scale, windows.scale_change, " (relative)"),
     ):
-        idx = np.flatnonzero(mask)
+        idx = _largest_first(mask, change)
         if idx.size:
-            idx = idx[np.argsort(-np.abs(change[idx]))]
-            names = ", ".join(labels[i] for i in idx[:most])
-            more = f" and {idx.size - most} more" if idx.size > most else ""
-            parts.append(f"{what} of {names}{more} (by up to "
+            parts.append(f"{what} of {_names(labels, idx, most)} (by up to "
                          f"{np.abs(change[idx[0]]):.2g}{unit})")
     if not parts:
         return ""
@@ -224,15 +233,12 @@ def _off_message(gradient, labels, most=5):
     parts = []
     for what, mask, offset in (("location", loc, gradient.loc_offset),
                                ("scale", scale, gradient.scale_offset)):
-        idx = np.flatnonzero(mask)
+        idx = _largest_first(mask, offset)
         if idx.size:
-            idx = idx[np.argsort(-np.abs(offset[idx]))]
-            names = ", ".join(labels[i] for i in idx[:most])
-            more = f" and {idx.size - most} more" if idx.size > most else ""
             worst = offset[idx[0]]
             size = (f"by about {worst:+.2g} sd" if what == "location" else
                     f"about {math.sqrt(max(1.0 + 2.0 * worst, 0.0)):.2g} times the optimum's")
-            parts.append(f"{what} of {names}{more} ({size})")
+            parts.append(f"{what} of {_names(labels, idx, most)} ({size})")
     if not parts:
         return ""
     return (f"the ELBO's gradient at {gradient.used} draws of the guide puts its "

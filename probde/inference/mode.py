@@ -132,11 +132,12 @@ def laplace_gaussians(model_fn, key, model_kwargs, init_radius, num_starts=1):
     latent, _ = site_kinds(model_fn, model_kwargs)
     keys = random.split(key, num_starts)
     strategy = init_strategy(init_radius, model_fn, model_kwargs)
-    points = [initialize_model(k, model_fn, init_strategy=strategy, model_kwargs=model_kwargs,
-                               validate_grad=True)[0].z for k in keys]
-    shapes = {k: tuple(jnp.shape(points[0][k])) for k in latent}
+    # one call for all starts: numpyro draws a feasible point per key (batched keys)
+    points = initialize_model(keys, model_fn, init_strategy=strategy,
+                              model_kwargs=model_kwargs, validate_grad=True)[0].z
+    shapes = {k: tuple(jnp.shape(points[k])[1:]) for k in latent}
     energy = flat_potential(model_fn, model_kwargs, shapes)
-    x0 = [jnp.concatenate([jnp.reshape(z[k], -1) for k in latent]) for z in points]
+    x0 = jnp.concatenate([jnp.reshape(points[k], (num_starts, -1)) for k in latent], axis=1)
     # one start at a time: under vmap the ODE solves' loops inside the line search's loop
     # get batched predicates, which XLA compiles slowly (and with warnings)
     search = jax.jit(lambda x: _lbfgs(energy, x))

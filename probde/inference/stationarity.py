@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax import lax, random
 from numpyro import distributions as dist
@@ -42,6 +41,7 @@ from numpyro.infer.autoguide import AutoNormal
 from scipy.stats import norm
 
 from .guide_draws import flat_potential
+from .guides import guide_moments
 
 # Draws for the estimates: the Monte Carlo standard error of `loc_offset` is about
 # 1 / sqrt(_NUM_DRAWS) = 0.03 sd for a Gaussian posterior, that of `scale_offset`
@@ -81,9 +81,7 @@ def guide_distribution(guide, params, names):
     (sites `names` in the model's order): independent normals for `AutoNormal`, numpyro's
     own posterior for the full-rank and low-rank guides."""
     if isinstance(guide, AutoNormal):
-        p = guide.prefix
-        loc = jnp.concatenate([jnp.reshape(params[f"{n}_{p}_loc"], -1) for n in names])
-        scale = jnp.concatenate([jnp.reshape(params[f"{n}_{p}_scale"], -1) for n in names])
+        loc, scale = guide_moments(guide, names)(params)
         return dist.Normal(loc, scale).to_event(1)
     return guide.get_posterior(params)
 
