@@ -12,7 +12,7 @@ from .discrepancy import (
     GPEmulator,
     MarkovGPDiscrepancy,
 )
-from .dynamics import ODE, SDE, ForwardSensitivity, Solver, Trajectory, simulate, solve
+from .dynamics import ODE, SDE, Dose, ForwardSensitivity, Solver, Trajectory, simulate, solve
 from .inference import (
     EKF,
     NUTS,
@@ -26,7 +26,7 @@ from .inference import (
     load,
     log_likelihood,
 )
-from .model import Model
+from .model import Model, PerExperiment
 from .observations import TimeSeries
 
 __version__ = "0.1.0"
@@ -37,6 +37,7 @@ __all__ = [
     "compilation_cache",
     "Constraint",
     "DeepGPDiscrepancy",
+    "Dose",
     "DeepGPEmulator",
     "EKF",
     "EmulatorDiagnostics",
@@ -51,6 +52,7 @@ __all__ = [
     "Laplace",
     "Model",
     "NUTS",
+    "PerExperiment",
     "RandomWalkMetropolis",
     "SVI",
     "Solver",

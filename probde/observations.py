@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from ._checks import describe
+from .dynamics.doses import check_doses
 
 
 class TimeSeries:
@@ -26,6 +27,11 @@ class TimeSeries:
 
     - `name`: a label for the experiment (the `experiment` coordinate when a list of
       TimeSeries is passed to `probde.infer`).
+    - `inputs`: dict of the experiment's known inputs, name -> number (a dose, a body
+      weight, a temperature); the model declares their names (`Model(inputs=...)`) and
+      its functions read them from `theta`.
+    - `doses`: a list of `probde.Dose`: bolus doses or infusions given during the
+      experiment; the solve restarts at each of them.
 
     **Example:**
 
@@ -39,7 +45,8 @@ class TimeSeries:
     ```
     """
 
-    def __init__(self, times, values, observables: Sequence[str], *, name: str | None = None):
+    def __init__(self, times, values, observables: Sequence[str], *, name: str | None = None,
+                 inputs=None, doses=None):
         try:
             t = np.asarray(times, dtype=float)
         except (TypeError, ValueError) as err:
@@ -93,12 +100,19 @@ class TimeSeries:
             raise ValueError("values are all missing (NaN); a TimeSeries needs at least one value")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string or None; got {describe(name)}")
+        self.inputs = _check_inputs(inputs)
+        self.doses = check_doses(doses, None, None)
         self.times = t
         self.values = v
         self.observables = observables
         self.name = name
         self.times.setflags(write=False)
         self.values.setflags(write=False)
+
+    def with_doses(self, doses) -> "TimeSeries":
+        """A copy of this series with other doses (e.g. to predict another regimen)."""
+        return TimeSeries(self.times, self.values, self.observables, name=self.name,
+                          inputs=self.inputs, doses=doses)
 
     @property
     def mask(self) -> np.ndarray:
@@ -115,3 +129,21 @@ class TimeSeries:
             f"TimeSeries({len(self.times)} times in [{self.times[0]}, {self.times[-1]}], "
             f"observables={self.observables}, missing={self.values.size - self.num_observed})"
         )
+
+
+def _check_inputs(inputs) -> dict:
+    if inputs is None:
+        return {}
+    if not isinstance(inputs, Mapping):
+        raise TypeError(f"inputs must be a dict mapping input names to numbers; got "
+                        f"{describe(inputs)}")
+    out = {}
+    for name, value in inputs.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"inputs keys must be identifiers; got {name!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise TypeError(f"inputs[{name!r}] must be a number; got {describe(value)}")
+        if not np.isfinite(value):
+            raise ValueError(f"inputs[{name!r}] must be finite; got {value}")
+        out[name] = float(value)
+    return out

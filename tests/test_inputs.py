@@ -77,7 +77,7 @@ def test_model_initial_state_function_of_wrong_size():
 
 
 def test_model_prior_not_a_distribution():
-    with pytest.raises(TypeError, match=r"params\['k'\] must be a numpyro distribution \(the prior\); got 1.0 of type float"):
+    with pytest.raises(TypeError, match=r"params\['k'\] must be a numpyro distribution \(the prior\) or a probde.PerExperiment\(...\); got 1.0 of type float"):
         model(params={"k": 1.0})
     with pytest.raises(TypeError, match="params must be a dict"):
         model(params=[("k", dist.Normal())])

@@ -4,6 +4,8 @@
   used in Carpenter's Stan case study "Predator-Prey Population Dynamics".
 - `boarding_school_influenza()`: pupils confined to bed in an English boarding school
   (763 pupils), January 1978 (BMJ 1978;1:587), as in Grinsztajn et al. (2021).
+- `theophylline()`: serum theophylline concentrations of 12 subjects after one oral dose
+  (Boeckmann, Sheiner & Beal 1994; R's `datasets::Theoph`), one experiment per subject.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 
 from ..observations import TimeSeries
 
-__all__ = ["lynx_hare", "boarding_school_influenza", "load_csv"]
+__all__ = ["lynx_hare", "boarding_school_influenza", "theophylline", "load_csv"]
 
 
 def load_csv(filename: str) -> tuple[list[str], np.ndarray]:
@@ -57,3 +59,31 @@ def boarding_school_influenza() -> TimeSeries:
     day = np.array([r[0] for r in rows], dtype=float)
     in_bed = np.array([r[2] for r in rows], dtype=float)
     return TimeSeries(day, in_bed[:, None], observables=("in_bed",), name="boarding_school")
+
+
+def theophylline(weight: bool = False) -> list[TimeSeries]:
+    """One `TimeSeries` per subject (named "1" to "12"): serum concentration `conc` (mg/L)
+    at 11 times (hours after an oral dose at time 0, the time-0 sample included), with
+    input `dose_mg_per_kg`, and `weight_kg` too when `weight=True` (a model must declare
+    every input its data carry).
+
+    ```python
+    >>> import probde
+    >>> subjects = probde.datasets.theophylline()
+    >>> len(subjects), subjects[0].name, subjects[0].inputs["dose_mg_per_kg"]
+    (12, '1', 4.02)
+
+    ```
+    """
+    header, rows = load_csv("theophylline.csv")
+    col = {name: i for i, name in enumerate(header)}
+    series = []
+    for subject in dict.fromkeys(r[col["subject"]] for r in rows):
+        mine = [r for r in rows if r[col["subject"]] == subject]
+        arr = np.array(mine, dtype=float)
+        series.append(TimeSeries(
+            arr[:, col["time_h"]], arr[:, col["conc_mg_per_L"]], observables=("conc",),
+            name=subject,
+            inputs={"dose_mg_per_kg": float(arr[0, col["dose_mg_per_kg"]])}
+            | ({"weight_kg": float(arr[0, col["weight_kg"]])} if weight else {})))
+    return series

@@ -1,6 +1,7 @@
 """Dynamics: ODE and SDE definitions, sample paths, solver options and `solve`."""
 
 from ._checks import check_vector_field
+from .doses import Dose
 from .ode import ODE
 from .sde import SDE, AbstractLikelihood, simulate
 from .solve import Trajectory, solve
@@ -8,6 +9,7 @@ from .solver import ForwardSensitivity, Solver
 
 __all__ = [
     "AbstractLikelihood",
+    "Dose",
     "ODE",
     "SDE",
     "check_vector_field",

@@ -27,7 +27,65 @@ def _check_times(times):
     return arr
 
 
-def predict(result, times, *, seed: int = 0) -> xr.Dataset:
+def _experiment_series(model, run, series, experiments, times):
+    """`TimeSeries` standing for the experiments to predict (`dict(name=..., inputs=...,
+    doses=..., start=...)`); an observed experiment keeps its own times' start, inputs and
+    doses unless the dict gives others. The values are placeholders: predictions do not
+    condition on them."""
+    from ..observations import TimeSeries
+
+    known = dict(zip(run.experiments, series, strict=True))
+    out = []
+    if not isinstance(experiments, (list, tuple)) or not experiments:
+        raise TypeError("experiments must be a non-empty list of dicts with keys name, inputs, "
+                        f"doses, start; got {type(experiments).__name__}")
+    for i, spec in enumerate(experiments):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise TypeError(f"experiments[{i}] must be a dict with a string 'name'; got {spec!r}")
+        extra = set(spec) - {"name", "inputs", "doses", "start"}
+        if extra:
+            raise ValueError(f"experiments[{i}] has unknown keys {sorted(extra)}; allowed: "
+                             "name, inputs, doses, start")
+        old = known.get(spec["name"])
+        default_start = old.times[0] if old is not None else times[0]
+        start = model.t0 if model.t0 is not None else spec.get("start", default_start)
+        O = len(run.observables)
+        out.append(TimeSeries(
+            [start], [[1.0] * O], run.observables, name=spec["name"],
+            inputs=spec.get("inputs", old.inputs if old is not None else None),
+            doses=spec.get("doses", old.doses if old is not None else None)))
+    return out
+
+
+def _per_experiment_draws(model, run_names, new_names, flat, key):
+    """Posterior draws of the per-experiment sites for the experiments `new_names`: an
+    observed experiment keeps its own draws; a new one gets a draw from the population
+    distribution given each posterior draw of the shared parameters."""
+    flat = dict(flat)
+    n = next(iter(flat.values())).shape[0]
+    shared = {k: flat[k] for k in model.params}
+    for j, (name, p) in enumerate(model.per_experiment.items()):
+        site = name if p.centered else name + "_decentered"
+
+        def draw(k, th, name=name, p=p):
+            d = p.distribution(th, name)
+            v = d.sample(k)
+            return v if p.centered else (v - d.loc) / d.scale
+
+        keys = jax.random.split(jax.random.fold_in(key, j), (len(new_names), n))
+        cols = []
+        for e, exp in enumerate(new_names):
+            if exp in run_names:
+                cols.append(flat[site][:, run_names.index(exp)])
+            else:
+                cols.append(np.asarray(jax.vmap(draw)(keys[e], shared)))
+        flat[site] = np.stack(cols, axis=1)
+        if not p.centered:
+            flat.pop(name, None)  # recomputed from the standardised draws
+    return flat
+
+
+def predict(result, times, *, seed: int = 0, experiments=None) -> xr.Dataset:
     model, data = result.model, result.data
     if model is None or data is None:
         raise ValueError(
@@ -35,6 +93,16 @@ def predict(result, times, *, seed: int = 0) -> xr.Dataset:
             "from a file): use probde.load(path, model=model, data=data)"
         )
     times = _check_times(times)
+    run = model.prepare(data)
+    if experiments is not None:
+        from ..model.experiments import as_series
+
+        data = _experiment_series(model, run, as_series(data)[0], experiments, times)
+        if model.discrepancy is not None or model.sde is not None or (
+                "initial_state" in result.idata["posterior"]):
+            raise ValueError(
+                "predict(experiments=...) is for ODE models without a discrepancy or an "
+                "uncertain initial state (their posterior is tied to the observed experiments)")
     prepared = model.prepare(data)
     start = np.full(prepared.num_experiments, model.t0) if model.t0 is not None else prepared.starts
     # an emulator predicts wherever it was trained
@@ -43,6 +111,9 @@ def predict(result, times, *, seed: int = 0) -> xr.Dataset:
     post = result.idata["posterior"].to_dataset()
     nc, nd = post.sizes["chain"], post.sizes["draw"]
     flat = {k: np.asarray(v.values).reshape((nc * nd,) + v.shape[2:]) for k, v in post.data_vars.items()}
+    if experiments is not None:
+        flat = _per_experiment_draws(model, list(run.experiments), list(prepared.experiments),
+                                     flat, jax.random.PRNGKey(seed + 1))
     names = (MEAN, OBSERVED, TRAJECTORY) if model.sde is not None else _SITES
     out = Predictive(fn, posterior_samples=flat, return_sites=[sites.new(s) for s in names])(
         jax.random.PRNGKey(seed), observed=False, conditional=True

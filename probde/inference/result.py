@@ -65,15 +65,17 @@ def _coords_and_dims(model, data, posterior):
     if model.discrepancy is not None:
         idx = model.discrepancy.observable_index(data.observables)
         coords["discrepancy_observable"] = [data.observables[i] for i in idx]
-    dims = {}
+    # Parameter groups and data groups get their own dims: a parameter may be called like
+    # a predictive variable (a model's `mu`).
+    dims = {"parameters": {}, "data": {}}
     for name, value in posterior.items():
         d = _site_dims(name, tuple(value.shape[2:]), model, data)
         if d is not None:
-            dims[name] = d
+            dims["parameters"][name] = d
     for site in (OBSERVED, MEAN, DELTA, CORRECTED):
-        dims[public(site)] = exp + ["time", "observable"]
-    dims[public(TRAJECTORY)] = exp + ["time", "state"]
-    dims["solver_steps"] = exp
+        dims["data"][public(site)] = exp + ["time", "observable"]
+    dims["data"][public(TRAJECTORY)] = exp + ["time", "state"]
+    dims["parameters"]["solver_steps"] = exp
     return coords, dims, exp
 
 
@@ -92,7 +94,8 @@ def _model_groups(groups, dims, coords, exp, model, data, states):
         coords["state_col"] = list(model.dynamics.state_names)
         for name, group in states.items():
             groups[name] = squeeze(group)
-        dims.update({"mean": exp + ["time", "state"], "cov": exp + ["time", "state", "state_col"]})
+        dims["data"].update({"mean": exp + ["time", "state"],
+                             "cov": exp + ["time", "state", "state_col"]})
     if groups["log_likelihood"] is not None and data.mask.all():
         groups["log_likelihood"] = squeeze(groups["log_likelihood"])
     groups["observed_data"] = {Y: _squeeze_experiment(data.values, data, 0)}
@@ -122,7 +125,8 @@ def _parameter_names(model, posterior) -> list[str]:
     if model is None:
         return names
     disc_names = model.discrepancy_names
-    names = [n for n in names if n in model.params or n in model.derived
+    names = [n for n in names if n in model.params or n in model.per_experiment
+             or n in model.derived
              or n in model.hyper_names.values() or n == INITIAL_STATE
              or n in disc_names.values()]
     return [n for n in names if n not in _deep_weight_names(model) and n != disc_names.get("z")]
@@ -142,7 +146,7 @@ def build_datatree(
     states=None,
 ):
     """Assemble the DataTree with named dims and coordinates (internal)."""
-    dims: dict = {}
+    dims: dict = {"parameters": {}, "data": {}}
     coords: dict = {}
     groups: dict = {
         "posterior": dict(posterior), "sample_stats": dict(sample_stats),
@@ -156,7 +160,14 @@ def build_datatree(
     if by_obs_id:
         groups.pop("log_likelihood")
     groups = {k: v for k, v in groups.items() if v or k in ("posterior", "sample_stats")}
-    idata = az.from_dict(groups, dims=dims, coords=coords)
+    parameter_groups = ("posterior", "sample_stats", "prior")
+    idata = az.from_dict({k: v for k, v in groups.items() if k in parameter_groups},
+                         dims=dims["parameters"], coords=coords)
+    others = {k: v for k, v in groups.items() if k not in parameter_groups}
+    if others:
+        tree = az.from_dict(others, dims=dims["data"], coords=coords)
+        for name in others:
+            idata[name] = tree[name]
     if by_obs_id:
         idata["log_likelihood"] = _log_likelihood_by_obs_id(log_likelihood, data)
     idata.attrs[PARAMETERS_ATTR] = ",".join(_parameter_names(model, posterior))
@@ -182,7 +193,8 @@ class InferenceResult:
         self.model = model
         self.data = data
 
-    def predict(self, times, *, seed: int = 0, group: str | None = "predictions"):
+    def predict(self, times, *, seed: int = 0, group: str | None = "predictions",
+                experiments=None):
         """Posterior predictions at new `times`, one per posterior draw.
 
         Returns an `xarray.Dataset` with `mu` (the simulator's prediction), and for a model
@@ -195,12 +207,20 @@ class InferenceResult:
         (default `"predictions"`) the dataset is also stored in
         `idata` under that group name (replacing an earlier one).
 
+        `experiments` (ODE models) predicts other experiments than the observed ones: a
+        list of `dict(name=..., inputs={...}, doses=[probde.Dose(...)], start=t0)` (all
+        but `name` optional). An observed experiment's name keeps its posterior
+        per-experiment parameters (and, unless given, its inputs, doses and start): e.g. a
+        new dosing regimen for an observed subject. Any other name is a new experiment,
+        whose per-experiment parameters are drawn from the population distribution given
+        each posterior draw (the predictive distribution for a new subject).
+
         Needs the model and data of the run: a result read back with `probde.load` has
         neither; pass them with `probde.load(path, model=model, data=data)`.
         """
         from .predict import predict
 
-        ds = predict(self, times, seed=seed)
+        ds = predict(self, times, seed=seed, experiments=experiments)
         if group:
             self.idata[group] = xr.DataTree(ds)
         return ds
@@ -224,18 +244,42 @@ class InferenceResult:
         var_names = self.parameter_names if var_names is None else var_names
         return az.summary(self.idata, var_names=var_names, **kwargs)
 
-    def plot_fit(self, path=None, *, interval: float = 0.9, ax=None):
-        """Data with posterior predictive bands, one panel per observable (and experiment).
+    def plot_fit(self, path=None, *, interval: float = 0.9, ax=None, group=None):
+        """Data with the model's credible band and the predictive band, one panel per
+        observable (and experiment: a grid titled with the experiments' labels).
 
-        Draws the observed data as points, the central `interval` of the posterior
-        predictive distribution as a band and its median as a line. For an SDE model with a
-        Gaussian filter it also draws the smoothed latent state of each observable (the
-        noise-free `mu`) and adds a panel per unobserved state. Returns the matplotlib
-        figure; saves it to `path` when given.
+        Draws the observed data as points, the median of the noise-free model `mu` as a
+        line with its central `interval` credible band (darker), and the central
+        `interval` of the posterior predictive distribution of new observations `y`
+        (lighter band). After `predict(times)` the curves are drawn from the `predictions`
+        group on those times (a fine grid), else at the data times; each experiment only
+        where it is modelled. For an SDE model with a Gaussian filter `mu` is the smoothed
+        latent state, and each unobserved state gets a panel. Returns the matplotlib
+        figure; saves it to `path` when given. See `probde.inference.plot.plot_fit`.
         """
         from .plot import plot_fit
 
-        return plot_fit(self.idata, path=path, interval=interval, ax=ax)
+        return plot_fit(self.idata, path=path, interval=interval, ax=ax, group=group)
+
+    def plot_population(self, path=None, *, interval: float = 0.9, var_names=None):
+        """Forest plot of the per-experiment parameters with the population distribution.
+
+        One panel per per-experiment parameter (`probde.PerExperiment`; or `var_names`),
+        one row per experiment: posterior median and central `interval` credible interval.
+        When the model is at hand (not after `probde.load` without `model=`), a last row
+        "new experiment (population)", shaded across the panel: the interval of a new
+        experiment's value, drawn for each posterior draw (at most 2000, thinned) from the
+        population distribution given that draw's shared parameters (hyperparameters). Returns
+        the figure; saves it to `path` when given.
+        """
+        from .plot import per_experiment_names, plot_population, population_draws
+
+        population = None
+        if self.model is not None:
+            names = per_experiment_names(self.idata, var_names)
+            population = population_draws(self.model, self.idata, names)
+        return plot_population(self.idata, path=path, interval=interval,
+                               var_names=var_names, population=population)
 
     def plot_discrepancy(self, path=None, *, interval: float = 0.9):
         """Data, simulator, discrepancy and corrected process with bands (models with a

@@ -9,13 +9,17 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from . import sites
+from . import population, sites
 from .report import report
 
 
-def sample_parameters(model) -> dict:
-    """theta (one site per prior) and the derived quantities (deterministic sites)."""
+def sample_parameters(model, num_experiments: int = 1, inputs=None) -> dict:
+    """theta (one site per prior; per-experiment parameters `(E,)` given the shared ones;
+    the experiments' inputs `(E,)`) and the derived quantities (deterministic sites)."""
     theta = {name: numpyro.sample(name, prior) for name, prior in model.params.items()}
+    theta.update(population.sample(model, theta, num_experiments))
+    if inputs:
+        theta.update(inputs)
     for name, fn in model.derived.items():
         numpyro.deterministic(name, fn(theta))
     return theta
@@ -50,7 +54,8 @@ def align_noise(hyper: dict, ndim: int) -> dict:
 def observe_states(model, ys, theta):
     """Noise-free predictions of the observables, `(E, T, S) -> (E, T, O)`."""
     if callable(model.observe):
-        h = jax.vmap(jax.vmap(model.observe, in_axes=(0, None)), in_axes=(0, None))
+        th_axes = population.axes(model, theta) if population.varies(model) else None
+        h = jax.vmap(jax.vmap(model.observe, in_axes=(0, None)), in_axes=(0, th_axes))
         return h(ys, theta)
     idx = np.array([model.dynamics.state_names.index(n) for n in model.observe])
     return ys[..., idx]

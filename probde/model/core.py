@@ -14,7 +14,7 @@ from .._checks import describe
 from ..discrepancy.base import AbstractDiscrepancy
 from ..dynamics import ODE, Solver
 from ..noise import AbstractObservation
-from . import experiments, sites, validate
+from . import experiments, population, sites, validate
 from .experiments import PreparedData
 from .filtered import FilterSource
 from .sources import AbstractSource, EmulatorSource, ODESource
@@ -47,8 +47,10 @@ class Model:
     - `dynamics`: a `probde.ODE`, a `probde.SDE` (then give `likelihood`), or a
       `probde.GPEmulator` or `probde.DeepGPEmulator` standing in for an expensive
       simulator.
-    - `params`: dict mapping parameter names to numpyro distributions (the priors). The
-      names are the posterior variables and the keys of `theta` in the vector field.
+    - `params`: dict mapping parameter names to numpyro distributions (the priors), or to
+      `probde.PerExperiment(...)` for a parameter with one value per experiment drawn from
+      a population distribution (hierarchical models). The names are the posterior
+      variables and the keys of `theta` in the vector field.
     - `initial_state`: the state at `t0`: a fixed array `(S,)` (or `(E, S)`, one row per
       experiment), a numpyro distribution (sampled per experiment, posterior variable
       `initial_state`), or a function `theta -> array or distribution`.
@@ -77,6 +79,9 @@ class Model:
       function of theta returning one. The Gaussian filters need `noise.Normal` or
       `noise.LogNormal` (Gaussian on the log scale). No discrepancy term. See the tutorial
       "Stochastic models and filtering".
+    - `inputs`: names of known per-experiment inputs (a dose, a body weight, a
+      condition's settings), whose values each `TimeSeries(inputs={...})` gives; the
+      vector field, initial state and observation function read them from `theta`.
     - `emulation`: with `dynamics=probde.GPEmulator(...)` (an emulator of an expensive
       simulator, `initial_state=None`): `"modular"` (default) fixes the emulator's
       hyperparameters at their fitted values; `"joint"` infers them with theta, the
@@ -112,13 +117,19 @@ class Model:
         derived: Mapping[str, Callable] | None = None,
         dims: Mapping[str, Sequence[str]] | None = None,
         emulation: str = "modular",
+        inputs: Sequence[str] | None = None,
     ):
         self.source = source_for(dynamics)
         self.dynamics = dynamics
         self.sde = self.source.sde
         self.emulator = self.source.emulator
         self.emulation = validate.emulation(emulation)
-        self.params = validate.params(params)
+        self.params, self.per_experiment = population.split(validate.params(params))
+        self.inputs = validate.inputs(inputs, params)
+        if population.varies(self) and not self.source.per_experiment_values:
+            raise ValueError(
+                "per-experiment parameters and inputs are supported for ODE models only; "
+                f"this model's dynamics is a {type(dynamics).__name__}")
         self.observation = validate.observation(observation)
         self.observe = validate.observe(observe, tuple(dynamics.state_names))
         if discrepancy is not None and not isinstance(discrepancy, AbstractDiscrepancy):
@@ -138,9 +149,28 @@ class Model:
         self.derived = validate.derived(derived)
         self.dims = {} if dims is None else {k: tuple(v) for k, v in dims.items()}
         self._name_sites()
+        population_reads = self._population_reads()
         self.source_reads = validate.traced(lambda th: self.source.trace(self, th),
                                             self.example_theta())
-        validate.warn_unused(self.params, self.source_reads)
+        self.source_reads |= population_reads
+        validate.warn_unused(dict(self.params, **self.per_experiment), self.source_reads)
+
+    def _population_reads(self) -> set[str]:
+        """The shared parameters that the population distributions read."""
+        shared = self.example_shared_theta()
+        read = set()
+        for name, p in self.per_experiment.items():
+            if isinstance(p.prior, dist.Distribution):
+                continue
+            try:
+                read |= validate.trace_reads(lambda th, p=p, name=name: p.distribution(th, name)
+                                             .sample(jax.random.PRNGKey(0)), shared)
+            except KeyError as err:
+                raise ValueError(
+                    f"params[{name!r}]'s population prior reads {err.args[0]!r}, which is "
+                    f"not a shared parameter; shared parameters are {sorted(shared)}"
+                ) from None
+        return read
 
     def _name_sites(self) -> None:
         """Site names of the noise and discrepancy hyperparameters, free of clashes."""
@@ -149,7 +179,8 @@ class Model:
             for arg, value in self.observation.hyperparameters().items()
             if isinstance(value, dist.Distribution)
         }
-        taken = set(self.params) | set(self.hyper_names.values())
+        taken = (set(self.params) | set(self.per_experiment) | set(self.inputs)
+                 | set(self.hyper_names.values()))
         self.discrepancy_names = (
             {} if self.discrepancy is None else self.discrepancy.site_names(taken)
         )
@@ -174,10 +205,15 @@ class Model:
         names them)."""
         return None if callable(self.observe) else self.observe
 
-    def example_theta(self) -> dict:
-        """A draw of theta from the priors (seed 0), for tracing the user's functions."""
+    def example_shared_theta(self) -> dict:
+        """A draw of the shared parameters from their priors (seed 0)."""
         key = jax.random.PRNGKey(0)
         return {name: prior.sample(key) for name, prior in self.params.items()}
+
+    def example_theta(self) -> dict:
+        """One experiment's theta drawn from the priors (seed 0), inputs set to 1, for
+        tracing the user's functions."""
+        return population.example(self, self.example_shared_theta())
 
     def prepare(self, data) -> PreparedData:
         """Validate `data` (a TimeSeries or a list of them) against the model and align it."""

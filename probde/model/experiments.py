@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from .._checks import describe
+from ..dynamics import doses as doses_
 from ..observations import TimeSeries
 
 
@@ -19,6 +20,9 @@ class PreparedData:
     `values` has shape `(E, T, O)` with NaN wherever an experiment has no value (missing, or
     not observed at that time); `mask` is `True` where a value was observed; `starts[e]` is
     the first time of experiment `e` (its initial time unless the model sets `t0`).
+    `inputs` maps each input name to its values `(E,)`; `events` is `None` or the
+    experiments' doses as padded event arrays `(times (E, K), jumps (E, K, S),
+    rate changes (E, K, S) or None)` (`probde.dynamics.doses.pad_events`).
     """
 
     times: np.ndarray
@@ -28,6 +32,8 @@ class PreparedData:
     observables: tuple[str, ...]
     experiments: tuple[str, ...]
     single: bool
+    inputs: dict = dataclasses.field(default_factory=dict)
+    events: tuple | None = None
 
     @property
     def num_experiments(self) -> int:
@@ -71,6 +77,57 @@ def _align(series, observables) -> tuple[np.ndarray, np.ndarray]:
     return times, values
 
 
+def _where(i, ts, single) -> str:
+    if single:
+        return "data"
+    return f"data[{i}]" + (f" (experiment {ts.name!r})" if ts.name is not None else "")
+
+
+def _inputs(model, series, single) -> dict:
+    """Each declared input's values `(E,)`, every experiment giving exactly those."""
+    declared = set(model.inputs)
+    for i, ts in enumerate(series):
+        given = set(ts.inputs)
+        missing, extra = sorted(declared - given), sorted(given - declared)
+        if missing:
+            raise ValueError(
+                f"{_where(i, series[i], single)} gives no value for input(s) {missing} that "
+                f"the model declares (Model(inputs={tuple(model.inputs)})); give them as "
+                "TimeSeries(..., inputs={...})")
+        if extra:
+            raise ValueError(
+                f"{_where(i, series[i], single)} gives input(s) {extra} that the model does "
+                f"not declare; the model's inputs are {tuple(model.inputs)} (declare them "
+                "with Model(inputs=...))")
+    return {name: np.array([ts.inputs[name] for ts in series]) for name in model.inputs}
+
+
+def _events(model, series, single):
+    """The experiments' doses as padded event arrays, or None when no experiment has any."""
+    if not any(ts.doses for ts in series):
+        return None
+    if not model.source.per_experiment_values:
+        raise ValueError(
+            f"doses are supported for ODE models only; this model's dynamics is a "
+            f"{type(model.dynamics).__name__}")
+    names = tuple(model.dynamics.state_names)
+    arrays = []
+    for i, ts in enumerate(series):
+        start = model.t0 if model.t0 is not None else float(ts.times[0])
+        checked = doses_.check_doses(list(ts.doses), names, start,
+                                     where=f"{_where(i, ts, single)}.doses")
+        arrays.append(doses_.event_arrays(checked, names))
+    times, jumps, rates = doses_.pad_events(arrays, len(names))
+    return times, jumps, (rates if np.any(rates) else None)
+
+
+def _check_population(model, single) -> None:
+    if model.per_experiment and single:
+        raise ValueError(
+            f"params {sorted(model.per_experiment)} vary by experiment (PerExperiment), but "
+            "data is a single TimeSeries; give a list of TimeSeries, one per experiment")
+
+
 def _check_observe_shape(model, observables):
     if not callable(model.observe):
         return
@@ -98,6 +155,9 @@ def prepare(model, data) -> PreparedData:
         raise ValueError(f"experiment names must be unique; got {names}")
     _check_observe_shape(model, observables)
     model.source.check_experiments(model, len(series))
+    _check_population(model, single)
+    inputs = _inputs(model, series, single)
+    events = _events(model, series, single)
     starts = np.array([ts.times[0] for ts in series])
     if model.discrepancy is not None:
         model.discrepancy.check_model(observables, model.observation)
@@ -111,6 +171,8 @@ def prepare(model, data) -> PreparedData:
         observables=observables,
         experiments=tuple(names),
         single=single,
+        inputs=inputs,
+        events=events,
     )
 
 

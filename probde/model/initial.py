@@ -14,7 +14,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from .._checks import describe
-from . import sites
+from . import population, sites
 
 
 def is_function(value) -> bool:
@@ -164,3 +164,30 @@ def draw(init, keys, E: int, S: int, dtype):
         return jax.vmap(lambda k: d.sample(k))(keys).astype(dtype)
     x = jnp.asarray(init, dtype)
     return jnp.broadcast_to(x, (E, S))
+
+
+def sample_experiments(model, theta, num_experiments: int):
+    """`(E, S)` ODE initial states of a model whose theta may differ between experiments
+    (per-experiment parameters or inputs): a function of theta is evaluated for each
+    experiment's theta."""
+    names = model.dynamics.state_names
+    if not (is_function(model.initial_state) and population.varies(model)):
+        return sample(model.initial_state, theta, names, num_experiments)
+
+    def one(th):
+        value = model.initial_state(th)
+        if isinstance(value, dist.Distribution):
+            raise ValueError(
+                "initial_state is a function returning a distribution, in a model whose "
+                "theta differs between experiments (per-experiment parameters or inputs); "
+                "return a fixed array of the experiment's theta instead")
+        value = jnp.asarray(value, dtype=jnp.result_type(float))
+        if value.ndim != 1:
+            raise ValueError(
+                "initial_state(theta) must return one state vector of shape "
+                f"({len(names)},) per experiment in a model whose theta differs between "
+                f"experiments; got shape {value.shape}")
+        check_array(value, names)
+        return value
+
+    return jax.vmap(one, in_axes=(population.axes(model, theta),))(theta)

@@ -22,7 +22,7 @@ import numpyro
 from numpyro import handlers
 
 from ..discrepancy.base import DiscrepancyInputs
-from . import common, sites
+from . import common, population, sites
 from .experiments import PreparedData, starts_of
 
 
@@ -38,6 +38,8 @@ class _Static:
     discrepancy: object
     index: np.ndarray | None
     setup: object
+    inputs: dict
+    events: tuple | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +70,9 @@ def _static(model, data: PreparedData, predict_times) -> _Static:
         discrepancy=disc,
         index=index,
         setup=setup,
+        inputs={k: jnp.asarray(v, times.dtype) for k, v in data.inputs.items()},
+        events=None if data.events is None else tuple(
+            None if a is None else jnp.asarray(a, times.dtype) for a in data.events),
     )
 
 
@@ -98,8 +103,9 @@ def build(model, data: PreparedData, *, on_failure=None, predict_times=None):
     def model_fn(observed: bool = True, conditional: bool = False,
                  batch_size: int | None = None, experiment_batch_size: int | None = None):
         batch = _minibatch(st, batch_size, experiment_batch_size)
-        theta = common.sample_parameters(model)
-        simulate = model.source.simulator(model, theta, st.starts, batch.rows)
+        theta = common.sample_parameters(model, st.values.shape[0], st.inputs)
+        simulate = model.source.simulator(model, theta, st.starts, batch.rows, st.events)
+        theta = population.take(model, theta, batch.rows)
         sim = simulate(batch.times)
         ys, mu, valid = common.checked_mean(model, sim.ys, sim.ok, theta)
         hyper = common.sample_noise(model, O)

@@ -25,7 +25,8 @@ from ..discrepancy.deep_emulator import DeepGPEmulator
 from ..discrepancy.emulator import GPEmulator
 from ..discrepancy.gp import NoDiscrepancy
 from ..dynamics import ODE, check_vector_field, solve
-from . import initial, program, sites, validate
+from ..dynamics.solve import solve_with_events
+from . import initial, population, program, sites, validate
 
 
 class Simulation(NamedTuple):
@@ -42,6 +43,9 @@ class AbstractSource(abc.ABC):
     """The part of a model that yields the latent states at the observation times."""
 
     kinds: ClassVar[tuple[type, ...]] = ()
+    #: whether theta may differ between experiments (per-experiment parameters, inputs,
+    #: doses)
+    per_experiment_values: ClassVar[bool] = False
     #: the SDE, or the emulator, when the source is one (read by the inference layer)
     sde = None
     emulator = None
@@ -77,8 +81,9 @@ class AbstractSource(abc.ABC):
         """The numpyro model function (see `probde.model.program`)."""
         return program.build(model, data, on_failure=on_failure, predict_times=predict_times)
 
-    def simulator(self, model, theta, starts, rows=None):
-        """`times -> Simulation` for the experiments (a minibatch `rows` of them)."""
+    def simulator(self, model, theta, starts, rows=None, events=None):
+        """`times -> Simulation` for the experiments (a minibatch `rows` of them); `events`
+        are the experiments' doses (`PreparedData.events`), if any."""
         raise NotImplementedError
 
 
@@ -106,6 +111,7 @@ class ODESource(AbstractSource):
     """An ODE solved from each experiment's initial state (sampled if it is uncertain)."""
 
     kinds = (ODE,)
+    per_experiment_values = True
 
     def check_arguments(self, model, initial_state, discrepancy, likelihood):
         if likelihood is not None:
@@ -123,24 +129,33 @@ class ODESource(AbstractSource):
         read = validate.trace_reads(lambda th: fn(0.0, y0, th), theta)
         return read | _state_function_reads(model, y0, theta) | _derived_reads(model, theta)
 
-    def simulator(self, model, theta, starts, rows=None):
-        names = self.dynamics.state_names
-        y0 = initial.sample(model.initial_state, theta, names, starts.shape[0])
+    def simulator(self, model, theta, starts, rows=None, events=None):
+        y0 = initial.sample_experiments(model, theta, starts.shape[0])
         if rows is not None:  # a minibatch of experiments
             y0, starts = y0[rows], starts[rows]
+            theta = population.take(model, theta, rows)
+            events = None if events is None else jax.tree.map(lambda a: a[rows], events)
+        th_axes = population.axes(model, theta)
+        ev_axes = None if events is None else jax.tree.map(lambda _: 0, events)
 
-        def one(y, t0, times):
-            return solve(self.dynamics, y, theta, jnp.maximum(times, t0),
-                         solver=model.solver, t0=t0)
+        def one(y, t0, th, ev, times):
+            times = jnp.maximum(times, t0)
+            if ev is None:
+                return solve(self.dynamics, y, th, times, solver=model.solver, t0=t0)
+            return solve_with_events(self.dynamics, y, th, times, t0, *ev,
+                                     solver=model.solver)
 
         def simulate(times):
             if y0.shape[0] == 1:
                 # One experiment: no vmap. A vmapped solver loop runs every step under a
                 # batched predicate, with a select on every carried value: about twice the
                 # time per step for a batch of one.
-                traj = jax.tree.map(lambda x: x[None], one(y0[0], starts[0], times))
+                ev = None if events is None else jax.tree.map(lambda a: a[0], events)
+                traj = one(y0[0], starts[0], population.one(model, theta), ev, times)
+                traj = jax.tree.map(lambda x: x[None], traj)
             else:
-                traj = jax.vmap(one, in_axes=(0, 0, None))(y0, starts, times)
+                traj = jax.vmap(one, in_axes=(0, 0, th_axes, ev_axes, None))(
+                    y0, starts, theta, events, times)
             return Simulation(traj.ys, traj.ok, traj.num_steps, None)
 
         return simulate
@@ -233,7 +248,7 @@ class EmulatorSource(AbstractSource):
         numpyro.factor(sites.EMULATOR_RUNS, self.emulator.training_log_marginal(hyper))
         return hyper
 
-    def simulator(self, model, theta, starts, rows=None):
+    def simulator(self, model, theta, starts, rows=None, events=None):
         E = starts.shape[0] if rows is None else rows.shape[0]
         hyper = self._sample_hyperparameters(model)
 

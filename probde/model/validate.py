@@ -18,6 +18,7 @@ import numpyro.distributions as dist
 from .._checks import describe
 from ..dynamics import Solver
 from ..noise import AbstractObservation
+from .population import PerExperiment
 
 
 def params(value) -> dict:
@@ -33,12 +34,32 @@ def params(value) -> dict:
                 f"params name {name!r} starts with '_', which is kept for probde's own "
                 "bookkeeping sites; choose another name"
             )
-        if not isinstance(prior, dist.Distribution):
+        if not isinstance(prior, (dist.Distribution, PerExperiment)):
             raise TypeError(
-                f"params[{name!r}] must be a numpyro distribution (the prior); "
-                f"got {describe(prior)}"
+                f"params[{name!r}] must be a numpyro distribution (the prior) or a "
+                f"probde.PerExperiment(...); got {describe(prior)}"
             )
     return dict(value)
+
+
+def inputs(value, params: Mapping) -> tuple[str, ...]:
+    """The names of the experiments' known inputs (carried by each `TimeSeries`)."""
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise TypeError(f"inputs must be a sequence of input names; got {describe(value)}")
+    value = tuple(value)
+    for name in value:
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+            raise ValueError(
+                f"inputs must be identifiers not starting with '_'; got {name!r}")
+        if name in params:
+            raise ValueError(
+                f"input {name!r} is also a parameter in params; an input is known data "
+                "(given by each TimeSeries), a parameter is inferred: rename one of them")
+    if len(set(value)) != len(value):
+        raise ValueError(f"inputs must not repeat a name; got {value}")
+    return value
 
 
 def observation(value) -> AbstractObservation:

@@ -1,0 +1,313 @@
+"""Population models: per-experiment parameters with population priors, experiments' inputs,
+doses (solves restarted at events), prediction for new experiments and regimens.
+
+Exact references: the one-compartment model with first-order absorption has a closed form,
+and several doses add up (superposition, the model is linear in the amounts); the
+hierarchical theophylline posterior is checked against a hand-written numpyro model with
+the closed form (no ODE), with MCSE-scaled tolerances (TESTING.md).
+"""
+
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro import handlers
+from numpyro.infer.reparam import LocScaleReparam
+
+import probde
+
+jax.config.update("jax_enable_x64", True)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TIGHT = probde.Solver(rtol=1e-10, atol=1e-10, max_steps=100_000)
+
+
+def absorption_vf(t, y, th):
+    ka, ke = jnp.exp(th["lKa"]), jnp.exp(th["lKe"])
+    return jnp.stack([-ka * y[0], ka * y[0] - ke * y[1]])
+
+
+ABSORPTION = probde.ODE(absorption_vf, ("gut", "central"))
+
+
+def central_closed_form(t, ka, ke, doses):
+    """Central amount after bolus doses into the gut (superposition of single doses)."""
+    total = 0.0
+    for time, amount in doses:
+        tau = jnp.maximum(t - time, 0.0)
+        total = total + amount * ka / (ka - ke) * (jnp.exp(-ke * tau) - jnp.exp(-ka * tau))
+    return total
+
+
+# ------------------------------------------------------------------ doses in probde.solve
+def test_multiple_doses_match_superposition_and_their_gradients():
+    doses = [(0.0, 4.0), (24.0, 4.0), (36.5, 2.0)]  # 36.5 falls between save times
+    times = jnp.linspace(1.0, 60.0, 25)
+    theta = {"lKa": jnp.log(1.3), "lKe": jnp.log(0.09)}
+
+    def probde_central(th):
+        traj = probde.solve(ABSORPTION, jnp.zeros(2), th, times, t0=0.0, solver=TIGHT,
+                            doses=[probde.Dose(t, a, "gut") for t, a in doses])
+        return traj.ys[:, 1]
+
+    def exact(th):
+        return central_closed_form(times, jnp.exp(th["lKa"]), jnp.exp(th["lKe"]), doses)
+
+    np.testing.assert_allclose(probde_central(theta), exact(theta), rtol=1e-8, atol=1e-9)
+    # gradients across the events: against the closed form's and central differences
+    weights = jnp.linspace(0.5, 1.5, times.shape[0])
+    loss = lambda th: jnp.sum(weights * probde_central(th))  # noqa: E731
+    grad = jax.grad(loss)(theta)
+    grad_exact = jax.grad(lambda th: jnp.sum(weights * exact(th)))(theta)
+    for k in theta:
+        np.testing.assert_allclose(grad[k], grad_exact[k], rtol=1e-6)
+        h = 1e-5
+        up, down = dict(theta), dict(theta)
+        up[k], down[k] = theta[k] + h, theta[k] - h
+        np.testing.assert_allclose(grad[k], (loss(up) - loss(down)) / (2 * h), rtol=1e-5)
+
+
+def test_a_sample_at_a_dose_time_sees_the_state_before_the_dose():
+    decay = probde.ODE(lambda t, y, th: -th["k"] * y, ("x",))
+    traj = probde.solve(decay, jnp.array([1.0]), {"k": 0.5}, jnp.array([1.0, 1.0 + 1e-9]),
+                        t0=0.0, solver=TIGHT, doses=[probde.Dose(1.0, 10.0, "x")])
+    np.testing.assert_allclose(traj.ys[:, 0], [np.exp(-0.5), np.exp(-0.5) + 10.0], rtol=1e-7)
+
+
+def test_infusion_matches_closed_form():
+    """A constant-rate infusion into a one-compartment model: x' = r - k x while it runs."""
+    decay = probde.ODE(lambda t, y, th: -th["k"] * y, ("x",))
+    k, rate, start, duration = 0.3, 2.0, 1.0, 2.5
+    times = jnp.array([0.5, 1.0, 2.0, 3.5, 5.0, 8.0])
+    traj = probde.solve(decay, jnp.array([0.0]), {"k": k}, times, t0=0.0, solver=TIGHT,
+                        doses=[probde.Dose(start, rate * duration, "x", duration=duration)])
+    t = np.asarray(times)
+    during = rate / k * (1 - np.exp(-k * np.clip(t - start, 0, duration)))
+    after = np.exp(-k * np.clip(t - start - duration, 0, None))
+    np.testing.assert_allclose(traj.ys[:, 0], during * after, rtol=1e-8, atol=1e-10)
+
+
+def test_dose_errors_name_the_problem():
+    with pytest.raises(ValueError, match="before the initial time"):
+        probde.solve(ABSORPTION, jnp.zeros(2), {"lKa": 0.0, "lKe": -2.0},
+                     jnp.array([1.0, 2.0]), t0=0.5, doses=[probde.Dose(0.2, 1.0, "gut")])
+    with pytest.raises(ValueError, match="state 'liver'.*states are"):
+        probde.solve(ABSORPTION, jnp.zeros(2), {"lKa": 0.0, "lKe": -2.0},
+                     jnp.array([1.0, 2.0]), doses=[probde.Dose(1.0, 1.0, "liver")])
+    with pytest.raises(ValueError, match="duration must be >= 0"):
+        probde.Dose(1.0, 1.0, "gut", duration=-1.0)
+    with pytest.raises(TypeError, match="Dose amount must be a number"):
+        probde.Dose(1.0, "4 mg", "gut")
+    with pytest.raises(TypeError, match=r"doses\[0\] must be a probde.Dose"):
+        probde.TimeSeries([0.0, 1.0], [1.0, 2.0], ("x",), doses=[(0.0, 1.0)])
+
+
+# ------------------------------------------------------------------ the model layer
+def decay_population(centered=False, **kwargs):
+    decay = probde.ODE(lambda t, y, th: -jnp.exp(th["lk"]) * y, ("x",))
+    return probde.Model(
+        decay,
+        params={"mu": dist.Normal(-1.0, 0.5), "tau": dist.HalfNormal(0.5),
+                "lk": probde.PerExperiment(lambda th: dist.Normal(th["mu"], th["tau"]),
+                                           centered=centered)},
+        initial_state=lambda th: jnp.stack([th["amount"]]),
+        observation=probde.noise.Normal(sigma=0.05),
+        inputs=("amount",), **kwargs)
+
+
+def three_experiments(**extra):
+    grids = [np.array([0.5, 1.0, 2.0]), np.array([0.25, 1.5, 3.0, 4.0]), np.array([1.0, 2.5])]
+    rates = (0.3, 0.5, 0.8)
+    return [probde.TimeSeries(t, np.exp(-k * t) * a, ("x",), name=name,
+                              inputs={"amount": a}, **extra)
+            for t, k, a, name in zip(grids, rates, (1.0, 2.0, 3.0), ("A", "B", "C"),
+                                     strict=True)]
+
+
+def trace_program(model, data, values):
+    fn = model.numpyro_model(model.prepare(data))
+    with handlers.trace() as tr, handlers.seed(rng_seed=0), handlers.substitute(data=values):
+        fn(True)
+    return tr
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_each_experiment_sees_its_own_parameter_and_input(centered):
+    model = decay_population(centered=centered, t0=0.0)
+    lk = jnp.array([-1.0, -0.5, 0.2])
+    site = "lk" if centered else "lk_decentered"
+    mu, tau = -0.3, 0.4
+    value = lk if centered else (lk - mu) / tau
+    tr = trace_program(model, three_experiments(), {"mu": mu, "tau": tau, site: value})
+    assert tr["lk"]["value"].shape == (3,)
+    np.testing.assert_allclose(tr["lk"]["value"], lk, rtol=1e-12)
+    mean = np.asarray(tr["_probde/mu"]["value"])[..., 0]  # (E, union times)
+    times = model.prepare(three_experiments()).times
+    for e, data in enumerate(three_experiments()):
+        rows = np.searchsorted(times, data.times)
+        expected = data.inputs["amount"] * np.exp(-np.exp(lk[e]) * data.times)
+        np.testing.assert_allclose(mean[e, rows], expected, rtol=1e-5)
+    # the population prior enters the joint density once per experiment
+    expected_prior = dist.Normal(mu, tau).log_prob(lk).sum()
+    if centered:
+        np.testing.assert_allclose(tr["lk"]["fn"].log_prob(lk).sum(), expected_prior)
+    else:
+        assert "lk_decentered" in tr and tr["lk"]["type"] == "deterministic"
+
+
+def test_per_experiment_parameters_are_labelled_by_experiment_in_the_results():
+    # well-identified experiments: the centred form samples without divergences
+    model = decay_population(centered=True, t0=0.0)
+    result = probde.infer(model, three_experiments(), probde.NUTS(
+        num_warmup=150, num_samples=150, num_chains=1), seed=1, progress_bar=False)
+    post = result.idata["posterior"]
+    assert post["lk"].dims == ("chain", "draw", "experiment")
+    assert list(post["lk"]["experiment"].values) == ["A", "B", "C"]
+    summary = result.summary()
+    assert {"lk[A]", "lk[B]", "lk[C]", "mu", "tau"} <= set(summary.index)
+    assert "lk_decentered" not in result.idata["posterior"]
+    # a new experiment's parameter comes from the population; an observed one keeps its own
+    grid = np.linspace(0.0, 4.0, 9)
+    pred = result.predict(grid, experiments=[{"name": "B"}, {"name": "new",
+                                                             "inputs": {"amount": 2.0}}])
+    assert list(pred["experiment"].values) == ["B", "new"]
+    own = result.predict(grid, group=None)["mu"].sel(experiment="B")
+    np.testing.assert_allclose(pred["mu"].sel(experiment="B"), own, rtol=1e-9)
+    # the new experiment's spread is the population's: wider than an observed one's
+    spread = pred["mu"].sel(time=4.0, observable="x").std(("chain", "draw"))
+    assert float(spread.sel(experiment="new")) > 2 * float(spread.sel(experiment="B"))
+
+
+def test_new_regimen_for_an_observed_experiment():
+    model = decay_population(centered=True, t0=0.0)
+    data = three_experiments()
+    result = probde.infer(model, data, probde.NUTS(num_warmup=100, num_samples=100,
+                                                   num_chains=1), seed=2, progress_bar=False)
+    grid = np.array([1.0, 2.0, 3.0])
+    regimen = [probde.Dose(2.0, 5.0, "x")]
+    pred = result.predict(grid, experiments=[{"name": "A", "doses": regimen}], group=None)
+    k = np.exp(result.idata["posterior"]["lk"].sel(experiment="A").values)
+    mu = pred["mu"].sel(experiment="A").values[..., 0]
+    # sample at t = 2 sees the state before the dose, then the dose decays too
+    expected = np.stack([np.exp(-k * 1.0), np.exp(-k * 2.0),
+                         np.exp(-k * 3.0) + 5.0 * np.exp(-k * 1.0)], axis=-1)
+    np.testing.assert_allclose(mu, expected, rtol=1e-5)
+
+
+def test_doses_in_the_data_enter_the_model():
+    model = decay_population(t0=0.0)
+    data = three_experiments(doses=[probde.Dose(1.0, 1.0, "x")])
+    lk = jnp.array([-1.0, -0.5, 0.2])
+    tr = trace_program(model, data, {"mu": 0.0, "tau": 1.0, "lk_decentered": lk})
+    mean = np.asarray(tr["_probde/mu"]["value"])[..., 0]
+    times = model.prepare(data).times
+    for e, ts in enumerate(data):
+        rows = np.searchsorted(times, ts.times)
+        k = np.exp(float(lk[e]))
+        expected = ts.inputs["amount"] * np.exp(-k * ts.times) + np.where(
+            ts.times > 1.0, np.exp(-k * (ts.times - 1.0)), 0.0)
+        np.testing.assert_allclose(mean[e, rows], expected, rtol=1e-5)
+
+
+def test_population_input_errors_are_clear():
+    model = decay_population(t0=0.0)
+    data = three_experiments()
+    with pytest.raises(ValueError, match="vary by experiment.*single TimeSeries"):
+        model.prepare(data[0])
+    missing = [probde.TimeSeries(ts.times, ts.values, ("x",), name=ts.name) for ts in data]
+    with pytest.raises(ValueError, match=r"data\[0\] \(experiment 'A'\) gives no value for "
+                                         r"input\(s\) \['amount'\]"):
+        model.prepare(missing)
+    extra = [probde.TimeSeries(ts.times, ts.values, ("x",), name=ts.name,
+                               inputs={"amount": 1.0, "temp": 20.0}) for ts in data]
+    with pytest.raises(ValueError, match=r"gives input\(s\) \['temp'\] that the model does not "
+                                         "declare"):
+        model.prepare(extra)
+    early = three_experiments(doses=[probde.Dose(-1.0, 1.0, "x")])
+    with pytest.raises(ValueError, match=r"data\[0\] \(experiment 'A'\)\.doses\[0\] is at time "
+                                         r"-1.0, before the initial time 0.0"):
+        model.prepare(early)
+    wrong_state = three_experiments(doses=[probde.Dose(1.0, 1.0, "gut")])
+    with pytest.raises(ValueError, match="doses state 'gut', which the model does not have"):
+        model.prepare(wrong_state)
+    with pytest.raises(ValueError, match="input 'mu' is also a parameter"):
+        decay_population(t0=0.0).__class__(
+            ABSORPTION, params={"mu": dist.Normal()}, initial_state=jnp.zeros(2),
+            observation=probde.noise.Normal(sigma=1.0), inputs=("mu",))
+    with pytest.raises(ValueError, match="reads parameter 'dose'.*no prior"):
+        probde.Model(probde.ODE(lambda t, y, th: -th["k"] * y, ("x",)),
+                     params={"k": dist.LogNormal()},
+                     initial_state=lambda th: jnp.stack([th["dose"]]),
+                     observation=probde.noise.Normal(sigma=1.0))
+    with pytest.raises(ValueError, match="non-centred form needs a location-scale"):
+        decay = probde.ODE(lambda t, y, th: -th["k"] * y, ("x",))
+        probde.Model(decay, params={"k": probde.PerExperiment(dist.LogNormal(0.0, 1.0))},
+                     initial_state=jnp.ones(1), observation=probde.noise.Normal(sigma=1.0))
+    with pytest.raises(ValueError, match="population prior reads 'nu', which is not a shared"):
+        probde.Model(probde.ODE(lambda t, y, th: -th["k"] * y, ("x",)),
+                     params={"k": probde.PerExperiment(lambda th: dist.Normal(th["nu"], 1.0))},
+                     initial_state=jnp.ones(1), observation=probde.noise.Normal(sigma=1.0))
+
+
+def test_per_experiment_values_need_an_ode():
+    sde = probde.SDE(lambda t, x, th: -x, lambda t, x, th: jnp.eye(1), ("x",))
+    with pytest.raises(ValueError, match="supported for ODE models only"):
+        probde.Model(sde, params={"k": probde.PerExperiment(dist.Normal())},
+                     initial_state=jnp.zeros(1), observation=probde.noise.Normal(sigma=1.0),
+                     likelihood=probde.EKF())
+
+
+# ------------------------------------------------------------------ theophylline vs closed form
+def analytic_theophylline(subject, times, dose, conc=None, num_subjects=12):
+    """The case study's model with the closed-form solution: no ODE."""
+    lke = numpyro.sample("lKe", dist.Normal(-2.5, 1.0))
+    mu_ka = numpyro.sample("mu_lKa", dist.Normal(0.5, 1.0))
+    mu_cl = numpyro.sample("mu_lCl", dist.Normal(-3.0, 1.0))
+    tau_ka = numpyro.sample("tau_lKa", dist.HalfNormal(1.0))
+    tau_cl = numpyro.sample("tau_lCl", dist.HalfNormal(1.0))
+    reparam = {"lKa": LocScaleReparam(0), "lCl": LocScaleReparam(0)}
+    with handlers.reparam(config=reparam), numpyro.plate("subjects", num_subjects):
+        lka = numpyro.sample("lKa", dist.Normal(mu_ka, tau_ka))
+        lcl = numpyro.sample("lCl", dist.Normal(mu_cl, tau_cl))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(2.0))
+    ka, ke = jnp.exp(lka[subject]), jnp.exp(lke)
+    amount = central_closed_form(times, ka, ke, [(0.0, dose)])
+    with numpyro.plate("obs", times.shape[0]):
+        numpyro.sample("conc", dist.Normal(amount * ke / jnp.exp(lcl[subject]), sigma), obs=conc)
+
+
+@pytest.mark.slow
+def test_theophylline_posterior_matches_the_closed_form_model():
+    import arviz as az
+
+    sys.path.insert(0, str(ROOT / "case_studies" / "theophylline"))
+    from model import build_model
+
+    data = probde.datasets.theophylline()
+    result = probde.infer(build_model(), data, probde.NUTS(
+        num_warmup=500, num_samples=1000, num_chains=2), seed=0, progress_bar=False)
+    subject = np.concatenate([np.full(len(ts.times), e) for e, ts in enumerate(data)])
+    times = np.concatenate([ts.times for ts in data])
+    dose = np.concatenate([np.full(len(ts.times), ts.inputs["dose_mg_per_kg"]) for ts in data])
+    conc = np.concatenate([ts.values[:, 0] for ts in data])
+    mcmc = numpyro.infer.MCMC(numpyro.infer.NUTS(analytic_theophylline), num_warmup=500,
+                              num_samples=1000, num_chains=2, chain_method="sequential",
+                              progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(1), jnp.asarray(subject), jnp.asarray(times),
+             jnp.asarray(dose), jnp.asarray(conc))
+    reference = az.from_dict({"posterior": mcmc.get_samples(group_by_chain=True)})
+    post = result.idata["posterior"]
+    assert int(result.idata["sample_stats"]["diverging"].sum()) == 0
+    for name in ("lKe", "mu_lKa", "mu_lCl", "tau_lKa", "tau_lCl", "sigma", "lKa", "lCl"):
+        ours = post[name].values.reshape(-1, *post[name].shape[2:])
+        ref = np.asarray(reference["posterior"][name].values)
+        ref = ref.reshape(-1, *ref.shape[2:])
+        mcse_ours = np.asarray(az.mcse(post[name].to_dataset())[name])
+        mcse_ref = np.asarray(az.mcse(reference["posterior"][name].to_dataset())[name])
+        z = (ours.mean(0) - ref.mean(0)) / np.sqrt(mcse_ours**2 + mcse_ref**2)
+        assert np.all(np.abs(z) < 4), (name, z)
