@@ -166,6 +166,7 @@ def _run_block(block: Block, namespace: dict) -> None:
         report: list[str] = []
         runner = doctest.DocTestRunner(optionflags=DOCTEST_FLAGS)
         runner.run(test, out=report.append, clear_globs=False)
+        namespace.update(test.globs)  # doctest ran on a copy: later blocks see its names
         if runner.failures:
             raise AssertionError(f"doctest failed in the block at {block.where}:\n"
                                  + "".join(report))

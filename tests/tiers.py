@@ -55,6 +55,8 @@ SLOW: dict[str, str] = {
     "tests/test_sensitivity.py::test_second_derivatives_through_forward_sensitivities": "9 s",
     "tests/test_likelihood.py::test_several_experiments_add_up": "12 s",
     "tests/test_likelihood.py::test_derived_draws_are_the_function_of_each_draw": "a NUTS run",
+    "tests/test_population.py::test_new_regimen_for_an_observed_experiment":
+        "a NUTS run (20 s); the labelling and new-experiment run stays",
     # Markov GP against dense: the log marginal, LOO and smoother algebra stay (CASES)
     "tests/test_markov.py::test_posterior_draws_match_dense_conditional": "6 s",
     "tests/test_markov.py::test_gradients_match_dense": "6 s each",
