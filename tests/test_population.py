@@ -214,6 +214,36 @@ def test_doses_in_the_data_enter_the_model():
         np.testing.assert_allclose(mean[e, rows], expected, rtol=1e-5)
 
 
+def test_log_likelihood_takes_per_experiment_values_by_name():
+    model = decay_population(t0=0.0)  # non-centred in the sampler
+    data = three_experiments()
+    lk = jnp.log(jnp.array([0.3, 0.5, 0.8]))  # the rates that made the data
+    ll = probde.log_likelihood(model, data, {"mu": -1.0, "tau": 0.5, "lk": lk})
+    num_values = sum(len(ts.times) for ts in data)
+    expected = num_values * float(dist.Normal(0.0, 0.05).log_prob(0.0))
+    np.testing.assert_allclose(float(ll), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="missing"):
+        probde.log_likelihood(model, data, {"mu": -1.0, "tau": 0.5, "lk_decentered": lk})
+
+
+def test_experiments_are_solved_once_each_whatever_the_union_of_times():
+    """Ragged grids: each experiment is one solve, saved at the union of the times by
+    interpolation; its steps are those of a solve at its own times only."""
+    model = decay_population(t0=0.0)
+    data = three_experiments()
+    lk = jnp.array([-1.0, -0.5, 0.2])
+    tr = trace_program(model, data, {"mu": 0.0, "tau": 1.0, "lk_decentered": lk})
+    steps = np.asarray(tr["_probde/solver_steps"]["value"])
+    decay = probde.ODE(lambda t, y, th: -jnp.exp(th["lk"]) * y, ("x",))
+    for e, ts in enumerate(data):
+        own = probde.solve(decay, jnp.array([ts.inputs["amount"]]), {"lk": lk[e]},
+                           jnp.asarray(ts.times), t0=0.0, solver=model.solver)
+        # the union grid ends later than some experiments: compare with a solve to its end
+        longer = probde.solve(decay, jnp.array([ts.inputs["amount"]]), {"lk": lk[e]},
+                              jnp.asarray([ts.times[0], 4.0]), t0=0.0, solver=model.solver)
+        assert int(own.num_steps) <= steps[e] == int(longer.num_steps)
+
+
 def test_population_input_errors_are_clear():
     model = decay_population(t0=0.0)
     data = three_experiments()

@@ -14,8 +14,13 @@ from ..model.sites import OBSERVED, REJECTED
 def _latent_names(model: Model, prepared) -> list[str]:
     fn = model.numpyro_model(prepared)
     with handlers.block(), handlers.seed(rng_seed=0):
-        tr = handlers.trace(fn).get_trace(observed=True)
+        tr = handlers.trace(fn).get_trace(**_kwargs(model))
     return [k for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
+
+
+def _kwargs(model: Model) -> dict:
+    # per-experiment parameters by their own names (not their standardised values)
+    return {"observed": True, "centered": True} if model.sde is None else {"observed": True}
 
 
 def _is_key(seed) -> bool:
@@ -41,8 +46,9 @@ def log_likelihood(model: Model, data, params: dict, *, seed=0):
     - `model`: a `probde.Model`.
     - `data`: a `probde.TimeSeries` or a list of them.
     - `params`: dict with exactly the model's latent variable names: the keys of
-      `Model(params=...)`, inferred noise parameters (`sigma`, ...) and `initial_state` when
-      the initial state is a distribution (ODE models).
+      `Model(params=...)` (a `probde.PerExperiment` one with one value per experiment),
+      inferred noise parameters (`sigma`, ...) and `initial_state` when the initial state
+      is a distribution (ODE models).
     - `seed`: random seed of the particle filter (other likelihoods ignore it): an integer,
       or a JAX random key (`jax.random.PRNGKey(i)`), which can be traced, so that the
       estimate's spread over seeds is one compiled function:
@@ -80,7 +86,7 @@ def log_likelihood(model: Model, data, params: dict, *, seed=0):
     fn = model.numpyro_model(prepared)
     with handlers.block():
         tr = handlers.trace(handlers.substitute(handlers.seed(fn, rng_seed=seed), data=params)).get_trace(
-            observed=True
+            **_kwargs(model)
         )
     site = tr[OBSERVED]
     # The site's distribution is masked (missing values contribute 0).

@@ -13,11 +13,12 @@ from . import population, sites
 from .report import report
 
 
-def sample_parameters(model, num_experiments: int = 1, inputs=None) -> dict:
+def sample_parameters(model, num_experiments: int = 1, inputs=None,
+                      centered: bool = False) -> dict:
     """theta (one site per prior; per-experiment parameters `(E,)` given the shared ones;
     the experiments' inputs `(E,)`) and the derived quantities (deterministic sites)."""
     theta = {name: numpyro.sample(name, prior) for name, prior in model.params.items()}
-    theta.update(population.sample(model, theta, num_experiments))
+    theta.update(population.sample(model, theta, num_experiments, centered))
     if inputs:
         theta.update(inputs)
     for name, fn in model.derived.items():

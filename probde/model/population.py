@@ -99,13 +99,15 @@ def split(params: dict) -> tuple[dict, dict]:
     return shared, varying
 
 
-def sample(model, shared_theta: dict, num_experiments: int) -> dict:
-    """The per-experiment sites `(E, ...)`, each drawn given the shared parameters."""
+def sample(model, shared_theta: dict, num_experiments: int, centered: bool = False) -> dict:
+    """The per-experiment sites `(E, ...)`, each drawn given the shared parameters;
+    `centered=True` samples every one in the centred form (the values themselves are the
+    sites: `probde.log_likelihood` takes them by name)."""
     out = {}
     if not model.per_experiment:
         return out
     config = {name: LocScaleReparam(centered=0)
-              for name, p in model.per_experiment.items() if not p.centered}
+              for name, p in model.per_experiment.items() if not (p.centered or centered)}
     with handlers.reparam(config=config):
         with numpyro.plate(sites.EXPERIMENT_PLATE, num_experiments, dim=-1):
             for name, p in model.per_experiment.items():

@@ -101,9 +101,10 @@ def build(model, data: PreparedData, *, on_failure=None, predict_times=None):
     O = len(data.observables)
 
     def model_fn(observed: bool = True, conditional: bool = False,
-                 batch_size: int | None = None, experiment_batch_size: int | None = None):
+                 batch_size: int | None = None, experiment_batch_size: int | None = None,
+                 centered: bool = False):
         batch = _minibatch(st, batch_size, experiment_batch_size)
-        theta = common.sample_parameters(model, st.values.shape[0], st.inputs)
+        theta = common.sample_parameters(model, st.values.shape[0], st.inputs, centered)
         simulate = model.source.simulator(model, theta, st.starts, batch.rows, st.events)
         theta = population.take(model, theta, batch.rows)
         sim = simulate(batch.times)
