@@ -153,14 +153,16 @@ class NUTS(_ChainOptions, AbstractMethod):
     - `init`: where the chains start. `"uniform"` (default): at points drawn uniformly in
       (-init_radius, init_radius) in the unconstrained space; infeasible points (failed
       solves, non-finite density) are redrawn, so every chain starts from a feasible point.
-      `"map"`: first find the posterior mode by optimisation (L-BFGS with a line search,
-      started as above), then start each chain at its own draw from the Laplace
-      approximation there (at the mode where the Hessian is not positive definite; as
+      `"map"`: first find the posterior mode by optimisation (one L-BFGS search with a
+      line search per chain, each started as above; the mode with the highest density is
+      kept), then start each chain at its own draw from the Laplace approximation there (at the mode where the Hessian is not positive definite; as
       with `"uniform"`, with a warning, where the search ended at a failed solve). Warmup then begins in the bulk of the posterior
       rather than wandering in from the prior's far tails, which saves time on models
       whose solves are slow or stiff far from the data; the chains start less
       dispersed, so R-hat has less to go on (a mode the optimiser did not find stays
-      unexplored).
+      unexplored). On a posterior with a minor mode that uniform starts may fall into
+      (the flip-flop of absorption and elimination rates in the theophylline tutorial),
+      it starts every chain in the major one.
     - `init_radius`: the half-width of the uniform draws.
 
     **Example:**
@@ -223,7 +225,7 @@ class NUTS(_ChainOptions, AbstractMethod):
         if self.init == "map":
             key, key_map = jax.random.split(key)
             init_params = laplace_starts(model_fn, key_map, self.num_chains, model_kwargs,
-                                         self.init_radius)
+                                         self.init_radius, num_searches=self.num_chains)
         try:
             mcmc.run(key, extra_fields=tuple(_EXTRA_FIELDS), init_params=init_params,
                      **model_kwargs)

@@ -25,9 +25,10 @@ from .guide_draws import flat_labels, flat_potential, site_kinds
 from .initialisation import init_strategy
 
 
-def laplace_starts(model_fn, key, num_chains, model_kwargs, init_radius):
+def laplace_starts(model_fn, key, num_chains, model_kwargs, init_radius, num_searches=1):
     """Starting points for MCMC chains from the Laplace approximation (`NUTS(init="map")`):
-    the mode found by L-BFGS (`laplace_gaussians`, one search), then one draw per chain
+    the best of the modes found by `num_searches` L-BFGS searches (`laplace_gaussians`;
+    the highest finite log density), then one draw per chain
     from the normal approximation there, in the unconstrained space (the form numpyro's
     `MCMC.run(init_params=...)` takes), with a leading chain dimension when
     `num_chains > 1`. Draws whose log density is not finite are replaced by the mode;
@@ -35,7 +36,9 @@ def laplace_starts(model_fn, key, num_chains, model_kwargs, init_radius):
     (start as with `init="uniform"`, with a warning) when the search ended where the log
     density is not finite."""
     key_fit, key_draw = random.split(key)
-    gaussian = laplace_gaussians(model_fn, key_fit, model_kwargs, init_radius)[0]
+    found = laplace_gaussians(model_fn, key_fit, model_kwargs, init_radius, num_searches)
+    finite = [g for g in found if g.finite and np.isfinite(g.energy)]
+    gaussian = min(finite, key=lambda g: g.energy) if finite else found[0]
     if not gaussian.finite:
         # stacklevel 6: laplace_starts < NUTS.run < _run_method < _infer_* < infer < caller
         warnings.warn(
