@@ -22,7 +22,9 @@ class PreparedData:
     the first time of experiment `e` (its initial time unless the model sets `t0`).
     `inputs` maps each input name to its values `(E,)`; `events` is `None` or the
     experiments' doses as padded event arrays `(times (E, K), jumps (E, K, S),
-    rate changes (E, K, S) or None)` (`probde.dynamics.doses.pad_events`).
+    rate changes (E, K, S) or None)` (`probde.dynamics.doses.pad_events`). `own` `(E, T)`
+    is `True` at the times that are an experiment's own (rows of its TimeSeries), or
+    `None` when every experiment has every time.
     """
 
     times: np.ndarray
@@ -34,6 +36,7 @@ class PreparedData:
     single: bool
     inputs: dict = dataclasses.field(default_factory=dict)
     events: tuple | None = None
+    own: np.ndarray | None = None
 
     @property
     def num_experiments(self) -> int:
@@ -67,14 +70,34 @@ def _check_observables(model, series, single) -> tuple[str, ...]:
     return tuple(observables)
 
 
-def _align(series, observables) -> tuple[np.ndarray, np.ndarray]:
+def _align(series, observables) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     times = np.unique(np.concatenate([ts.times for ts in series]))
     values = np.full((len(series), len(times), len(observables)), np.nan)
+    own = np.zeros((len(series), len(times)), dtype=bool)
     for e, ts in enumerate(series):
         rows = np.searchsorted(times, ts.times)
         cols = [ts.observables.index(o) for o in observables]
         values[e, rows, :] = ts.values[:, cols]
-    return times, values
+        own[e, rows] = True
+    return times, values, (None if own.all() else own)
+
+
+def own_grids(own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`(own_index (E, M), fill_index (E, T))` for experiments with their own times: the
+    positions in the union of the times of each experiment's own times (padded to the
+    longest by repeating its last), and for every union time the position in that list of
+    the experiment's nearest own time (a finite stand-in where it has none)."""
+    E, T = own.shape
+    M = int(own.sum(axis=1).max())
+    own_index = np.zeros((E, M), dtype=np.int32)
+    fill_index = np.zeros((E, T), dtype=np.int32)
+    for e in range(E):
+        rows = np.nonzero(own[e])[0]
+        own_index[e, : len(rows)] = rows
+        own_index[e, len(rows):] = rows[-1]
+        nearest = np.clip(np.searchsorted(rows, np.arange(T)), 0, len(rows) - 1)
+        fill_index[e] = nearest
+    return own_index, fill_index
 
 
 def _where(i, ts, single) -> str:
@@ -145,7 +168,7 @@ def prepare(model, data) -> PreparedData:
     """Validate `data` (a TimeSeries or a list of them) against `model` and align it."""
     series, single = as_series(data)
     observables = _check_observables(model, series, single)
-    times, values = _align(series, observables)
+    times, values, own = _align(series, observables)
     if model.t0 is not None and model.t0 > times[0]:
         raise ValueError(
             f"t0 must not be after the first observation time {times[0]}; got t0={model.t0}"
@@ -173,6 +196,7 @@ def prepare(model, data) -> PreparedData:
         single=single,
         inputs=inputs,
         events=events,
+        own=own,
     )
 
 
@@ -184,5 +208,9 @@ def starts_of(model, data: PreparedData) -> np.ndarray:
 
 
 def active(model, data: PreparedData) -> np.ndarray:
-    """`(E, T)`: `True` where time is at or after the experiment's initial time."""
-    return data.times[None, :] >= starts_of(model, data)[:, None]
+    """`(E, T)`: `True` where time is at or after the experiment's initial time (and, for
+    a source that solves each experiment at its own times only, is one of them)."""
+    after_start = data.times[None, :] >= starts_of(model, data)[:, None]
+    if data.own is not None and model.source.own_times:
+        return after_start & data.own
+    return after_start

@@ -22,7 +22,7 @@ import numpyro
 from numpyro import handlers
 
 from ..discrepancy.base import DiscrepancyInputs
-from . import common, population, sites
+from . import common, experiments, population, sites
 from .experiments import PreparedData, starts_of
 
 
@@ -40,6 +40,7 @@ class _Static:
     setup: object
     inputs: dict
     events: tuple | None
+    grids: tuple | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +74,8 @@ def _static(model, data: PreparedData, predict_times) -> _Static:
         inputs={k: jnp.asarray(v, times.dtype) for k, v in data.inputs.items()},
         events=None if data.events is None else tuple(
             None if a is None else jnp.asarray(a, times.dtype) for a in data.events),
+        grids=None if data.own is None else tuple(
+            jnp.asarray(a) for a in experiments.own_grids(data.own)),
     )
 
 
@@ -105,9 +108,10 @@ def build(model, data: PreparedData, *, on_failure=None, predict_times=None):
                  centered: bool = False):
         batch = _minibatch(st, batch_size, experiment_batch_size)
         theta = common.sample_parameters(model, st.values.shape[0], st.inputs, centered)
-        simulate = model.source.simulator(model, theta, st.starts, batch.rows, st.events)
+        simulate = model.source.simulator(model, theta, st.starts, batch.rows, st.events,
+                                          st.grids)
         theta = population.take(model, theta, batch.rows)
-        sim = simulate(batch.times)
+        sim = simulate(batch.times, own=batch_size is None)
         ys, mu, valid = common.checked_mean(model, sim.ys, sim.ok, theta)
         hyper = common.sample_noise(model, O)
         numpyro.deterministic(sites.SOLVER_OK, sim.ok)

@@ -46,6 +46,9 @@ class AbstractSource(abc.ABC):
     #: whether theta may differ between experiments (per-experiment parameters, inputs,
     #: doses)
     per_experiment_values: ClassVar[bool] = False
+    #: whether `simulate(times, own=True)` solves each experiment at its own times only
+    #: (the rest of the union of the times are then stand-ins, masked in the results)
+    own_times: ClassVar[bool] = False
     #: the SDE, or the emulator, when the source is one (read by the inference layer)
     sde = None
     emulator = None
@@ -81,9 +84,11 @@ class AbstractSource(abc.ABC):
         """The numpyro model function (see `probde.model.program`)."""
         return program.build(model, data, on_failure=on_failure, predict_times=predict_times)
 
-    def simulator(self, model, theta, starts, rows=None, events=None):
-        """`times -> Simulation` for the experiments (a minibatch `rows` of them); `events`
-        are the experiments' doses (`PreparedData.events`), if any."""
+    def simulator(self, model, theta, starts, rows=None, events=None, grids=None):
+        """`simulate(times, own=False) -> Simulation` for the experiments (a minibatch
+        `rows` of them); `events` are the experiments' doses (`PreparedData.events`), if
+        any; `grids` the experiments' own times in the union
+        (`experiments.own_grids`), used when `own=True` (times are the data's)."""
         raise NotImplementedError
 
 
@@ -112,6 +117,7 @@ class ODESource(AbstractSource):
 
     kinds = (ODE,)
     per_experiment_values = True
+    own_times = True
 
     def check_arguments(self, model, initial_state, discrepancy, likelihood):
         if likelihood is not None:
@@ -127,35 +133,54 @@ class ODESource(AbstractSource):
         fn = self.dynamics.vector_field
         check_vector_field(fn, "vector_field", 0.0, y0, theta, (len(names),), states=names)
         read = validate.trace_reads(lambda th: fn(0.0, y0, th), theta)
+        # The solve gets only what the vector field reads: forward sensitivities cost one
+        # column per scalar input, and a hierarchical model's theta also holds the
+        # population's parameters (and inputs) that only the priors or the initial state
+        # read.
+        self.vector_field_reads = frozenset(read)
         return read | _state_function_reads(model, y0, theta) | _derived_reads(model, theta)
 
-    def simulator(self, model, theta, starts, rows=None, events=None):
+    def simulator(self, model, theta, starts, rows=None, events=None, grids=None):
         y0 = initial.sample_experiments(model, theta, starts.shape[0])
         if rows is not None:  # a minibatch of experiments
             y0, starts = y0[rows], starts[rows]
             theta = population.take(model, theta, rows)
             events = None if events is None else jax.tree.map(lambda a: a[rows], events)
+            grids = None if grids is None else jax.tree.map(lambda a: a[rows], grids)
         th_axes = population.axes(model, theta)
         ev_axes = None if events is None else jax.tree.map(lambda _: 0, events)
 
+        reads = getattr(self, "vector_field_reads", None)
+
         def one(y, t0, th, ev, times):
+            if reads is not None:
+                th = {k: v for k, v in th.items() if k in reads}
             times = jnp.maximum(times, t0)
             if ev is None:
                 return solve(self.dynamics, y, th, times, solver=model.solver, t0=t0)
             return solve_with_events(self.dynamics, y, th, times, t0, *ev,
                                      solver=model.solver)
 
-        def simulate(times):
+        def simulate(times, own=False):
             if y0.shape[0] == 1:
                 # One experiment: no vmap. A vmapped solver loop runs every step under a
                 # batched predicate, with a select on every carried value: about twice the
                 # time per step for a batch of one.
                 ev = None if events is None else jax.tree.map(lambda a: a[0], events)
                 traj = one(y0[0], starts[0], population.one(model, theta), ev, times)
-                traj = jax.tree.map(lambda x: x[None], traj)
-            else:
-                traj = jax.vmap(one, in_axes=(0, 0, th_axes, ev_axes, None))(
-                    y0, starts, theta, events, times)
+                return Simulation(traj.ys[None], traj.ok[None], traj.num_steps[None], None)
+            if own and grids is not None:
+                # Each experiment saved at its own times only (saving costs an
+                # interpolation per time, under vmap for the slowest experiment); the other
+                # times of the union get the value at its nearest own time, a finite
+                # stand-in that the likelihood masks and the results leave out.
+                own_index, fill_index = grids
+                traj = jax.vmap(one, in_axes=(0, 0, th_axes, ev_axes, 0))(
+                    y0, starts, theta, events, times[own_index])
+                ys = jnp.take_along_axis(traj.ys, fill_index[:, :, None], axis=1)
+                return Simulation(ys, traj.ok, traj.num_steps, None)
+            traj = jax.vmap(one, in_axes=(0, 0, th_axes, ev_axes, None))(
+                y0, starts, theta, events, times)
             return Simulation(traj.ys, traj.ok, traj.num_steps, None)
 
         return simulate
@@ -248,11 +273,11 @@ class EmulatorSource(AbstractSource):
         numpyro.factor(sites.EMULATOR_RUNS, self.emulator.training_log_marginal(hyper))
         return hyper
 
-    def simulator(self, model, theta, starts, rows=None, events=None):
+    def simulator(self, model, theta, starts, rows=None, events=None, grids=None):
         E = starts.shape[0] if rows is None else rows.shape[0]
         hyper = self._sample_hyperparameters(model)
 
-        def simulate(times):
+        def simulate(times, own=False):
             m, cov = self.emulator.predict(times, theta, hyper)
             ok = jnp.broadcast_to(jnp.all(jnp.isfinite(m)), (E,))
             return Simulation(jnp.broadcast_to(m, (E,) + m.shape), ok,
