@@ -109,11 +109,6 @@ class TimeSeries:
         self.times.setflags(write=False)
         self.values.setflags(write=False)
 
-    def with_doses(self, doses) -> "TimeSeries":
-        """A copy of this series with other doses (e.g. to predict another regimen)."""
-        return TimeSeries(self.times, self.values, self.observables, name=self.name,
-                          inputs=self.inputs, doses=doses)
-
     @property
     def mask(self) -> np.ndarray:
         """`True` where a value was observed, shape `(T, O)`."""

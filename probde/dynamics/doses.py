@@ -172,7 +172,7 @@ def solve_segments(solve_one, y0, t0, times, event_times, jumps, rates):
         y, ys, ok, stats = carry
         seg_ys, seg_ok, seg_stats = segment_solve(k, y)
         ys = jnp.where((segment == k)[:, None], seg_ys[:-1], ys)
-        stats = tuple(a + b.astype(a.dtype) for a, b in zip(stats, seg_stats))
+        stats = tuple(a + b.astype(a.dtype) for a, b in zip(stats, seg_stats, strict=True))
         return (seg_ys[-1] + jumps_after[k], ys, ok & seg_ok, stats), None
 
     num_stats = len(jax.eval_shape(lambda: segment_solve(0, y0))[2])

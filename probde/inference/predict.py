@@ -49,9 +49,8 @@ def _experiment_series(model, run, series, experiments, times):
         old = known.get(spec["name"])
         default_start = old.times[0] if old is not None else times[0]
         start = model.t0 if model.t0 is not None else spec.get("start", default_start)
-        O = len(run.observables)
         out.append(TimeSeries(
-            [start], [[1.0] * O], run.observables, name=spec["name"],
+            [start], [[1.0] * len(run.observables)], run.observables, name=spec["name"],
             inputs=spec.get("inputs", old.inputs if old is not None else None),
             doses=spec.get("doses", old.doses if old is not None else None)))
     return out
