@@ -98,7 +98,7 @@ def predict(result, times, *, seed: int = 0, experiments=None) -> xr.Dataset:
 
         data = _experiment_series(model, run, as_series(data)[0], experiments, times)
         if model.discrepancy is not None or model.sde is not None or (
-                "initial_state" in result.idata["posterior"]):
+                sites.INITIAL_STATE in result.idata["posterior"]):
             raise ValueError(
                 "predict(experiments=...) is for ODE models without a discrepancy or an "
                 "uncertain initial state (their posterior is tied to the observed experiments)")
