@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE.parent))
 import _common  # noqa: E402
 
 # nlme's estimates for this model (Pinheiro & Bates 2000, ch. 8, Theoph: fixed effects and
-# the standard deviations of the random effects and of the residual)
+# the standard deviations of the random effects and of the residual; quoted, not re-run)
 NLME = {"lKe": -2.4546, "mu_lKa": 0.4659, "mu_lCl": -3.2272,
         "tau_lKa": 0.6407, "tau_lCl": 0.1679, "sigma": 0.7060}
 # --8<-- [start:regimen]
