@@ -141,10 +141,10 @@ def with_rate(vector_field):
     return field
 
 
-def solve_segments(solve_one, y0, t0, times, event_times, jumps, rates):
+def solve_segments(solve_one, y0, t0, times, event_times, jumps, rates, num_stats=3):
     """Solve across events: `solve_one(y, s, e, ts, rate) -> (ys (len(ts), S), ok, stats)`
     solves one segment from `s` to `e` saved at `ts` (in `[s, e]`); `stats` is a tuple of
-    integer counts (solver steps), summed over the segments.
+    `num_stats` integer counts (solver steps), summed over the segments.
 
     `event_times (K,)` sorted (+inf for padding), `jumps (K, S)` applied at each event,
     `rates (K, S)` the change of the infusion rate there (None: no infusions). A time
@@ -175,7 +175,6 @@ def solve_segments(solve_one, y0, t0, times, event_times, jumps, rates):
         stats = tuple(a + b.astype(a.dtype) for a, b in zip(stats, seg_stats, strict=True))
         return (seg_ys[-1] + jumps_after[k], ys, ok & seg_ok, stats), None
 
-    num_stats = len(jax.eval_shape(lambda: segment_solve(0, y0))[2])
     init = (y0, jnp.zeros((times.shape[0], y0.shape[0]), y0.dtype), jnp.asarray(True),
             (jnp.asarray(0, jnp.int32),) * num_stats)
     (_, ys, ok, stats), _ = jax.lax.scan(body, init, jnp.arange(starts.shape[0]))

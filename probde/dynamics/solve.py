@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import diffrax
 import equinox as eqx
 import jax
@@ -10,9 +12,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int
 
-import weakref
-
-from . import _unrolled, doses as _doses
+from . import _unrolled
+from . import doses as _doses
 from ._checks import check_vector_field
 from .ode import ODE
 from .solver import ForwardSensitivity, Solver
@@ -268,8 +269,6 @@ def solve(
     theta = jax.tree.map(jnp.asarray, theta)  # numbers as arrays: one compile for all values
     check_vector_field(dynamics.vector_field, "vector_field", t0, y0, theta,
                        (dynamics.num_states,), states=dynamics.state_names)
-    num_inputs = int(ravel_pytree((y0, theta))[0].shape[0])
-    adjoint = solver.resolve_adjoint(num_inputs)
     if doses:
         start = float(t0) if _is_concrete(t0) else None
         doses = _doses.check_doses(doses, dynamics.state_names, start)
@@ -277,6 +276,8 @@ def solve(
             jnp.asarray(a, times.dtype) for a in _doses.event_arrays(doses, dynamics.state_names))
         return solve_with_events(dynamics, y0, theta, times, t0, event_times, jumps,
                                  rates if bool(np.any(rates)) else None, solver=solver)
+    num_inputs = int(ravel_pytree((y0, theta))[0].shape[0])
+    adjoint = solver.resolve_adjoint(num_inputs)
     ys, aux = _solve_compiled(dynamics, solver, adjoint, t0, times, y0, theta)
     # The flag and statistics are not differentiable; say so, so that downstream reductions
     # (jnp.all over experiments) are never asked for a derivative.

@@ -121,37 +121,34 @@ def sample(model, shared_theta: dict, num_experiments: int, centered: bool = Fal
     return out
 
 
+def _varying(model) -> set[str]:
+    """The entries of theta with an experiment axis: per-experiment values and inputs."""
+    return set(model.per_experiment) | set(model.inputs)
+
+
 def axes(model, theta: dict) -> dict:
     """vmap axes of theta over experiments: 0 for per-experiment values and inputs."""
-    varying = set(model.per_experiment) | set(model.inputs)
+    varying = _varying(model)
     return {k: (0 if k in varying else None) for k in theta}
 
 
 def varies(model) -> bool:
     """Whether theta differs between experiments."""
-    return bool(model.per_experiment or model.inputs)
+    return bool(_varying(model))
 
 
 def take(model, theta: dict, rows) -> dict:
     """theta for a subset `rows` of the experiments."""
     if rows is None:
         return theta
-    varying = set(model.per_experiment) | set(model.inputs)
+    varying = _varying(model)
     return {k: (v[rows] if k in varying else v) for k, v in theta.items()}
 
 
 def one(model, theta: dict, e: int = 0) -> dict:
     """theta of experiment `e` (per-experiment entries indexed)."""
-    varying = set(model.per_experiment) | set(model.inputs)
+    varying = _varying(model)
     return {k: (v[e] if k in varying else v) for k, v in theta.items()}
-
-
-def per_experiment(model, fn, theta: dict, *args, arg_axes=()):
-    """`fn(*args, theta_e)` for every experiment, stacked on a leading axis: vmapped over
-    the experiments' entries of theta (and the leading axis of `args` given in
-    `arg_axes`)."""
-    in_axes = tuple(arg_axes) + (axes(model, theta),)
-    return jax.vmap(lambda *a: fn(*a), in_axes=in_axes)(*args, theta)
 
 
 def example(model, shared_theta: dict) -> dict:
