@@ -15,15 +15,20 @@ def describe(value) -> str:
     return f"{text} of type {type(value).__name__}"
 
 
-def check_number_or_distribution(name: str, value, *, positive: bool = True):
-    """Accept a fixed positive number or a numpyro distribution."""
+def check_number_or_distribution(name: str, value, *, positive: bool = True,
+                                 function: bool = False):
+    """Accept a fixed positive number or a numpyro distribution (or, with `function=True`,
+    a function `fn(y, theta)` of the state and the parameters)."""
     if isinstance(value, Distribution):
+        return value
+    if function and callable(value):
         return value
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         if positive and not value > 0:
             raise ValueError(f"{name} must be positive; got {value!r}")
         return float(value)
+    also = ", or a function (y, theta) -> value per observable" if function else ""
     raise TypeError(
-        f"{name} must be a positive number (fixed) or a numpyro distribution (inferred); "
-        f"got {describe(value)}"
+        f"{name} must be a positive number (fixed) or a numpyro distribution (inferred)"
+        f"{also}; got {describe(value)}"
     )

@@ -5,7 +5,11 @@ distribution of the data. Scale and dispersion arguments take a number (fixed) o
 distribution (inferred as a posterior variable named after the argument: `sigma`, `phi`,
 `phi_inv`, `nu`). A distribution with batch shape `()` is shared by all observables; one
 with batch shape `(num_observables,)` gives each observable its own value (dim
-`observable`).
+`observable`). The scale `sigma` of `Normal`, `LogNormal` and `StudentT` may also be a
+function `sigma(y, theta) -> (num_observables,)` (or a scalar) of the state at a time and
+the parameters, like `observe`: a noise level that grows with the signal, e.g. the
+combined additive and proportional error of pharmacokinetics,
+`lambda y, th: th["a"] + th["b"] * y[1]` (ODE models).
 
 They live in the `probde.noise` namespace so that they never shadow numpyro's
 `dist.Normal` and friends.
@@ -69,6 +73,14 @@ class AbstractObservation(abc.ABC):
     def check_data(self, values: np.ndarray, argument: str) -> None:
         """Raise a `ValueError` if observed `values` (NaN = missing) are outside the support."""
 
+    def valid_mean(self, mu, mask):
+        """`(E,)`: whether each experiment's predictions `mu (E, T, O)` are possible (a
+        positive mean where the noise model needs one); `mask (E, T, O)` marks the observed
+        values. `None`: every prediction is possible."""
+        if self.positive_mean:
+            return jnp.all(mu > 0, axis=(1, 2))
+        return None
+
 
 def _check_counts(values, argument, name):
     v = values[~np.isnan(values)]
@@ -100,7 +112,8 @@ class Normal(AbstractObservation):
     sigma: object = 1.0
 
     def __post_init__(self):
-        object.__setattr__(self, "sigma", check_number_or_distribution("sigma", self.sigma))
+        object.__setattr__(self, "sigma", check_number_or_distribution("sigma", self.sigma,
+                                                                      function=True))
 
     gaussian_link = True
 
@@ -123,7 +136,8 @@ class LogNormal(AbstractObservation):
     gaussian_link = True
 
     def __post_init__(self):
-        object.__setattr__(self, "sigma", check_number_or_distribution("sigma", self.sigma))
+        object.__setattr__(self, "sigma", check_number_or_distribution("sigma", self.sigma,
+                                                                      function=True))
 
     def hyperparameters(self):
         return {"sigma": self.sigma}
@@ -203,7 +217,8 @@ class StudentT(AbstractObservation):
     nu: object = 4.0
 
     def __post_init__(self):
-        object.__setattr__(self, "sigma", check_number_or_distribution("sigma", self.sigma))
+        object.__setattr__(self, "sigma", check_number_or_distribution("sigma", self.sigma,
+                                                                      function=True))
         object.__setattr__(self, "nu", check_number_or_distribution("nu", self.nu))
 
     def hyperparameters(self):

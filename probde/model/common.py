@@ -30,7 +30,9 @@ def sample_noise(model, num_observables: int) -> dict:
     """The noise model's hyperparameters: sites for those given as priors, else the values."""
     hyper = {}
     for arg, value in model.observation.hyperparameters().items():
-        if isinstance(value, dist.Distribution):
+        if callable(value) and not isinstance(value, dist.Distribution):
+            hyper[arg] = value  # evaluated at the states (`evaluate_noise`)
+        elif isinstance(value, dist.Distribution):
             shape = tuple(value.batch_shape) + tuple(value.event_shape)
             if shape not in ((), (num_observables,)):
                 raise ValueError(
@@ -62,14 +64,36 @@ def observe_states(model, ys, theta):
     return ys[..., idx]
 
 
-def checked_mean(model, ys, ok, theta):
+def noise_functions(model) -> dict:
+    """The noise hyperparameters given as functions `fn(y, theta)` of the state."""
+    return {k: v for k, v in model.observation.hyperparameters().items()
+            if callable(v) and not isinstance(v, dist.Distribution)}
+
+
+def evaluate_noise(model, hyper: dict, ys, theta) -> dict:
+    """`hyper` with each function-valued noise parameter evaluated at the states
+    `ys (E, T, S)`, per time point like `observe`: arrays `(E, T, O)` (or `(E, T, 1)`)."""
+    fns = noise_functions(model)
+    if not fns:
+        return hyper
+    th_axes = population.axes(model, theta) if population.varies(model) else None
+    out = dict(hyper)
+    for name, fn in fns.items():
+        f = jax.vmap(jax.vmap(lambda y, th, fn=fn: jnp.atleast_1d(fn(y, th)),
+                              in_axes=(0, None)), in_axes=(0, th_axes))
+        out[name] = f(ys, theta)
+    return out
+
+
+def checked_mean(model, ys, ok, theta, mask=None):
     """`(mu, valid)`: the predictions, with failed or impossible ones (a non-positive mean
     under a positive noise model) flagged and replaced by a finite placeholder."""
     ys = jnp.where(ok[:, None, None], ys, 1.0)
     mu = observe_states(model, ys, theta)
     valid = ok
-    if model.observation.positive_mean:
-        valid = valid & jnp.all(mu > 0, axis=(1, 2))
+    possible = model.observation.valid_mean(mu, mask)
+    if possible is not None:
+        valid = valid & possible
     return ys, jnp.where(valid[:, None, None], mu, 1.0), valid
 
 

@@ -14,7 +14,7 @@ from .._checks import describe
 from ..discrepancy.base import AbstractDiscrepancy
 from ..dynamics import ODE, Solver
 from ..noise import AbstractObservation
-from . import experiments, population, sites, validate
+from . import common, experiments, population, sites, validate
 from .experiments import PreparedData
 from .filtered import FilterSource
 from .sources import AbstractSource, EmulatorSource, ODESource
@@ -131,6 +131,7 @@ class Model:
                 "per-experiment parameters and inputs are supported for ODE models only; "
                 f"this model's dynamics is a {type(dynamics).__name__}")
         self.observation = validate.observation(observation)
+        self._check_noise_functions(discrepancy)
         self.observe = validate.observe(observe, tuple(dynamics.state_names))
         if discrepancy is not None and not isinstance(discrepancy, AbstractDiscrepancy):
             raise TypeError(
@@ -153,7 +154,35 @@ class Model:
         self.source_reads = validate.traced(lambda th: self.source.trace(self, th),
                                             self.example_theta())
         self.source_reads |= population_reads
+        self.source_reads |= self._noise_function_reads()
         validate.warn_unused(dict(self.params, **self.per_experiment), self.source_reads)
+
+    def _check_noise_functions(self, discrepancy) -> None:
+        names = sorted(common.noise_functions(self))
+        if not names:
+            return
+        if not isinstance(self.source, ODESource):
+            raise ValueError(
+                f"a noise parameter given as a function of the state ({names}) needs ODE "
+                f"dynamics; this model's dynamics is a {type(self.dynamics).__name__}")
+        if discrepancy is not None:
+            raise ValueError(
+                f"a noise parameter given as a function of the state ({names}) cannot be "
+                "combined with a discrepancy term; give it as a number or a distribution")
+
+    def _noise_function_reads(self) -> set[str]:
+        """Check the noise functions' outputs; the parameters they read."""
+        read = set()
+        theta = self.example_theta()
+        state = self.source.example_state(self, theta)
+        for name, fn in common.noise_functions(self).items():
+            out = jax.eval_shape(fn, state, theta)
+            if len(out.shape) > 1:
+                raise ValueError(
+                    f"observation {name}(y, theta) must return a number or a 1-D array (one "
+                    f"value per observable); got shape {out.shape}")
+            read |= validate.trace_reads(lambda th, fn=fn: fn(state, th), theta)
+        return read
 
     def _population_reads(self) -> set[str]:
         """The shared parameters that the population distributions read."""

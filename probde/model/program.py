@@ -112,8 +112,9 @@ def build(model, data: PreparedData, *, on_failure=None, predict_times=None):
                                           st.grids)
         theta = population.take(model, theta, batch.rows)
         sim = simulate(batch.times, own=batch_size is None)
-        ys, mu, valid = common.checked_mean(model, sim.ys, sim.ok, theta)
-        hyper = common.sample_noise(model, O)
+        ys, mu, valid = common.checked_mean(model, sim.ys, sim.ok, theta, batch.mask)
+        raw_hyper = common.sample_noise(model, O)
+        hyper = common.evaluate_noise(model, raw_hyper, ys, theta)
         numpyro.deterministic(sites.SOLVER_OK, sim.ok)
         numpyro.deterministic(sites.VALID, valid)
         numpyro.deterministic(sites.SOLVER_STEPS, sim.num_steps)
@@ -121,7 +122,8 @@ def build(model, data: PreparedData, *, on_failure=None, predict_times=None):
         numpyro.deterministic(sites.MEAN, mu)
         common.reject_invalid(valid, on_failure)
         hyper = common.align_noise(hyper, mu.ndim)
-        observe = _Observer(model, st, batch, theta, simulate, hyper, observed, conditional)
+        observe = _Observer(model, st, batch, theta, simulate, hyper, observed, conditional,
+                            raw_hyper)
         if st.discrepancy is None:
             observe.independent(mu)
         else:
@@ -142,6 +144,7 @@ class _Observer:
     hyper: dict
     observed: bool
     conditional: bool
+    raw_hyper: dict
 
     def independent(self, prediction, delta_new=None) -> None:
         """Independent noise around `prediction`; predictions at new times on request."""
@@ -183,6 +186,10 @@ class _Observer:
         sim = self.simulate(new_times)
         ys = jnp.where(sim.ok[:, None, None], sim.ys, jnp.nan)
         hyper = self.hyper
+        if common.noise_functions(model):
+            safe_ys = jnp.where(sim.ok[:, None, None], sim.ys, 1.0)
+            hyper = common.align_noise(
+                common.evaluate_noise(model, self.raw_hyper, safe_ys, self.theta), 3)
         if sim.cov is not None:
             # The emulator's uncertainty at the new times is added to the noise variance of
             # y_new (its correlation with the uncertainty at the data times is dropped).

@@ -1,0 +1,369 @@
+"""SBML models as ODEs: the reaction network read with python-libsbml, its math turned into
+sympy expressions by sbmlmath, and those printed as one JAX function per model part.
+
+What libsbml and sbmlmath do (parsing, function-definition expansion, MathML) is theirs;
+what is written here is the semantics they leave to a simulator: which symbols are states,
+how reactions, compartments and rules make the right-hand side, and the initial values.
+
+Semantics (those of AMICI and the SBML specification):
+
+- A species' symbol in math is its concentration unless it has only substance units; its
+  state is that same quantity, so a reaction's rate (amount per time) is divided by the
+  compartment size for a concentration species.
+- States: non-constant species not set by an assignment rule, and parameters, compartments
+  or species with a rate rule. Boundary species change only through rate rules.
+- Assignment rules are substituted into everything that reads them (in dependency order).
+- Initial values: the initial amount or concentration, converted to the state's unit, or
+  the initial assignment, evaluated at the parameters' values (so a parameter override in a
+  PEtab condition reaches the initial state).
+- `piecewise` and other discontinuities are kept as `jnp.where`; time-triggered events are
+  listed (`SBMLModel.events`) for the caller to apply as restarts of the solve.
+
+Unsupported constructs (algebraic rules, delays, events with state-dependent triggers,
+fast reactions, compartments whose size changes) raise `SBMLError` naming the element.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import sympy as sp
+
+TIME = sp.Symbol("time", real=True)
+
+
+class SBMLError(ValueError):
+    """An SBML model that cannot be read or uses a construct probde does not support."""
+
+
+def _libsbml():
+    try:
+        import libsbml
+    except ImportError as err:  # pragma: no cover - an install problem
+        raise ImportError("reading SBML needs python-libsbml: pip install python-libsbml") \
+            from err
+    return libsbml
+
+
+@dataclasses.dataclass(frozen=True)
+class TimedEvent:
+    """An event triggered when `time` reaches `trigger_time` (an expression of the
+    parameters): each target (a state) is set to its expression of the states and
+    parameters just before the event."""
+
+    id: str
+    trigger_time: sp.Expr
+    assignments: dict
+
+
+@dataclasses.dataclass
+class SBMLModel:
+    """An SBML model as sympy expressions in its states, its parameters and `time`.
+
+    - `state_ids`: the states' SBML ids, in the order of the state vector.
+    - `parameters`: every other symbol the math reads (parameters, compartment sizes,
+      constant and boundary species), id -> its value in the file: a sympy number, or an
+      expression of earlier parameters (an initial assignment); in dependency order.
+    - `rhs`: `d state / dt`, one expression per state.
+    - `initial`: the states at the start, expressions of the parameters.
+    - `expressions`: each species, assignment-rule target and parameter as an expression
+      of the states, the parameters and time (what observables may read).
+    - `events`: the time-triggered events.
+    """
+
+    id: str
+    state_ids: tuple[str, ...]
+    parameters: dict
+    rhs: list
+    initial: list
+    expressions: dict
+    events: list
+    concentration_species: set
+    species_compartment: dict
+
+
+def lambdify(exprs: list, state_ids, constant_names) -> Callable:
+    """`f(t, x, c)` printing sympy expressions as jax.numpy code (sympy's JAX printer)."""
+    xs = [sp.Symbol(s, real=True) for s in state_ids]
+    cs = [sp.Symbol(c, real=True) for c in constant_names]
+    fn = sp.lambdify((TIME, xs, cs), list(exprs), modules="jax", cse=True, dummify=True)
+    return fn
+
+
+def _substitute(expr, rules: dict, depth: int = 0):
+    if depth > 100:
+        raise SBMLError("assignment rules form a cycle")
+    free = expr.free_symbols
+    hit = {s: rules[s] for s in free if s in rules}
+    if not hit:
+        return expr
+    return _substitute(expr.xreplace(hit), rules, depth + 1)
+
+
+def _math(node, level: int, version: int) -> sp.Expr:
+    from sbmlmath import SBMLMathMLParser
+
+    libsbml = _libsbml()
+    xml = libsbml.writeMathMLToString(node)
+    parser = SBMLMathMLParser(sbml_level=level, sbml_version=version, ignore_units=True,
+                              floats_as_rationals=False, symbol_kwargs={"real": True})
+    expr = parser.parse_str(xml)
+    return _normalise(expr)
+
+
+def _normalise(expr) -> sp.Expr:
+    """sbmlmath's special symbols as plain ones (`time`), booleans as numbers."""
+    from sbmlmath import CSymbol, TimeSymbol
+
+    repl = {}
+    for s in expr.atoms(sp.Symbol):
+        if isinstance(s, TimeSymbol):
+            repl[s] = TIME
+        elif isinstance(s, CSymbol) and "avogadro" in s.definition_url:
+            repl[s] = sp.Float(6.02214076e23)
+        elif isinstance(s, CSymbol):
+            raise SBMLError(f"the SBML csymbol {s.definition_url} is not supported")
+        elif not s.is_real:
+            repl[s] = sp.Symbol(s.name, real=True)
+    if repl:
+        expr = expr.xreplace(repl)
+    if expr.has(sp.Function("delay")) or any(
+            type(f).__name__.lower().startswith("delay") for f in expr.atoms(sp.Function)):
+        raise SBMLError("delay() is not supported (delay differential equations)")
+    if expr is sp.true:
+        return sp.Integer(1)
+    if expr is sp.false:
+        return sp.Integer(0)
+    return expr
+
+
+def read(path) -> SBMLModel:
+    """Read an SBML file into an `SBMLModel`."""
+    libsbml = _libsbml()
+    path = Path(path)
+    if not path.is_file():
+        raise SBMLError(f"SBML file not found: {path}")
+    doc = libsbml.readSBMLFromFile(str(path))
+    errors = [doc.getError(i) for i in range(doc.getNumErrors())
+              if doc.getError(i).getSeverity() >= libsbml.LIBSBML_SEV_ERROR]
+    if errors:
+        raise SBMLError(f"{path}: {errors[0].getMessage().strip()}")
+    conv = libsbml.ConversionProperties()
+    conv.addOption("expandFunctionDefinitions", True)
+    if doc.convert(conv) != libsbml.LIBSBML_OPERATION_SUCCESS:
+        raise SBMLError(f"{path}: its function definitions could not be expanded")
+    model = doc.getModel()
+    if model is None:
+        raise SBMLError(f"{path} holds no SBML model")
+    return _Reader(model, doc.getLevel(), doc.getVersion(), path).build()
+
+
+class _Reader:
+    def __init__(self, model, level, version, path):
+        self.m, self.level, self.version, self.path = model, level, version, path
+
+    def math(self, node, where: str) -> sp.Expr:
+        if node is None:
+            raise SBMLError(f"{self.path}: {where} has no math")
+        try:
+            return _math(node, self.level, self.version)
+        except SBMLError as err:
+            raise SBMLError(f"{self.path}: {where}: {err}") from None
+
+    def unsupported(self):
+        m = self.m
+        for i in range(m.getNumRules()):
+            r = m.getRule(i)
+            if r.isAlgebraic():
+                raise SBMLError(f"{self.path}: algebraic rules are not supported (rule {i})")
+        for i in range(m.getNumReactions()):
+            r = m.getReaction(i)
+            if r.isSetFast() and r.getFast():
+                raise SBMLError(f"{self.path}: fast reaction {r.getId()!r} is not supported")
+
+    def build(self) -> SBMLModel:
+        self.unsupported()
+        m = self.m
+        params: dict[str, sp.Expr] = {}
+        compartments = set()
+        for i in range(m.getNumCompartments()):
+            c = m.getCompartment(i)
+            params[c.getId()] = sp.Float(c.getSize() if c.isSetSize() else 1.0)
+            compartments.add(c.getId())
+        for i in range(m.getNumParameters()):
+            p = m.getParameter(i)
+            params[p.getId()] = sp.Float(p.getValue()) if p.isSetValue() else sp.nan
+
+        rate_rules, assign_rules = {}, {}
+        for i in range(m.getNumRules()):
+            r = m.getRule(i)
+            expr = self.math(r.getMath(), f"rule for {r.getVariable()!r}")
+            (rate_rules if r.isRate() else assign_rules)[r.getVariable()] = expr
+        for c in rate_rules:
+            if c in compartments:
+                raise SBMLError(f"{self.path}: compartment {c!r} changes size (rate rule); "
+                                "compartments of varying size are not supported")
+        initial_assign = {}
+        for i in range(m.getNumInitialAssignments()):
+            a = m.getInitialAssignment(i)
+            initial_assign[a.getSymbol()] = self.math(
+                a.getMath(), f"initial assignment of {a.getSymbol()!r}")
+
+        species = [m.getSpecies(i) for i in range(m.getNumSpecies())]
+        conc = {s.getId() for s in species if not s.getHasOnlySubstanceUnits()}
+        sp_comp = {s.getId(): s.getCompartment() for s in species}
+        states, start = [], {}
+        for s in species:
+            sid = s.getId()
+            size = _sym(s.getCompartment())
+            if s.isSetInitialConcentration():
+                v = sp.Float(s.getInitialConcentration())
+                init = v if sid in conc else v * size
+            elif s.isSetInitialAmount():
+                v = sp.Float(s.getInitialAmount())
+                init = v / size if sid in conc else v
+            else:
+                init = sp.nan
+            if sid in assign_rules:
+                continue
+            if s.getConstant() or (s.getBoundaryCondition() and sid not in rate_rules):
+                params[sid] = init  # constant in time: a parameter
+                continue
+            states.append(sid)
+            start[sid] = init
+        for target in rate_rules:
+            if target not in states:  # a parameter changed by a rate rule
+                states.append(target)
+                start[target] = params.pop(target, sp.nan)
+        for sid, expr in initial_assign.items():
+            if sid in start:
+                start[sid] = expr
+            elif sid in params:
+                params[sid] = expr
+            elif sid not in assign_rules:
+                raise SBMLError(f"{self.path}: initial assignment to unknown symbol {sid!r}")
+
+        rules = {_sym(k): v for k, v in assign_rules.items()}
+        rhs = {sid: sp.Integer(0) for sid in states}
+        for i in range(m.getNumReactions()):
+            self.reaction(m.getReaction(i), rhs, rate_rules, conc, sp_comp, assign_rules,
+                          initial_assign)
+        rhs.update(rate_rules)
+
+        subst = lambda e: _substitute(e, rules)  # noqa: E731
+        params = {k: subst(v) for k, v in params.items()}
+        params = _ordered(params, self.path)
+        # an initial value may read other states' initial values and assignment rules
+        start_syms = {_sym(k): subst(v) for k, v in start.items()}
+        initial = [_substitute(start_syms[_sym(s)], start_syms) for s in states]
+        for s, e in zip(states, initial, strict=True):
+            if e.free_symbols & set(start_syms):
+                raise SBMLError(f"{self.path}: the initial value of {s!r} depends on itself")
+        expressions = {sid: _sym(sid) for sid in states}
+        expressions.update({k: _sym(k) for k in params})
+        expressions.update({k: subst(v) for k, v in assign_rules.items()})
+        events = [TimedEvent(e.id, subst(e.trigger_time),
+                             {k: subst(v) for k, v in e.assignments.items()})
+                  for e in self.events(states)]
+        return SBMLModel(
+            id=m.getId(),
+            state_ids=tuple(states),
+            parameters=params,
+            rhs=[subst(rhs[s]) for s in states],
+            initial=initial,
+            expressions=expressions,
+            events=events,
+            concentration_species=conc,
+            species_compartment=sp_comp,
+        )
+
+    def reaction(self, r, rhs, rate_rules, conc, sp_comp, assign_rules, initial_assign):
+        law = r.getKineticLaw()
+        if law is None:
+            raise SBMLError(f"{self.path}: reaction {r.getId()!r} has no kinetic law")
+        rate = self.math(law.getMath(), f"kinetic law of reaction {r.getId()!r}")
+        local = {}
+        for j in range(law.getNumParameters()):
+            lp = law.getParameter(j)
+            local[_sym(lp.getId())] = sp.Float(lp.getValue())
+        for j in range(law.getNumLocalParameters()):
+            lp = law.getLocalParameter(j)
+            local[_sym(lp.getId())] = sp.Float(lp.getValue())
+        if local:
+            rate = rate.xreplace(local)
+        for refs, sign in ((r.getListOfReactants(), -1), (r.getListOfProducts(), 1)):
+            for ref in refs:
+                sid = ref.getSpecies()
+                if sid not in rhs or sid in rate_rules:
+                    continue  # constant, boundary or rule-driven species
+                if ref.isSetId() and (ref.getId() in assign_rules
+                                      or ref.getId() in initial_assign):
+                    raise SBMLError(f"{self.path}: variable stoichiometry "
+                                    f"{ref.getId()!r} is not supported")
+                n = ref.getStoichiometry() if ref.isSetStoichiometry() else 1.0
+                term = sign * sp.Float(n) * rate
+                if sid in conc:
+                    term = term / _sym(sp_comp[sid])
+                rhs[sid] = rhs[sid] + term
+
+    def events(self, state_ids) -> list[TimedEvent]:
+        m = self.m
+        out = []
+        for i in range(m.getNumEvents()):
+            ev = m.getEvent(i)
+            name = ev.getId() or f"event {i}"
+            if ev.isSetDelay():
+                raise SBMLError(f"{self.path}: event {name!r} has a delay (not supported)")
+            trig = self.math(ev.getTrigger().getMath(), f"trigger of event {name!r}")
+            t_event = _trigger_time(trig)
+            if t_event is None:
+                raise SBMLError(
+                    f"{self.path}: event {name!r} has trigger {trig}; only time-triggered "
+                    "events (time >= expression of parameters) are supported")
+            assigns = {}
+            for j in range(ev.getNumEventAssignments()):
+                a = ev.getEventAssignment(j)
+                if a.getVariable() not in state_ids:
+                    raise SBMLError(
+                        f"{self.path}: event {name!r} assigns {a.getVariable()!r}, which is "
+                        "not a state; only assignments to states are supported")
+                assigns[a.getVariable()] = self.math(a.getMath(), f"event {name!r}")
+            out.append(TimedEvent(name, t_event, assigns))
+        return out
+
+
+def _sym(name: str) -> sp.Symbol:
+    return sp.Symbol(name, real=True)
+
+
+def _ordered(params: dict, path) -> dict:
+    """Parameters in dependency order (an initial assignment after what it reads)."""
+    names = {_sym(k): k for k in params}
+    done, out = set(), {}
+    pending = dict(params)
+    while pending:
+        ready = [k for k, v in pending.items()
+                 if not ({names[s] for s in v.free_symbols if s in names} - done - {k})]
+        if not ready:
+            raise SBMLError(f"{path}: initial assignments of {sorted(pending)} form a cycle")
+        for k in ready:
+            out[k] = pending.pop(k)
+            done.add(k)
+    return out
+
+
+def _trigger_time(trig):
+    """`T` for a trigger `time >= T` / `time > T` / `T <= time` / `T < time` (T free of
+    time), else None."""
+    if isinstance(trig, (sp.GreaterThan, sp.StrictGreaterThan)):
+        lhs, rhs = trig.lhs, trig.rhs
+    elif isinstance(trig, (sp.LessThan, sp.StrictLessThan)):
+        lhs, rhs = trig.rhs, trig.lhs
+    else:
+        return None
+    if lhs == TIME and TIME not in rhs.free_symbols:
+        return rhs
+    return None
