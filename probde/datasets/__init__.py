@@ -6,17 +6,40 @@
   (763 pupils), January 1978 (BMJ 1978;1:587), as in Grinsztajn et al. (2021).
 - `theophylline()`: serum theophylline concentrations of 12 subjects after one oral dose
   (Boeckmann, Sheiner & Beal 1994; R's `datasets::Theoph`), one experiment per subject.
+- `petab_problem(name)`: the YAML file of a PEtab problem that ships with probde
+  (`"Boehm_JProteomeRes2014"`, STAT5 dimerisation, from the PEtab benchmark collection,
+  BSD-3 licence in `probde/datasets/petab/LICENSE`), for `probde.petab.load`.
 """
 
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
 from ..observations import TimeSeries
 
-__all__ = ["lynx_hare", "boarding_school_influenza", "theophylline", "load_csv"]
+__all__ = ["lynx_hare", "boarding_school_influenza", "theophylline", "petab_problem",
+           "load_csv"]
+
+#: the PEtab problems that ship with probde
+PETAB_PROBLEMS = ("Boehm_JProteomeRes2014",)
+
+
+def petab_problem(name: str = "Boehm_JProteomeRes2014"):
+    """The path of a shipped PEtab problem's YAML file.
+
+    ```python
+    >>> import probde
+    >>> probde.datasets.petab_problem().name
+    'Boehm_JProteomeRes2014.yaml'
+
+    ```
+    """
+    if name not in PETAB_PROBLEMS:
+        raise ValueError(f"name must be one of {PETAB_PROBLEMS}; got {name!r}")
+    return Path(str(resources.files(__name__).joinpath("petab", name, f"{name}.yaml")))
 
 
 def load_csv(filename: str) -> tuple[list[str], np.ndarray]:
