@@ -1,5 +1,6 @@
 """`probde.log_likelihood` against closed forms, finite differences and masking."""
 
+import gpjax as gpx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -161,3 +162,37 @@ def test_derived_draws_are_the_function_of_each_draw():
         # of the draws).
         np.testing.assert_array_max_ulp(half_life.values, np.log(2.0) / k.values, maxulp=2)
     assert "half_life" in result.summary().index
+
+
+def test_noise_scale_as_a_function_of_the_state_matches_scipy():
+    """The combined additive and proportional error: sigma = a + b * x(t)."""
+    model = probde.Model(ODE1, {"k": dist.LogNormal(0.0, 1.0), "b": dist.HalfNormal(1.0)},
+                         initial_state=jnp.array([2.0]),
+                         observation=probde.noise.Normal(
+                             sigma=lambda y, th: 0.05 + th["b"] * y[0]),
+                         solver=TIGHT)
+    data = probde.TimeSeries(TIMES, VALUES, observables=("x",))
+    ll = probde.log_likelihood(model, data, {"k": 1.1, "b": 0.2})
+    mu = 2.0 * np.exp(-1.1 * TIMES)
+    expected = stats.norm.logpdf(VALUES, mu, 0.05 + 0.2 * mu).sum()
+    np.testing.assert_allclose(ll, expected, rtol=1e-8)
+    # the predictive at new times is drawn with the scale at those times
+    result = probde.infer(model, data, probde.Laplace(num_draws=200), seed=0)
+    y_new = result.predict(np.array([10.0]))["y"].values.ravel()
+    assert np.std(y_new) < 0.2  # 0.05 + b * (about 0) at t = 10, not the data-time scale
+
+
+def test_noise_scale_function_is_refused_where_it_cannot_apply():
+    sigma = lambda y, th: 0.1 + 0 * y[0]  # noqa: E731
+    sde = probde.SDE(lambda t, y, th: -th["k"] * y, lambda t, y, th: jnp.eye(1) * 0.1,
+                     state_names=("x",))
+    with pytest.raises(ValueError, match="needs ODE dynamics"):
+        probde.Model(sde, {"k": dist.LogNormal(0.0, 1.0)}, initial_state=jnp.array([2.0]),
+                     observation=probde.noise.Normal(sigma=sigma), likelihood=probde.EKF())
+    with pytest.raises(ValueError, match="cannot be combined with a discrepancy"):
+        make_model(probde.noise.Normal(sigma=sigma), discrepancy=probde.GPDiscrepancy(
+            gpx.kernels.RBF(lengthscale=1.0, variance=1.0)))
+    with pytest.raises(ValueError, match=r"must return a number or a 1-D array"):
+        make_model(probde.noise.Normal(sigma=lambda y, th: jnp.ones((2, 2))))
+    with pytest.raises(TypeError, match="or a function"):
+        probde.noise.Normal(sigma="0.1")

@@ -166,6 +166,10 @@ class Problem:
     def __init__(self, yaml_path, solver: Solver | None = None):
         self.tables = t = _Tables(yaml_path)
         self.sbml = sbml.read(t.model_file)
+        if self.sbml.events:
+            raise PEtabError(
+                f"{t.model_file.name}: events ({', '.join(e.id for e in self.sbml.events)}) "
+                "are not supported yet")
         self.solver = default_solver() if solver is None else solver
         self.estimated = t.estimated()
         self.nominal = {pid: t.nominal(pid) for pid in self.estimated}
