@@ -31,6 +31,17 @@ from .observations import TimeSeries
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # `probde.petab` needs the optional PEtab dependencies (petab, python-libsbml, sympy):
+    # imported on first use, so that `import probde` works without them.
+    if name == "petab":
+        import importlib
+
+        return importlib.import_module(".petab", __name__)
+    raise AttributeError(f"module 'probde' has no attribute {name!r}")
+
+
 _cache.configure_on_import()
 
 __all__ = [

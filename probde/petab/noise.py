@@ -29,8 +29,10 @@ TRANSFORMATIONS = ("lin", "log", "log10")
 def _forward(x, code):
     """The transformation of each column: 0 lin, 1 log, 2 log10 (safe where x <= 0)."""
     logged = code > 0
-    safe = jnp.where(logged, jnp.where(x > 0, x, 1.0), x)
-    z = jnp.where(logged, jnp.log(safe), safe)
+    # log only of positive values: a `where` whose untaken branch is log(0) still has an
+    # infinite derivative there, and 0 * inf makes the gradient NaN
+    safe = jnp.where(logged & (x > 0), x, 1.0)
+    z = jnp.where(logged, jnp.log(safe), x)
     return jnp.where(code == 2, z / math.log(10.0), z)
 
 
@@ -106,7 +108,7 @@ class Measurements(AbstractObservation):
         logged = np.asarray(self.transforms) > 0
         if not logged.any():
             return None
-        bad = logged & (mu <= 0)
+        bad = logged.reshape((1,) * (mu.ndim - 1) + logged.shape) & (mu <= 0)
         if mask is not None:
             bad = bad & mask
         return ~jnp.any(bad, axis=(1, 2))

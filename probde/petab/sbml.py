@@ -17,7 +17,8 @@ Semantics (those of AMICI and the SBML specification):
   the initial assignment, evaluated at the parameters' values (so a parameter override in a
   PEtab condition reaches the initial state).
 - `piecewise` and other discontinuities are kept as `jnp.where`; time-triggered events are
-  listed (`SBMLModel.events`) for the caller to apply as restarts of the solve.
+  read (`SBMLModel.events`), but not applied yet: `probde.petab.load` refuses a model that
+  has any.
 
 Unsupported constructs (algebraic rules, delays, events with state-dependent triggers,
 fast reactions, compartments whose size changes) raise `SBMLError` naming the element.
