@@ -266,20 +266,25 @@ def test_unknown_observable_parameter(tmp_path):
      "only time-triggered events"),
 ])
 def test_unsupported_sbml_constructs_are_named(tmp_path, construct, message):
+    with pytest.raises(petab.SBMLError, match=message):
+        petab.load(_case_with(tmp_path, construct))
+
+
+def _case_with(tmp_path, construct: str) -> Path:
+    """Case 0001 with an SBML element added in its place (rules before reactions, events
+    after); the path of its problem file."""
     d = _copy_case(tmp_path)
     path = d / "_model.xml"
     text = path.read_text()
-    if "listOfRules" in construct:  # SBML's order: rules before reactions
+    if "listOfRules" in construct:
         text = text.replace("<listOfReactions>", construct + "<listOfReactions>")
     else:
         text = text.replace("</listOfReactions>", "</listOfReactions>" + construct)
     path.write_text(text)
-    with pytest.raises(petab.SBMLError, match=message):
-        petab.load(d / "_0001.yaml")
+    return d / "_0001.yaml"
 
 
 def test_time_triggered_events_are_refused_until_applied(tmp_path):
-    d = _copy_case(tmp_path)
     event = ('<listOfEvents><event id="pulse"><trigger><math '
              'xmlns="http://www.w3.org/1998/Math/MathML"><apply><geq/><csymbol '
              'encoding="text" definitionURL="http://www.sbml.org/sbml/symbols/time"> t '
@@ -287,8 +292,5 @@ def test_time_triggered_events_are_refused_until_applied(tmp_path):
              '<eventAssignment variable="B"><math xmlns="http://www.w3.org/1998/Math/MathML">'
              '<cn> 1 </cn></math></eventAssignment></listOfEventAssignments></event>'
              '</listOfEvents>')
-    path = d / "_model.xml"
-    path.write_text(path.read_text().replace("</listOfReactions>",
-                                             "</listOfReactions>" + event))
     with pytest.raises(petab.PEtabError, match=r"events \(pulse\) are not supported yet"):
-        petab.load(d / "_0001.yaml")
+        petab.load(_case_with(tmp_path, event))

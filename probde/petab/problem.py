@@ -23,13 +23,11 @@ import math
 from pathlib import Path
 
 import diffrax
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import sympy as sp
 
-from .. import noise as _noise  # noqa: F401  (the observation models' namespace)
 from ..dynamics import ODE, Solver
 from ..model import Model
 from ..observations import TimeSeries

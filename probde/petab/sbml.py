@@ -30,7 +30,6 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import sympy as sp
 
 TIME = sp.Symbol("time", real=True)
