@@ -159,6 +159,21 @@ def test_nuts_samples_a_petab_model_under_its_ids():
         assert np.all((v > 0) & (v < 10))
 
 
+def test_steady_state_measurement(tmp_path):
+    """A measurement at time = inf sees the steady state of A <-> B from A = 1, B = 0:
+    A = k2 / (k1 + k2)."""
+    d = _copy_case(tmp_path)
+    path = d / "_measurements.tsv"
+    path.write_text(path.read_text().replace("c0\t10\t", "c0\tinf\t"))
+    problem = petab.load(d / "_0001.yaml")
+    assert [ts.name for ts in problem.data] == ["c0", "c0 (steady state)"]
+    sim = problem.simulate()
+    assert np.isinf(sim["time"].iloc[1])
+    assert sim["simulation"].iloc[1] == pytest.approx(0.6 / 1.4, rel=1e-6)
+    expected = stats.norm.logpdf([0.7, 0.1], [1.0, 0.6 / 1.4], 0.5).sum()
+    assert float(problem.log_likelihood()) == pytest.approx(expected, rel=1e-6)
+
+
 # ------------------------------------------------------------------------ priors
 def test_log10_uniform_prior_is_uniform_on_the_log10_scale():
     row = pd.Series({"parameterScale": "log10", "lowerBound": 1e-3, "upperBound": 1e2})

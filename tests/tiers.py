@@ -131,6 +131,14 @@ SLOW: dict[str, str] = {
     "tests/test_deep_emulator.py::test_modular_calibration_recovers_k": "NUTS, 22 s",
     "tests/test_deep_emulator.py::test_bad_input": "shares the fit",
     "tests/test_model_parts.py::test_ornstein_uhlenbeck_mean_called_mu": "7 s",
+    # PEtab: benchmark problems, gradients through solves, NUTS (the suite cases: CASES)
+    "tests/test_petab.py::test_benchmark_log_likelihood_at_nominal_matches_the_reference":
+        "8 problems, 3-30 s each",
+    "tests/test_petab.py::test_crauste_log_likelihood_is_converged_in_the_solver_tolerance":
+        "two tight solves (25 s)",
+    "tests/test_petab.py::test_gradient_is_finite_where_a_linear_observable_is_exactly_zero":
+        "Boehm's gradient (15 s)",
+    "tests/test_petab.py::test_nuts_samples_a_petab_model_under_its_ids": "a NUTS run (20 s)",
 }
 
 # test function: the parametrisations the fast tier keeps, by id (the text in brackets);
@@ -157,6 +165,9 @@ CASES: dict[str, tuple[str, ...]] = {
         ("ou-EKF-moment_ode", "matern-UKF-exact"),
     "tests/test_sde.py::test_ou_model_log_likelihood_is_the_dense_gaussian": (),  # 2-4 s each
     "tests/test_model_parts.py::test_natural_parameter_names_are_free": (),  # 4-7 s each
+    # the PEtab suite: 20 cases, 2 s each, 16-18 s with pre-equilibration
+    "tests/test_petab.py::test_suite_case": ("0001", "0007", "0008", "0013"),
+    "tests/test_petab.py::test_gradient_equals_finite_differences": ("0001",),
 }
 
 

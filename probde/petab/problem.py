@@ -153,9 +153,11 @@ class _Tables:
 
 
 class _Experiment:
-    def __init__(self, pre: str | None, sim: str):
-        self.pre, self.sim = pre, sim
+    def __init__(self, pre: str | None, sim: str, steady: bool = False):
+        self.pre, self.sim, self.steady = pre, sim, steady
         self.name = sim if pre is None else f"{pre}->{sim}"
+        if steady:
+            self.name += " (steady state)"
 
 
 class Problem:
@@ -185,26 +187,28 @@ class Problem:
 
     # ------------------------------------------------------------ experiments
     def _experiments(self):
+        """Experiments: (pre-equilibration, simulation condition) pairs; measurements at
+        time = inf (at the steady state of the simulation condition) form an experiment of
+        their own, observed at time 0 of a start at that steady state."""
         m = self.tables.measurements
         pre = [v if isinstance(v, str) and v else None
                for v in m["preequilibrationConditionId"]]
-        keys = list(dict.fromkeys(zip(pre, m["simulationConditionId"], strict=True)))
-        self.experiments = [_Experiment(p, s) for p, s in keys]
-        index = {(e.pre, e.sim): i for i, e in enumerate(self.experiments)}
-        m["_experiment"] = [index[k] for k in zip(pre, m["simulationConditionId"],
-                                                  strict=True)]
+        steady = np.isinf(m["time"].to_numpy())
+        keys_of_rows = list(zip(pre, m["simulationConditionId"], steady, strict=True))
+        keys = list(dict.fromkeys(keys_of_rows))
+        self.experiments = [_Experiment(p, s, bool(st)) for p, s, st in keys]
+        index = {k: i for i, k in enumerate(keys)}
+        m["_experiment"] = [index[k] for k in keys_of_rows]
+        m["_time"] = np.where(steady, 0.0, m["time"].to_numpy())
         self.preequilibrate = any(e.pre is not None for e in self.experiments)
-        if np.any(np.isinf(m["time"])):
-            raise PEtabError(
-                f"{self.tables.path}: steady-state measurements (time = inf) are not supported "
-                "yet")
+        self.steady_states = any(e.steady for e in self.experiments)
 
     def _columns(self):
         """Data columns: (observable, observable parameters, noise parameters, replicate)."""
         m = self.tables.measurements
         m["_obs_pars"] = [tuple(_split(v)) for v in m["observableParameters"]]
         m["_noise_pars"] = [tuple(_split(v)) for v in m["noiseParameters"]]
-        group = ["_experiment", "time", "observableId", "_obs_pars", "_noise_pars"]
+        group = ["_experiment", "_time", "observableId", "_obs_pars", "_noise_pars"]
         m["_replicate"] = m.groupby(group, sort=False).cumcount()
         keys = list(zip(m["observableId"], m["_obs_pars"], m["_noise_pars"], m["_replicate"],
                         strict=True))
@@ -244,6 +248,9 @@ class Problem:
         if self.preequilibrate:
             self.inputs[INPUT + "preeq"] = np.array(
                 [0.0 if e.pre is None else 1.0 for e in self.experiments])
+        if self.steady_states:
+            self.inputs[INPUT + "steady"] = np.array(
+                [1.0 if e.steady else 0.0 for e in self.experiments])
 
     def _condition_input(self, phase, target):
         conds = self.tables.conditions
@@ -416,13 +423,14 @@ class Problem:
         return x
 
     def initial_state(self, theta):
-        x0, _ = self._start(theta, "sim")
-        if not self.preequilibrate:
-            return x0
-        xp, cp = self._start(theta, "pre")
-        steady = self._steady_state(xp, cp)
-        after = self._reinitialise(steady, theta, "sim")
-        return jnp.where(theta[INPUT + "preeq"] > 0, after, x0)
+        x0, c = self._start(theta, "sim")
+        if self.preequilibrate:
+            xp, cp = self._start(theta, "pre")
+            after = self._reinitialise(self._steady_state(xp, cp), theta, "sim")
+            x0 = jnp.where(theta[INPUT + "preeq"] > 0, after, x0)
+        if self.steady_states:  # measured at time = inf: start at the steady state
+            x0 = jnp.where(theta[INPUT + "steady"] > 0, self._steady_state(x0, c), x0)
+        return x0
 
     def _steady_state(self, x0, c):
         s = self.solver
@@ -443,9 +451,9 @@ class Problem:
         series = []
         for i, e in enumerate(self.experiments):
             rows = m[m["_experiment"] == i]
-            times = np.unique(rows["time"].to_numpy())
+            times = np.unique(rows["_time"].to_numpy())
             values = np.full((len(times), len(self.columns)), np.nan)
-            t_index = np.searchsorted(times, rows["time"].to_numpy())
+            t_index = np.searchsorted(times, rows["_time"].to_numpy())
             values[t_index, rows["_column"].to_numpy()] = rows["measurement"].to_numpy()
             inputs = {k: float(v[i]) for k, v in self.inputs.items()}
             series.append(TimeSeries(times, values, self.column_names, name=e.name,
@@ -516,7 +524,7 @@ class Problem:
         ok = np.asarray(tr[sites.VALID]["value"])
         m = self.tables.measurements
         times = self._prepared.times
-        t_index = np.searchsorted(times, m["time"].to_numpy())
+        t_index = np.searchsorted(times, m["_time"].to_numpy())
         sim = mu[m["_experiment"].to_numpy(), t_index, m["_column"].to_numpy()]
         sim = np.where(ok[m["_experiment"].to_numpy()], sim, np.nan)
         out = self.tables.problem.measurement_df.copy()
