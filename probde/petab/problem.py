@@ -75,6 +75,13 @@ def _split(value) -> list[str]:
     return [v.strip() for v in str(value).split(";")]
 
 
+def _unstack(y) -> list:
+    """The state vector as a list of scalars for the generated code, which unpacks it: by
+    static index, since iterating a JAX array of over 100 entries slices it with traced
+    offsets (which the parameter-read check cannot trace)."""
+    return [y[i] for i in range(y.shape[0])]
+
+
 def _real(expr: sp.Expr) -> sp.Expr:
     """Symbols as real symbols (the SBML side's convention)."""
     return expr.xreplace({s: sp.Symbol(s.name, real=True) for s in expr.free_symbols
@@ -396,7 +403,7 @@ class Problem:
                     args.append(self._placeholder(s, column, theta))
                 else:
                     args.append(self.value_of(s, theta))
-            out.append(fn(0.0, y, list(c) + args)[which])
+            out.append(fn(0.0, _unstack(y), list(c) + args)[which])
         return jnp.stack([jnp.asarray(v, y.dtype) for v in out])
 
     def observe(self, y, theta):
@@ -406,7 +413,7 @@ class Problem:
         return self._evaluate(y, theta, 1)
 
     def vector_field(self, t, y, theta):
-        return jnp.stack(self._rhs(t, y, self.sbml_parameters(theta)))
+        return jnp.stack(self._rhs(t, _unstack(y), self.sbml_parameters(theta)))
 
     def _start(self, theta, phase):
         c = self.sbml_parameters(theta, phase)
@@ -434,7 +441,7 @@ class Problem:
 
     def _steady_state(self, x0, c):
         s = self.solver
-        term = diffrax.ODETerm(lambda t, y, args: jnp.stack(self._rhs(t, y, args)))
+        term = diffrax.ODETerm(lambda t, y, args: jnp.stack(self._rhs(t, _unstack(y), args)))
         sol = diffrax.diffeqsolve(
             term, s.solver, 0.0, jnp.inf, s.dt0, x0, args=c,
             saveat=diffrax.SaveAt(t1=True), stepsize_controller=s.controller(),
