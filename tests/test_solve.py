@@ -156,10 +156,13 @@ def test_failed_solve_gives_finite_zero_gradient_with_forward_sensitivity():
     assert all(bool(jnp.isfinite(v)) and float(v) == 0.0 for v in g.values())
 
 
-def test_auto_adjoint_choice_depends_on_size():
+def test_auto_adjoint_choice_depends_on_size_and_solver():
     solver = probde.Solver()
     assert isinstance(solver.resolve_adjoint(8), probde.ForwardSensitivity)
     assert isinstance(solver.resolve_adjoint(1000), diffrax.RecursiveCheckpointAdjoint)
+    # an implicit solver's Newton system would span states and sensitivities
+    stiff = probde.Solver(diffrax.Kvaerno5())
+    assert isinstance(stiff.resolve_adjoint(8), diffrax.RecursiveCheckpointAdjoint)
 
 
 def test_solve_vmaps_over_parameters():

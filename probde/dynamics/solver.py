@@ -61,9 +61,12 @@ class Solver:
     **Other arguments:**
 
     - `adjoint`: how gradients are taken. `"auto"` (default) picks
-      `ForwardSensitivity()` when the inputs are few and
-      `diffrax.RecursiveCheckpointAdjoint()` otherwise; or pass either explicitly, or any
-      diffrax adjoint.
+      `ForwardSensitivity()` for an explicit solver when the inputs are few, and
+      `diffrax.RecursiveCheckpointAdjoint()` otherwise, and always for an implicit (stiff)
+      solver: there forward sensitivities widen the Newton system of every step to the
+      states and all their sensitivities, whose factorisation grows with the cube of that
+      width (10 to 100 times slower on the PEtab benchmark problems, see
+      `benchmarks/RESULTS.md`); or pass either explicitly, or any diffrax adjoint.
     - `dt0`: initial step; `None` lets diffrax choose it.
     - `stepsize_controller`: a diffrax step-size controller; `None` gives
       `diffrax.PIDController(rtol=rtol, atol=atol)`.
@@ -125,7 +128,8 @@ class Solver:
         """The adjoint used for a solve with `num_inputs` scalar inputs."""
         if self.adjoint == "auto":
             default = ForwardSensitivity()
-            if num_inputs <= default.max_inputs:
+            implicit = isinstance(self.solver, diffrax.AbstractImplicitSolver)
+            if num_inputs <= default.max_inputs and not implicit:
                 return default
             return diffrax.RecursiveCheckpointAdjoint()
         return self.adjoint
