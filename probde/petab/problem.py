@@ -20,6 +20,7 @@ experiments, inputs, noise, failure handling):
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import diffrax
@@ -73,6 +74,14 @@ def _split(value) -> list[str]:
     if _is_number(value):
         return [str(float(value))]
     return [v.strip() for v in str(value).split(";")]
+
+
+def _placeholder_index(name: str, oid: str) -> int:
+    """`n` for observable `oid`'s placeholder `observableParameter{n}_{oid}` or
+    `noiseParameter{n}_{oid}`, else 0 (an id such as `noiseParameter1` alone is a
+    parameter of the parameter table)."""
+    match = re.fullmatch(rf"(?:observable|noise)Parameter(\d+)_{re.escape(oid)}", name)
+    return int(match.group(1)) if match else 0
 
 
 def _unstack(y) -> list:
@@ -362,8 +371,7 @@ class Problem:
             extra = sorted({s.name for s in formula.free_symbols | noise.free_symbols}
                            - known)
             for s in extra:
-                if not (s.startswith(("observableParameter", "noiseParameter"))
-                        or s in self.nominal or s in self._fixed):
+                if not (_placeholder_index(s, oid) or s in self.nominal or s in self._fixed):
                     raise PEtabError(
                         f"observable table, {oid!r}: {s!r} is neither a model entity nor a "
                         "parameter of the parameter table")
@@ -383,8 +391,7 @@ class Problem:
         """The value of `observableParameterN_o` / `noiseParameterN_o` for a column."""
         oid, obs_pars, noise_pars, _ = column
         pars = obs_pars if name.startswith("observableParameter") else noise_pars
-        n = int(name.split("_")[0].removeprefix("observableParameter")
-                .removeprefix("noiseParameter"))
+        n = _placeholder_index(name, oid)
         if n > len(pars):
             raise PEtabError(f"observable {oid!r} needs {name} but a measurement gives only "
                              f"{len(pars)} values: {pars}")
@@ -399,7 +406,7 @@ class Problem:
             fn, extra = self._formulas[column[0]]
             args = []
             for s in extra:
-                if s.startswith(("observableParameter", "noiseParameter")):
+                if _placeholder_index(s, column[0]):
                     args.append(self._placeholder(s, column, theta))
                 else:
                     args.append(self.value_of(s, theta))
