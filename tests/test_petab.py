@@ -174,6 +174,18 @@ def test_steady_state_measurement(tmp_path):
     assert float(problem.log_likelihood()) == pytest.approx(expected, rel=1e-6)
 
 
+def test_a_parameter_named_like_a_placeholder_is_a_parameter(tmp_path):
+    """`noiseParameter1` without the `_<observable>` suffix is an ordinary parameter id
+    (Lang 2024 names one so): case 0001 with its noise 0.5 moved into such a parameter."""
+    d = _copy_case(tmp_path)
+    obs = d / "_observables.tsv"
+    obs.write_text(obs.read_text().replace("\t0.5", "\tnoiseParameter1"))
+    par = d / "_parameters.tsv"
+    par.write_text(par.read_text().rstrip("\n") + "\nnoiseParameter1\tlin\t0\t10\t0.5\t0\n")
+    llh = float(petab.load(d / "_0001.yaml").log_likelihood())
+    assert llh == pytest.approx(_solution("0001")["llh"], abs=1e-6)
+
+
 # ------------------------------------------------------------------------ priors
 def test_log10_uniform_prior_is_uniform_on_the_log10_scale():
     row = pd.Series({"parameterScale": "log10", "lowerBound": 1e-3, "upperBound": 1e2})
