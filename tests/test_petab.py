@@ -258,28 +258,20 @@ def test_problem_naming_a_missing_table(tmp_path):
         petab.load(d / "_0001.yaml")
 
 
-def test_non_finite_measurement_names_the_row(tmp_path):
-    d = _copy_case(tmp_path)
-    path = d / "_measurements.tsv"
-    path.write_text(path.read_text().replace("0.1", "inf"))
-    with pytest.raises(petab.PEtabError, match="row 2: measurement must be a finite number"):
-        petab.load(d / "_0001.yaml")
-
-
-def test_unknown_parameter_in_the_condition_table(tmp_path):
-    d = _copy_case(tmp_path, "0013")
-    path = d / "_conditions.tsv"
-    path.write_text(path.read_text().replace("par", "nope"))
-    with pytest.raises(petab.PEtabError, match="B = 'nope' is not a parameter"):
-        petab.load(d / "_0013.yaml")
-
-
-def test_unknown_observable_parameter(tmp_path):
-    d = _copy_case(tmp_path)
-    path = d / "_observables.tsv"
-    path.write_text(path.read_text().replace("\t0.5", "\tmystery"))
-    with pytest.raises(petab.PEtabError, match="'mystery' is neither a model entity"):
-        petab.load(d / "_0001.yaml")
+@pytest.mark.parametrize("case, table, old, new, error, message", [
+    ("0001", "_measurements.tsv", "0.1", "inf", petab.PEtabError,
+     "row 2: measurement must be a finite number"),
+    ("0013", "_conditions.tsv", "par", "nope", petab.PEtabError,
+     "B = 'nope' is not a parameter"),
+    ("0001", "_observables.tsv", "\t0.5", "\tmystery", petab.PEtabError,
+     "'mystery' is neither a model entity"),
+], ids=["non-finite measurement", "unknown condition parameter", "unknown noise parameter"])
+def test_bad_tables_are_named(tmp_path, case, table, old, new, error, message):
+    d = _copy_case(tmp_path, case)
+    path = d / table
+    path.write_text(path.read_text().replace(old, new))
+    with pytest.raises(error, match=message):
+        petab.load(d / f"_{case}.yaml")
 
 
 @pytest.mark.parametrize("construct, message", [
