@@ -92,12 +92,6 @@ def split_data():
     return train, T_TRUE[held]
 
 
-# A short NUTS run on a deep GP posterior has a few divergences or none depending on the
-# last bits of the gradient: the same gradients to 1e-15, computed with the sensitivity
-# columns in another order, turned 0 divergences into 1 of 200 and 6 of 100. The NUTS tests
-# below judge the held-out error and k against a long reference run, not the count.
-DIVERGENCES = pytest.mark.filterwarnings("ignore:.*post-warmup transitions diverged")
-
 # These fits are judged by their held-out error. The SVI convergence rule (last 10% of the
 # steps against the preceding 10%) gives a known false alarm under the decaying default
 # schedule, the loss still creeping down as the step size shrinks (see loss_converged).
@@ -141,7 +135,6 @@ def test_random_feature_gp_by_svi_reduces_held_out_error(split_data, deep_fit, p
 
 @pytest.mark.slow
 @SVI_ALARM
-@DIVERGENCES
 def test_two_layer_deep_gp_by_nuts_reduces_held_out_error(split_data, plain_error):
     """The same with two layers, sampled by NUTS (SVI with a Gaussian guide switches a
     two-layer discrepancy off on 30 points: see DeepGPDiscrepancy)."""
@@ -210,7 +203,6 @@ def _reference_count_run(num_samples=2000, seed=1):  # pragma: no cover - offlin
     return float(k.mean()), float(az.mcse(k, method="mean"))
 
 
-@DIVERGENCES
 def test_output_input_and_poisson_noise_with_nuts():
     """inputs='time+output' and a log-link noise model (the discrepancy multiplies the
     rate) through NUTS: a small deep GP samples, every draw is finite, and k agrees with a

@@ -117,16 +117,9 @@ def _states_rms(n):
     return norm
 
 
-def _augmented_solve(dynamics, solver, options, t0, times, y0, theta, columns):
-    """States and their sensitivities to the perturbed inputs from one solve of the
-    augmented system  dy/dt = f(t, y, theta),  dS/dt = J_y f S + J_theta f D,
-    S(t0) = [I | 0].
-
-    `columns = (with_y0, theta_index)`: whether the `n` columns of the initial state are
-    wanted, and the positions in the flattened theta of the wanted parameters (`D` holds
-    their unit directions). Inputs whose tangent is known to be zero (a fixed initial state,
-    known inputs) get no column: for a stiff solver, whose Newton matrix has the size of
-    the augmented state, each column costs more than its share.
+def _augmented_solve(dynamics, solver, options, t0, times, y0, theta):
+    """States and their sensitivities to (y0, theta) from one solve of the augmented
+    system  dy/dt = f(t, y, theta),  dS/dt = J_y f S + [0 | J_theta f],  S(t0) = [I | 0].
 
     The step size is controlled on the states only (`error_control="states"`, default) or
     on states and sensitivities (`"all"`). With states-only control the steps are those
@@ -135,20 +128,13 @@ def _augmented_solve(dynamics, solver, options, t0, times, y0, theta, columns):
     solution for those steps: what reverse mode through the solver computes, less the
     (solver-tolerance sized) derivative of the step sizes themselves.
     """
-    with_y0, theta_index = columns
     n = y0.shape[0]
     flat_theta, unravel_theta = ravel_pytree(theta)
     p = flat_theta.shape[0]
-    k = len(theta_index)
-    m = (n if with_y0 else 0) + k
+    m = n + p
     dtype = y0.dtype
     # Tangent directions of theta for the m columns: zero for the y0 columns.
-    theta_dirs = jnp.zeros((p, m), dtype)
-    if k:
-        theta_dirs = theta_dirs.at[np.asarray(theta_index), np.arange(m - k, m)].set(1.0)
-    sens0 = jnp.zeros((n, m), dtype)
-    if with_y0:
-        sens0 = sens0.at[:, :n].set(jnp.eye(n, dtype=dtype))
+    theta_dirs = jnp.concatenate([jnp.zeros((p, n), dtype), jnp.eye(p, dtype=dtype)], axis=1)
 
     def vector_field(t, s, args):
         y, sens = s[:n], s[n:].reshape(n, m)
@@ -160,7 +146,7 @@ def _augmented_solve(dynamics, solver, options, t0, times, y0, theta, columns):
         dsens = jax.vmap(f_lin, in_axes=(1, 1), out_axes=1)(sens, theta_dirs)
         return jnp.concatenate([dy, dsens.reshape(-1)])
 
-    s0 = jnp.concatenate([y0, sens0.reshape(-1)])
+    s0 = jnp.concatenate([y0, jnp.eye(n, m, dtype=dtype).reshape(-1)])
     controller = solver.controller()
     if options.error_control == "states" and isinstance(controller, diffrax.PIDController):
         controller = eqx.tree_at(lambda c: c.norm, controller, _states_rms(n))
@@ -173,22 +159,6 @@ def _augmented_solve(dynamics, solver, options, t0, times, y0, theta, columns):
     return out[:, :n], out[:, n:].reshape(-1, n, m), aux
 
 
-def _is_zero(tangent) -> bool:
-    return isinstance(tangent, jax.custom_derivatives.SymbolicZero)
-
-
-def _columns(y0_dot, theta_dot) -> tuple[bool, tuple[int, ...]]:
-    """Which inputs are perturbed: the initial state, and the flat positions of the
-    parameters whose tangent is not a symbolic zero."""
-    index, start = [], 0
-    for leaf in jax.tree.leaves(theta_dot, is_leaf=_is_zero):
-        size = int(np.prod(jnp.shape(leaf)))
-        if not _is_zero(leaf):
-            index.extend(range(start, start + size))
-        start += size
-    return not _is_zero(y0_dot), tuple(index)
-
-
 def _forward_sensitivity_solve(dynamics, solver, options, t0, times, y0, theta):
     # diffrax offers forward mode only through its ForwardMode adjoint, one solve per
     # tangent, and reverse mode by sweeping back through the steps. Here a custom JVP
@@ -197,40 +167,29 @@ def _forward_sensitivity_solve(dynamics, solver, options, t0, times, y0, theta):
     # in the input tangent, so JAX transposes it for reverse mode (NUTS's grad): the
     # backward pass is one contraction, with no sweep through the solver's steps. Forward
     # mode (jvp, jacfwd, Hessians for the Laplace approximation) works too. Without
-    # differentiation only the plain solve runs. Symbolic zeros tell which inputs are
-    # perturbed at all: only those get sensitivity columns.
+    # differentiation only the plain solve runs.
+    x, unravel = ravel_pytree((y0, theta))
 
     @jax.custom_jvp
-    def f(y0_, theta_, t0, times):
+    def f(x, t0, times):
+        y0_, theta_ = unravel(x)
         return _diffrax_solve(dynamics, solver, diffrax.RecursiveCheckpointAdjoint(), t0, times,
                               y0_, theta_)
 
+    @f.defjvp
     def f_jvp(primals, tangents):
-        y0_, theta_, t0, times = primals
-        y0_dot, theta_dot = tangents[0], tangents[1]
-        with_y0, theta_index = _columns(y0_dot, theta_dot)
-        if not with_y0 and not theta_index:
-            out = f(y0_, theta_, t0, times)
-            zero = jax.tree.map(lambda a: np.zeros(jnp.shape(a), jax.dtypes.float0), out[1])
-            return out, (jnp.zeros_like(out[0]), zero)
-        ys, sens, aux = _augmented_solve(dynamics, solver, options, t0, times, y0_, theta_,
-                                         (with_y0, theta_index))
+        x, t0, times = primals
+        y0_, theta_ = unravel(x)
+        ys, sens, aux = _augmented_solve(dynamics, solver, options, t0, times, y0_, theta_)
         # A failed solve has meaningless sensitivities; its contribution is masked
         # downstream, so give it zero ones rather than letting 0 * inf poison the gradient.
         sens = jnp.where(aux[0], sens, 0.0)
-        parts = [y0_dot] if with_y0 else []
-        if theta_index:
-            flat_dot = ravel_pytree(jax.tree.map(
-                lambda d, v: jnp.zeros_like(v) if _is_zero(d) else d, theta_dot, theta_,
-                is_leaf=_is_zero))[0]
-            parts.append(flat_dot[np.asarray(theta_index)])
-        ys_dot = jnp.einsum("tnm,m->tn", sens, jnp.concatenate(parts))
+        ys_dot = jnp.einsum("tnm,m->tn", sens, tangents[0])
         aux_dot = jax.tree.map(
             lambda a: np.zeros(jnp.shape(a), jax.dtypes.float0), aux)
         return (ys, aux), (ys_dot, aux_dot)
 
-    f.defjvp(f_jvp, symbolic_zeros=True)
-    return f(y0, theta, t0, times)
+    return f(x, t0, times)
 
 
 @eqx.filter_jit
