@@ -9,7 +9,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from . import population, sites
+from . import initial, population, sites
 from .report import report
 
 
@@ -30,7 +30,7 @@ def sample_noise(model, num_observables: int) -> dict:
     """The noise model's hyperparameters: sites for those given as priors, else the values."""
     hyper = {}
     for arg, value in model.observation.hyperparameters().items():
-        if callable(value) and not isinstance(value, dist.Distribution):
+        if initial.is_function(value):
             hyper[arg] = value  # evaluated at the states (`evaluate_noise`)
         elif isinstance(value, dist.Distribution):
             shape = tuple(value.batch_shape) + tuple(value.event_shape)
@@ -57,31 +57,31 @@ def align_noise(hyper: dict, ndim: int) -> dict:
 def observe_states(model, ys, theta):
     """Noise-free predictions of the observables, `(E, T, S) -> (E, T, O)`."""
     if callable(model.observe):
-        th_axes = population.axes(model, theta) if population.varies(model) else None
-        h = jax.vmap(jax.vmap(model.observe, in_axes=(0, None)), in_axes=(0, th_axes))
-        return h(ys, theta)
+        return per_time_point(model, model.observe, ys, theta)
     idx = np.array([model.dynamics.state_names.index(n) for n in model.observe])
     return ys[..., idx]
+
+
+def per_time_point(model, fn, ys, theta):
+    """`fn(y, theta_e)` of one state and one experiment's theta, at every time of every
+    experiment: `ys (E, T, S) -> (E, T, ...)`."""
+    th_axes = population.axes(model, theta) if population.varies(model) else None
+    return jax.vmap(jax.vmap(fn, in_axes=(0, None)), in_axes=(0, th_axes))(ys, theta)
 
 
 def noise_functions(model) -> dict:
     """The noise hyperparameters given as functions `fn(y, theta)` of the state."""
     return {k: v for k, v in model.observation.hyperparameters().items()
-            if callable(v) and not isinstance(v, dist.Distribution)}
+            if initial.is_function(v)}
 
 
 def evaluate_noise(model, hyper: dict, ys, theta) -> dict:
     """`hyper` with each function-valued noise parameter evaluated at the states
     `ys (E, T, S)`, per time point like `observe`: arrays `(E, T, O)` (or `(E, T, 1)`)."""
-    fns = noise_functions(model)
-    if not fns:
-        return hyper
-    th_axes = population.axes(model, theta) if population.varies(model) else None
     out = dict(hyper)
-    for name, fn in fns.items():
-        f = jax.vmap(jax.vmap(lambda y, th, fn=fn: jnp.atleast_1d(fn(y, th)),
-                              in_axes=(0, None)), in_axes=(0, th_axes))
-        out[name] = f(ys, theta)
+    for name, fn in noise_functions(model).items():
+        out[name] = per_time_point(model, lambda y, th, fn=fn: jnp.atleast_1d(fn(y, th)),
+                                   ys, theta)
     return out
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import diffrax
 import jax.numpy as jnp
@@ -34,46 +33,15 @@ from ..model import Model
 from ..observations import TimeSeries
 from . import priors, sbml
 from .noise import DISTRIBUTIONS, TRANSFORMATIONS, Measurements
+from .tables import PEtabError, Tables, is_number, petab_module, split_overrides
 
 INPUT = "petab_"  # prefix of the inputs made from the condition table
-
-
-class PEtabError(ValueError):
-    """A PEtab problem that cannot be read, naming the file and row."""
-
-
-def _petab():
-    try:
-        import petab.v1 as petab
-    except ImportError as err:  # pragma: no cover - an install problem
-        raise ImportError("reading PEtab problems needs the petab package: "
-                          "pip install 'probde[petab]'") from err
-    return petab
 
 
 def default_solver() -> Solver:
     """Kvaerno5 (stiff, L-stable) with tight tolerances: reaction networks are often stiff,
     and PEtab's reference values are computed at relative tolerances of 1e-8 or below."""
     return Solver(diffrax.Kvaerno5(), rtol=1e-8, atol=1e-10, max_steps=100_000)
-
-
-def _is_number(value) -> bool:
-    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
-        return True
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def _split(value) -> list[str]:
-    """A `;`-separated override list of the measurement table (numbers or ids)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
-        return []
-    if _is_number(value):
-        return [str(float(value))]
-    return [v.strip() for v in str(value).split(";")]
 
 
 def _placeholder_index(name: str, oid: str) -> int:
@@ -97,77 +65,6 @@ def _real(expr: sp.Expr) -> sp.Expr:
                           if not s.is_real})
 
 
-class _Tables:
-    """The PEtab tables, read with the petab library and checked."""
-
-    def __init__(self, yaml_path):
-        petab = _petab()
-        self.path = Path(yaml_path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"PEtab problem file not found: {self.path}")
-        try:
-            problem = petab.Problem.from_yaml(str(self.path))
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"{self.path} names a file that does not exist: "
-                                    f"{err.filename or err}") from None
-        self.problem = problem
-        self.model_file = self._model_file()
-        self.parameters = problem.parameter_df
-        self.conditions = problem.condition_df
-        self.observables = problem.observable_df
-        self.measurements = problem.measurement_df.copy()
-        self._check()
-
-    def _model_file(self) -> Path:
-        import yaml
-
-        spec = yaml.safe_load(self.path.read_text())
-        files = spec["problems"][0].get("sbml_files") or []
-        if len(files) != 1:
-            raise PEtabError(f"{self.path}: one SBML model file expected; got {files}")
-        return (self.path.parent / files[0]).resolve()
-
-    def _check(self):
-        m = self.measurements
-        for col in ("preequilibrationConditionId", "observableParameters", "noiseParameters"):
-            if col not in m:
-                m[col] = np.nan
-        values = pd.to_numeric(m["measurement"], errors="coerce")
-        bad = np.nonzero(~np.isfinite(values.to_numpy()))[0]
-        if bad.size:
-            i = int(bad[0])
-            raise PEtabError(f"measurement table row {i + 1}: measurement must be a finite "
-                             f"number; got {m['measurement'].iloc[i]!r}")
-        unknown = sorted(set(m["observableId"]) - set(self.observables.index))
-        if unknown:
-            row = int(np.nonzero(m["observableId"].isin(unknown).to_numpy())[0][0])
-            raise PEtabError(f"measurement table row {row + 1}: unknown observableId "
-                             f"{unknown[0]!r}; the observable table has "
-                             f"{sorted(self.observables.index)}")
-        conds = set(self.conditions.index)
-        for col in ("simulationConditionId", "preequilibrationConditionId"):
-            used = set(m[col].dropna()) - {""}
-            missing = sorted(used - conds)
-            if missing:
-                row = int(np.nonzero(m[col].isin(missing).to_numpy())[0][0])
-                raise PEtabError(f"measurement table row {row + 1}: {col} {missing[0]!r} is "
-                                 "not in the condition table")
-        times = pd.to_numeric(m["time"], errors="coerce").to_numpy()
-        if np.any(np.isnan(times)):
-            row = int(np.nonzero(np.isnan(times))[0][0])
-            raise PEtabError(f"measurement table row {row + 1}: time must be a number; got "
-                             f"{m['time'].iloc[row]!r}")
-        m["time"] = times
-        m["measurement"] = values
-
-    def estimated(self) -> list[str]:
-        p = self.parameters
-        return [pid for pid in p.index if int(p.loc[pid, "estimate"]) == 1]
-
-    def nominal(self, pid: str) -> float:
-        return float(self.parameters.loc[pid, "nominalValue"])
-
-
 class _Experiment:
     def __init__(self, pre: str | None, sim: str, steady: bool = False):
         self.pre, self.sim, self.steady = pre, sim, steady
@@ -180,7 +77,7 @@ class Problem:
     """A PEtab problem loaded by `probde.petab.load` (see there)."""
 
     def __init__(self, yaml_path, solver: Solver | None = None):
-        self.tables = t = _Tables(yaml_path)
+        self.tables = t = Tables(yaml_path)
         self.sbml = sbml.read(t.model_file)
         if self.sbml.events:
             raise PEtabError(
@@ -198,8 +95,6 @@ class Problem:
         self.data = self._data()
         self.model = self._model()
         self._prepared = self.model.prepare(self.data)
-        self._loglik = None
-        self._sim = None
 
     # ------------------------------------------------------------ experiments
     def _experiments(self):
@@ -222,8 +117,8 @@ class Problem:
     def _columns(self):
         """Data columns: (observable, observable parameters, noise parameters, replicate)."""
         m = self.tables.measurements
-        m["_obs_pars"] = [tuple(_split(v)) for v in m["observableParameters"]]
-        m["_noise_pars"] = [tuple(_split(v)) for v in m["noiseParameters"]]
+        m["_obs_pars"] = [tuple(split_overrides(v)) for v in m["observableParameters"]]
+        m["_noise_pars"] = [tuple(split_overrides(v)) for v in m["noiseParameters"]]
         group = ["_experiment", "_time", "observableId", "_obs_pars", "_noise_pars"]
         m["_replicate"] = m.groupby(group, sort=False).cumcount()
         keys = list(zip(m["observableId"], m["_obs_pars"], m["_noise_pars"], m["_replicate"],
@@ -280,7 +175,7 @@ class Problem:
         picks = np.zeros(len(specs))
         candidates: list[str] = []
         for i, v in enumerate(specs):
-            if isinstance(v, str) and not _is_number(v):
+            if isinstance(v, str) and not is_number(v):
                 if v not in self.nominal and v not in self._fixed:
                     raise PEtabError(f"condition table: {target} = {v!r} is not a parameter "
                                      "of the parameter table")
@@ -288,7 +183,7 @@ class Problem:
                     candidates.append(v)
                 picks[i] = candidates.index(v) + 1
             elif v is None or (isinstance(v, float) and math.isnan(v)) or (
-                    _is_number(v) and math.isnan(float(v))):
+                    is_number(v) and math.isnan(float(v))):
                 is_set[i] = 0.0
             else:
                 numbers[i] = float(v)
@@ -355,7 +250,7 @@ class Problem:
         self._initial = sbml.lambdify(self.sbml.initial, (), names)
         self._rhs = sbml.lambdify(self.sbml.rhs, self.sbml.state_ids, names)
         self._formulas = {}
-        petab = _petab()
+        petab = petab_module()
         known = set(names) | set(self.sbml.state_ids)
         for oid in obs.index:
             formula = _real(petab.math.sympify_petab(obs.loc[oid, "observableFormula"]))
@@ -396,7 +291,7 @@ class Problem:
             raise PEtabError(f"observable {oid!r} needs {name} but a measurement gives only "
                              f"{len(pars)} values: {pars}")
         v = pars[n - 1]
-        return float(v) if _is_number(v) else self.value_of(v, theta)
+        return float(v) if is_number(v) else self.value_of(v, theta)
 
     def _evaluate(self, y, theta, which: int):
         """The columns' observable (`which=0`) or noise (`which=1`) values at state `y`."""

@@ -81,8 +81,6 @@ class SBMLModel:
     initial: list
     expressions: dict
     events: list
-    concentration_species: set
-    species_compartment: dict
 
 
 def lambdify(exprs: list, state_ids, constant_names) -> Callable:
@@ -187,57 +185,17 @@ class _Reader:
     def build(self) -> SBMLModel:
         self.unsupported()
         m = self.m
-        params: dict[str, sp.Expr] = {}
-        compartments = set()
-        for i in range(m.getNumCompartments()):
-            c = m.getCompartment(i)
-            params[c.getId()] = sp.Float(c.getSize() if c.isSetSize() else 1.0)
-            compartments.add(c.getId())
-        for i in range(m.getNumParameters()):
-            p = m.getParameter(i)
-            params[p.getId()] = sp.Float(p.getValue()) if p.isSetValue() else sp.nan
-
-        rate_rules, assign_rules = {}, {}
-        for i in range(m.getNumRules()):
-            r = m.getRule(i)
-            expr = self.math(r.getMath(), f"rule for {r.getVariable()!r}")
-            (rate_rules if r.isRate() else assign_rules)[r.getVariable()] = expr
-        for c in rate_rules:
-            if c in compartments:
-                raise SBMLError(f"{self.path}: compartment {c!r} changes size (rate rule); "
-                                "compartments of varying size are not supported")
+        params, compartments = self.file_parameters()
+        rate_rules, assign_rules = self.rules(compartments)
         initial_assign = {}
         for i in range(m.getNumInitialAssignments()):
             a = m.getInitialAssignment(i)
             initial_assign[a.getSymbol()] = self.math(
                 a.getMath(), f"initial assignment of {a.getSymbol()!r}")
-
         species = [m.getSpecies(i) for i in range(m.getNumSpecies())]
         conc = {s.getId() for s in species if not s.getHasOnlySubstanceUnits()}
         sp_comp = {s.getId(): s.getCompartment() for s in species}
-        states, start = [], {}
-        for s in species:
-            sid = s.getId()
-            size = _sym(s.getCompartment())
-            if s.isSetInitialConcentration():
-                v = sp.Float(s.getInitialConcentration())
-                init = v if sid in conc else v * size
-            elif s.isSetInitialAmount():
-                v = sp.Float(s.getInitialAmount())
-                init = v / size if sid in conc else v
-            else:
-                init = sp.nan
-            if sid in assign_rules:
-                continue
-            if s.getConstant() or (s.getBoundaryCondition() and sid not in rate_rules):
-                params[sid] = init  # constant in time: a parameter
-                continue
-            states.append(sid)
-            start[sid] = init
-        for target in rate_rules:
-            if target not in states:  # a parameter changed by a rate rule
-                states.append(target)
-                start[target] = params.pop(target, sp.nan)
+        states, start = self.states(species, conc, params, rate_rules, assign_rules)
         for sid, expr in initial_assign.items():
             if sid in start:
                 start[sid] = expr
@@ -276,9 +234,54 @@ class _Reader:
             initial=initial,
             expressions=expressions,
             events=events,
-            concentration_species=conc,
-            species_compartment=sp_comp,
         )
+
+    def file_parameters(self) -> tuple[dict, set]:
+        """Compartment sizes and parameter values as given in the file; the compartments."""
+        m = self.m
+        params: dict[str, sp.Expr] = {}
+        compartments = set()
+        for i in range(m.getNumCompartments()):
+            c = m.getCompartment(i)
+            params[c.getId()] = sp.Float(c.getSize() if c.isSetSize() else 1.0)
+            compartments.add(c.getId())
+        for i in range(m.getNumParameters()):
+            p = m.getParameter(i)
+            params[p.getId()] = sp.Float(p.getValue()) if p.isSetValue() else sp.nan
+        return params, compartments
+
+    def rules(self, compartments) -> tuple[dict, dict]:
+        """`(rate rules, assignment rules)`: target id -> expression."""
+        rate_rules, assign_rules = {}, {}
+        for i in range(self.m.getNumRules()):
+            r = self.m.getRule(i)
+            expr = self.math(r.getMath(), f"rule for {r.getVariable()!r}")
+            (rate_rules if r.isRate() else assign_rules)[r.getVariable()] = expr
+        for c in rate_rules:
+            if c in compartments:
+                raise SBMLError(f"{self.path}: compartment {c!r} changes size (rate rule); "
+                                "compartments of varying size are not supported")
+        return rate_rules, assign_rules
+
+    def states(self, species, conc, params, rate_rules, assign_rules) -> tuple[list, dict]:
+        """The states and their initial values in the file; constant and boundary species
+        join `params` (constant in time)."""
+        states, start = [], {}
+        for s in species:
+            sid = s.getId()
+            if sid in assign_rules:
+                continue
+            init = _species_start(s, sid in conc)
+            if s.getConstant() or (s.getBoundaryCondition() and sid not in rate_rules):
+                params[sid] = init
+                continue
+            states.append(sid)
+            start[sid] = init
+        for target in rate_rules:
+            if target not in states:  # a parameter changed by a rate rule
+                states.append(target)
+                start[target] = params.pop(target, sp.nan)
+        return states, start
 
     def reaction(self, r, rhs, rate_rules, conc, sp_comp, assign_rules, initial_assign):
         law = r.getKineticLaw()
@@ -333,6 +336,18 @@ class _Reader:
                 assigns[a.getVariable()] = self.math(a.getMath(), f"event {name!r}")
             out.append(TimedEvent(name, t_event, assigns))
         return out
+
+
+def _species_start(s, concentration: bool) -> sp.Expr:
+    """A species' initial value in its state's unit (concentration or amount)."""
+    size = _sym(s.getCompartment())
+    if s.isSetInitialConcentration():
+        v = sp.Float(s.getInitialConcentration())
+        return v if concentration else v * size
+    if s.isSetInitialAmount():
+        v = sp.Float(s.getInitialAmount())
+        return v / size if concentration else v
+    return sp.nan
 
 
 def _sym(name: str) -> sp.Symbol:
