@@ -246,6 +246,11 @@ def _copy_case(tmp_path, case="0001") -> Path:
     return dst
 
 
+def test_shipped_problem_names_are_checked():
+    with pytest.raises(ValueError, match="name must be one of"):
+        probde.datasets.petab_problem("Boehm")
+
+
 def test_missing_problem_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="PEtab problem file not found"):
         petab.load(tmp_path / "nothing.yaml")
