@@ -149,3 +149,37 @@ def test_second_derivatives_through_forward_sensitivities():
     b = np.array([[ref[i][j] for j in THETA] for i in THETA])
     assert np.all(np.isfinite(a))
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(b).max())
+
+
+def test_hessian_through_a_reverse_adjoint_falls_back_to_differences_of_the_gradient():
+    # An implicit solver gets diffrax's reverse adjoint, whose checkpointed loops have no
+    # forward mode, so jax.hessian cannot trace; the NUTS(init="map") starts and Laplace
+    # need a Hessian there all the same. probde's takes central differences of the exact
+    # gradient instead. Against forward-over-forward through ForwardMode at tight
+    # tolerances; the tolerance is the central differences' truncation error, of order
+    # h^2 = 1e-6 (h = MIN_STEP, coordinates of order one) times the third derivative,
+    # which here is at most 100 times the largest second derivative.
+    from probde.inference.hessian import MIN_STEP, hessian
+
+    def loss(solver, adjoint):
+        s = probde.Solver(solver, adjoint=adjoint, rtol=1e-10, atol=1e-10, max_steps=100_000)
+
+        def f(log_theta):
+            th = dict(zip(THETA, jnp.exp(log_theta), strict=True))
+            return jnp.sum(jnp.log(probde.solve(LV, Y0, th, TIMES, solver=s).ys) ** 2)
+
+        return f
+
+    x = jnp.log(jnp.array(list(THETA.values())))
+    stiff = loss(diffrax.Kvaerno5(), diffrax.RecursiveCheckpointAdjoint())
+    with pytest.raises(TypeError, match="forward-mode autodiff"):
+        jax.jit(jax.hessian(stiff))(x)
+    ours = np.asarray(jax.jit(lambda x: hessian(stiff, x))(x))
+    ref = np.asarray(jax.jit(jax.jacfwd(jax.jacfwd(loss(diffrax.Tsit5(),
+                                                        diffrax.ForwardMode()))))(x))
+    np.testing.assert_allclose(ours, ours.T, rtol=ROUNDOFF)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=100 * MIN_STEP**2 * np.abs(ref).max())
+    # where forward mode works, the Hessian is jax.hessian's (to rounding)
+    plain = loss(diffrax.Tsit5(), probde.ForwardSensitivity())
+    np.testing.assert_allclose(jax.jit(lambda x: hessian(plain, x))(x),
+                               jax.jit(jax.hessian(plain))(x), rtol=ROUNDOFF)

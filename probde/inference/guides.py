@@ -18,6 +18,7 @@ from numpyro.infer.autoguide import (
     AutoNormal,
 )
 
+from .hessian import hessian
 from .initialisation import init_strategy
 
 GUIDES = ("normal", "multivariate_normal", "low_rank", "flow")
@@ -43,7 +44,8 @@ def make_guide(kind: str, model_fn, init_radius: float, init_scale: float, rank=
 def laplace_guide(model_fn, init_radius: float) -> AutoLaplaceApproximation:
     """numpyro's `AutoLaplaceApproximation` for `model_fn`, started at a point drawn by
     `init_strategy(init_radius, model_fn)`."""
-    return AutoLaplaceApproximation(model_fn, init_loc_fn=init_strategy(init_radius, model_fn))
+    return AutoLaplaceApproximation(model_fn, init_loc_fn=init_strategy(init_radius, model_fn),
+                                    hessian_fn=hessian)
 
 
 class FlowGuide(AutoIAFNormal):

@@ -22,6 +22,7 @@ from numpyro.infer.util import initialize_model
 
 from ._options import check_init_radius
 from .guide_draws import flat_labels, flat_potential, site_kinds
+from .hessian import hessian as hessian_of
 from .initialisation import init_strategy
 
 
@@ -123,7 +124,9 @@ def laplace_gaussians(model_fn, key, model_kwargs, init_radius, num_starts=1):
     (-init_radius, init_radius) in the unconstrained space (numpyro redraws infeasible
     ones), each followed by an L-BFGS search for the mode of the log density (optax's
     `lbfgs` with its zoom line search), and the Hessian
-    at each mode found (`jax.hessian` of numpyro's potential energy, exact by autodiff).
+    at each mode found (`jax.hessian` of numpyro's potential energy, exact by autodiff, or
+    central differences of its gradient where the solves have no forward mode; see
+    `probde.inference.hessian`).
     Returns a list of `LaplaceGaussian`.
 
     Why L-BFGS, not the Adam steps of `probde.Laplace`: the log density is deterministic,
@@ -144,7 +147,7 @@ def laplace_gaussians(model_fn, key, model_kwargs, init_radius, num_starts=1):
     # one start at a time: under vmap the ODE solves' loops inside the line search's loop
     # get batched predicates, which XLA compiles slowly (and with warnings)
     search = jax.jit(lambda x: _lbfgs(energy, x))
-    hessian, value = jax.jit(jax.hessian(energy)), jax.jit(energy)
+    hessian, value = jax.jit(lambda x: hessian_of(energy, x)), jax.jit(energy)
     modes = [search(x) for x in x0]
     hessians = [hessian(x) for x in modes]
     energies = [float(value(x)) for x in modes]
