@@ -12,7 +12,7 @@ from .discrepancy import (
     GPEmulator,
     MarkovGPDiscrepancy,
 )
-from .dynamics import ODE, SDE, Dose, ForwardSensitivity, Solver, Trajectory, simulate, solve
+from .dynamics import ODE, SDE, Dose, Event, ForwardSensitivity, Solver, Trajectory, simulate, solve
 from .inference import (
     EKF,
     NUTS,
@@ -49,6 +49,7 @@ __all__ = [
     "Constraint",
     "DeepGPDiscrepancy",
     "Dose",
+    "Event",
     "DeepGPEmulator",
     "EKF",
     "EmulatorDiagnostics",

@@ -308,13 +308,61 @@ def _case_with(tmp_path, construct: str) -> Path:
     return d / "_0001.yaml"
 
 
-def test_time_triggered_events_are_refused_until_applied(tmp_path):
-    event = ('<listOfEvents><event id="pulse"><trigger><math '
-             'xmlns="http://www.w3.org/1998/Math/MathML"><apply><geq/><csymbol '
-             'encoding="text" definitionURL="http://www.sbml.org/sbml/symbols/time"> t '
-             '</csymbol><cn> 5 </cn></apply></math></trigger><listOfEventAssignments>'
-             '<eventAssignment variable="B"><math xmlns="http://www.w3.org/1998/Math/MathML">'
-             '<cn> 1 </cn></math></eventAssignment></listOfEventAssignments></event>'
-             '</listOfEvents>')
-    with pytest.raises(petab.PEtabError, match=r"events \(pulse\) are not supported yet"):
-        petab.load(_case_with(tmp_path, event))
+def _pulse(trigger_time: str, assigned: str = "<apply><plus/><ci> A </ci><ci> a0 </ci></apply>"):
+    """An SBML event `pulse`: when time reaches `trigger_time` (MathML), A += a0."""
+    return ('<listOfEvents><event id="pulse"><trigger><math '
+            'xmlns="http://www.w3.org/1998/Math/MathML"><apply><geq/><csymbol '
+            'encoding="text" definitionURL="http://www.sbml.org/sbml/symbols/time"> t '
+            f'</csymbol>{trigger_time}</apply></math></trigger><listOfEventAssignments>'
+            '<eventAssignment variable="A"><math xmlns="http://www.w3.org/1998/Math/MathML">'
+            f'{assigned}</math></eventAssignment></listOfEventAssignments></event>'
+            '</listOfEvents>')
+
+
+def _conversion(t, a, b, k1, k2):
+    """Case 0001's A -> B (k1), B -> A (k2): A(t) from A(0) = a, B(0) = b."""
+    eq = k2 * (a + b) / (k1 + k2)
+    return eq + (a - eq) * jnp.exp(-(k1 + k2) * t)
+
+
+def test_time_triggered_events_against_the_closed_form(tmp_path):
+    # A -> B <-> A from (a0, b0); at t = T, A jumps by a0 (an estimated parameter, so the
+    # gradient flows through the reset). T = 5 from the trigger; then T = 4 from a
+    # parameter of the SBML file that the condition table sets. The measurements at t = 0
+    # and t = 10 must be the closed form's, and the gradient that of its log-likelihood.
+    def expected(x, T):
+        a0, b0, k1, k2 = (x[k] for k in ("a0", "b0", "k1", "k2"))
+        a_T = _conversion(T, a0, b0, k1, k2)
+        a_10 = _conversion(10.0 - T, a_T + a0, a0 + b0 - a_T, k1, k2)
+        return jnp.stack([a0, a_10])
+
+    x = {k: jnp.asarray(v) for k, v in {"a0": 1.2, "b0": 0.3, "k1": 0.8, "k2": 0.6}.items()}
+    for T, construct in ((5.0, _pulse("<cn> 5 </cn>")), (4.0, _pulse("<ci> t_pulse </ci>"))):
+        d = _case_with(tmp_path / str(T), construct)
+        if T == 4.0:
+            xml = d.parent / "_model.xml"
+            xml.write_text(xml.read_text().replace(
+                "<listOfParameters>",
+                '<listOfParameters><parameter id="t_pulse" value="5" constant="true"/>'))
+            (d.parent / "_conditions.tsv").write_text("conditionId\tt_pulse\nc0\t4\n")
+        problem = petab.load(d)
+        sim = problem.simulate(x)["simulation"]
+        np.testing.assert_allclose(sim.to_numpy(), expected(x, T), rtol=1e-7)
+
+        def llh(x, T=T):
+            return jnp.sum(jax.scipy.stats.norm.logpdf(jnp.array([0.7, 0.1]), expected(x, T),
+                                                       0.5))
+
+        # simulations to 1e-7 (the solver's rtol 1e-8, times the steps' accumulation) move
+        # the llh by at most sum |residual| / sigma^2 * 1e-7 < 1e-6
+        np.testing.assert_allclose(float(problem.log_likelihood(x)), float(llh(x)), atol=1e-6)
+        grad, grad_exact = jax.grad(problem.log_likelihood)(x), jax.grad(llh)(x)
+        for k in x:
+            np.testing.assert_allclose(float(grad[k]), float(grad_exact[k]), rtol=1e-5)
+
+
+def test_event_times_that_depend_on_estimated_parameters_are_refused(tmp_path):
+    with pytest.raises(petab.PEtabError,
+                       match=r"trigger time of event 'pulse' in condition 'c0' depends on "
+                             r"\['k1'\], which are estimated"):
+        petab.load(_case_with(tmp_path, _pulse("<ci> k1 </ci>")))

@@ -2,6 +2,7 @@
 
 from ._checks import check_vector_field
 from .doses import Dose
+from .events import Event
 from .ode import ODE
 from .sde import SDE, AbstractLikelihood, simulate
 from .solve import Trajectory, solve
@@ -10,6 +11,7 @@ from .solver import ForwardSensitivity, Solver
 __all__ = [
     "AbstractLikelihood",
     "Dose",
+    "Event",
     "ODE",
     "SDE",
     "check_vector_field",

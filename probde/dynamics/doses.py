@@ -141,14 +141,17 @@ def with_rate(vector_field):
     return field
 
 
-def solve_segments(solve_one, y0, t0, times, event_times, jumps, rates, num_stats=3):
+def solve_segments(solve_one, y0, t0, times, event_times, jumps, rates, num_stats=3,
+                   which=None, after=None):
     """Solve across events: `solve_one(y, s, e, ts, rate) -> (ys (len(ts), S), ok, stats)`
     solves one segment from `s` to `e` saved at `ts` (in `[s, e]`); `stats` is a tuple of
     `num_stats` integer counts (solver steps), summed over the segments.
 
     `event_times (K,)` sorted (+inf for padding), `jumps (K, S)` applied at each event,
     `rates (K, S)` the change of the infusion rate there (None: no infusions). A time
-    equal to an event time is reported before the event. Returns `(ys (T, S), ok, stats)`.
+    equal to an event time is reported before the event. With `which (K,)` and `after`
+    (`probde.dynamics.events.merge` and `resetter`), event k also sets the state to
+    `after(which[k], t, y)` after its jump. Returns `(ys (T, S), ok, stats)`.
     """
     end = times[-1]
     bounds = jnp.minimum(event_times, end)
@@ -162,6 +165,8 @@ def solve_segments(solve_one, y0, t0, times, event_times, jumps, rates, num_stat
         rate_in = jnp.zeros((starts.shape[0],) + jumps.shape[1:], jumps.dtype)
     else:
         rate_in = jnp.cumsum(jnp.concatenate([zero, rates]), axis=0)
+    if which is not None:
+        which_after = jnp.concatenate([which, jnp.full((1,), -1, which.dtype)])
 
     def segment_solve(k, y):
         s, e = starts[k], ends[k]
@@ -173,7 +178,10 @@ def solve_segments(solve_one, y0, t0, times, event_times, jumps, rates, num_stat
         seg_ys, seg_ok, seg_stats = segment_solve(k, y)
         ys = jnp.where((segment == k)[:, None], seg_ys[:-1], ys)
         stats = tuple(a + b.astype(a.dtype) for a, b in zip(stats, seg_stats, strict=True))
-        return (seg_ys[-1] + jumps_after[k], ys, ok & seg_ok, stats), None
+        y_next = seg_ys[-1] + jumps_after[k]
+        if which is not None:
+            y_next = after(which_after[k], ends[k], y_next)
+        return (y_next, ys, ok & seg_ok, stats), None
 
     init = (y0, jnp.zeros((times.shape[0], y0.shape[0]), y0.dtype), jnp.asarray(True),
             (jnp.asarray(0, jnp.int32),) * num_stats)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
+from .events import check_events
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ODE:
@@ -17,6 +19,8 @@ class ODE:
       `jax.numpy` so that it can be traced, vectorised and differentiated.
     - `state_names`: one name per state, in the order of `y`. They become the `state`
       coordinate of results and are what `Model(observe=...)` refers to.
+    - `events`: optional `probde.Event`s, resets of the state at known times (an SBML
+      time-triggered event, a harvest). The solve restarts at each.
 
     **Example:**
 
@@ -35,6 +39,7 @@ class ODE:
 
     vector_field: Callable
     state_names: tuple[str, ...]
+    events: tuple = ()
 
     def __post_init__(self):
         if not callable(self.vector_field):
@@ -60,6 +65,7 @@ class ODE:
             dup = sorted({n for n in names if names.count(n) > 1})
             raise ValueError(f"state_names must be unique; got {names!r} (repeated: {dup})")
         object.__setattr__(self, "state_names", names)
+        object.__setattr__(self, "events", check_events(self.events))
 
     @property
     def num_states(self) -> int:
@@ -67,11 +73,13 @@ class ODE:
         return len(self.state_names)
 
     def __hash__(self):
-        return hash((id(self.vector_field), self.state_names))
+        return hash((id(self.vector_field), self.state_names, tuple(map(id, self.events))))
 
     def __eq__(self, other):
         return (
             isinstance(other, ODE)
             and other.vector_field is self.vector_field
             and other.state_names == self.state_names
+            and len(other.events) == len(self.events)
+            and all(a is b for a, b in zip(other.events, self.events, strict=True))
         )

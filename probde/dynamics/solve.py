@@ -14,6 +14,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from . import _unrolled
 from . import doses as _doses
+from . import events as _events
 from ._checks import check_vector_field
 from .ode import ODE
 from .solver import ForwardSensitivity, Solver
@@ -232,7 +233,8 @@ def solve(
     - `doses`: a list of `probde.Dose` (bolus jumps of a state, or constant-rate
       infusions). The solve restarts at each dose time, so the adaptive solver never steps
       across a discontinuity, and gradients stay exact across them. A time equal to a
-      bolus's time sees the state before the dose.
+      bolus's time sees the state before the dose. The ODE's own `events` (`probde.Event`)
+      restart the solve in the same way.
 
     **Returns:** a `probde.Trajectory` (with doses, the step statistics are summed over the
     segments between doses).
@@ -269,13 +271,14 @@ def solve(
     theta = jax.tree.map(jnp.asarray, theta)  # numbers as arrays: one compile for all values
     check_vector_field(dynamics.vector_field, "vector_field", t0, y0, theta,
                        (dynamics.num_states,), states=dynamics.state_names)
-    if doses:
+    if doses or dynamics.events:
         start = float(t0) if _is_concrete(t0) else None
         doses = _doses.check_doses(doses, dynamics.state_names, start)
-        event_times, jumps, rates = (
-            jnp.asarray(a, times.dtype) for a in _doses.event_arrays(doses, dynamics.state_names))
+        arrays = _doses.event_arrays(doses, dynamics.state_names)
+        infusions = bool(np.any(arrays[2]))
+        event_times, jumps, rates = (jnp.asarray(a, times.dtype) for a in arrays)
         return solve_with_events(dynamics, y0, theta, times, t0, event_times, jumps,
-                                 rates if bool(np.any(rates)) else None, solver=solver)
+                                 rates if infusions else None, solver=solver)
     num_inputs = int(ravel_pytree((y0, theta))[0].shape[0])
     adjoint = solver.resolve_adjoint(num_inputs)
     ys, aux = _solve_compiled(dynamics, solver, adjoint, t0, times, y0, theta)
@@ -301,8 +304,10 @@ def solve_with_events(dynamics: ODE, y0, theta, times, t0, event_times, jumps, r
                       *, solver: Solver) -> Trajectory:
     """A solve restarted at events (arrays, as `probde.dynamics.doses.pad_events` gives for
     one experiment): `event_times (K,)` (+inf for none), `jumps (K, S)`, and infusion rate
-    changes `rates (K, S)` or None. Safe under jit/vmap/grad; see `solve(doses=...)`."""
+    changes `rates (K, S)` or None; and the ODE's own events (`probde.Event`), merged with
+    them. Safe under jit/vmap/grad; see `solve(doses=...)`."""
     dyn = dynamics if rates is None else _rate_dynamics(dynamics)
+    user_theta = theta
     theta = dict(theta)
     if rates is not None:
         theta[_doses.RATE] = jnp.zeros(y0.shape, y0.dtype)
@@ -315,5 +320,11 @@ def solve_with_events(dynamics: ODE, y0, theta, times, t0, event_times, jumps, r
         ok, *stats = jax.lax.stop_gradient(aux)
         return ys, ok, tuple(stats)
 
-    ys, ok, stats = _doses.solve_segments(solve_one, y0, t0, times, event_times, jumps, rates)
+    which = after = None
+    if dynamics.events:
+        event_times, jumps, rates, which = _events.merge(dynamics.events, user_theta, t0,
+                                                         event_times, jumps, rates)
+        after = _events.resetter(dynamics.events, user_theta)
+    ys, ok, stats = _doses.solve_segments(solve_one, y0, t0, times, event_times, jumps, rates,
+                                          which=which, after=after)
     return Trajectory(times, ys, ok, *stats)

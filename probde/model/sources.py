@@ -133,7 +133,8 @@ class ODESource(AbstractSource):
         fn = self.dynamics.vector_field
         check_vector_field(fn, "vector_field", 0.0, y0, theta, (len(names),), states=names)
         read = validate.trace_reads(lambda th: fn(0.0, y0, th), theta)
-        # The solve gets only what the vector field reads: forward sensitivities cost one
+        read |= _event_reads(model, self.dynamics.events, y0, theta)
+        # The solve gets only what the vector field (and its events) read: forward sensitivities cost one
         # column per scalar input, and a hierarchical model's theta also holds the
         # population's parameters (and inputs) that only the priors or the initial state
         # read.
@@ -184,6 +185,24 @@ class ODESource(AbstractSource):
             return Simulation(traj.ys, traj.ok, traj.num_steps, None)
 
         return simulate
+
+
+def _event_reads(model, events, y0, theta) -> set[str]:
+    """What the ODE's events read; an event time that reads an estimated parameter is an
+    error (no derivative is taken with respect to event times)."""
+    read: set[str] = set()
+    estimated = set(model.params) | set(model.per_experiment)
+    for e in events:
+        if callable(e.time):
+            when = validate.trace_reads(e.time, theta)
+            if when & estimated:
+                raise ValueError(
+                    f"Event {e.name!r}: its time reads {sorted(when & estimated)}, which "
+                    "the model estimates; event times must be known (numbers, or functions "
+                    "of fixed inputs), since no derivative is taken with respect to them")
+            read |= when
+        read |= validate.trace_reads(lambda th, e=e: e.reset(0.0, y0, th), theta)
+    return read
 
 
 class EmulatorSource(AbstractSource):

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import sympy as sp
 
-from ..dynamics import ODE, Solver
+from ..dynamics import ODE, Event, Solver
 from ..model import Model
 from ..observations import TimeSeries
 from . import priors, sbml
@@ -79,10 +79,6 @@ class Problem:
     def __init__(self, yaml_path, solver: Solver | None = None):
         self.tables = t = Tables(yaml_path)
         self.sbml = sbml.read(t.model_file)
-        if self.sbml.events:
-            raise PEtabError(
-                f"{t.model_file.name}: events ({', '.join(e.id for e in self.sbml.events)}) "
-                "are not supported yet")
         self.solver = default_solver() if solver is None else solver
         self.estimated = t.estimated()
         self.nominal = {pid: t.nominal(pid) for pid in self.estimated}
@@ -92,6 +88,7 @@ class Problem:
         self._columns()
         self._conditions()
         self._observables()
+        self._events()
         self.data = self._data()
         self.model = self._model()
         self._prepared = self.model.prepare(self.data)
@@ -354,6 +351,65 @@ class Problem:
         # and the proposal is rejected (and counted) like any failed solve
         return jnp.where(ok, sol.ys[-1], jnp.nan)
 
+    # ----------------------------------------------------------------- events
+    def _events(self):
+        """The SBML model's time-triggered events as `probde.Event`s: the trigger time, a
+        number per experiment, is an input; the reset sets the assigned states to their
+        expressions, all evaluated before the event."""
+        self.events = []
+        if not self.sbml.events:
+            return
+        if self.steady_states:
+            raise PEtabError(
+                f"{self.tables.model_file.name}: events together with steady-state (time = "
+                "inf) measurements are not supported")
+        names = list(self.sbml.parameters)
+        for k, ev in enumerate(self.sbml.events):
+            key = f"{INPUT}event_{k}"
+            self.inputs[key] = np.array([self._event_time(ev, e) for e in self.experiments])
+            targets = np.array([self.sbml.state_ids.index(s) for s in ev.assignments])
+            fn = sbml.lambdify(list(ev.assignments.values()), self.sbml.state_ids, names)
+
+            def reset(t, y, theta, fn=fn, targets=targets):
+                new = fn(t, _unstack(y), self.sbml_parameters(theta))
+                return y.at[targets].set(jnp.stack([jnp.asarray(v, y.dtype) for v in new]))
+
+            self.events.append(Event(lambda theta, key=key: theta[key], reset, name=ev.id))
+
+    def _event_time(self, ev, experiment) -> float:
+        """When `ev` happens in `experiment` (simulation time; -1, before the start, for
+        never): its trigger time evaluated at the parameters' values there, which must
+        not depend on an estimated parameter."""
+        conds = self.tables.conditions
+        known: dict = {}
+        for pid, default in self.sbml.parameters.items():
+            v = conds.loc[experiment.sim, pid] if pid in conds.columns else math.nan
+            if isinstance(v, str) and not is_number(v):
+                value = self._fixed.get(v)  # None: an estimated parameter
+            elif not math.isnan(float(v)):
+                value = float(v)
+            elif pid in self.nominal:
+                value = None
+            elif pid in self._fixed:
+                value = self._fixed[pid]
+            else:
+                value = default.xreplace(known)
+                value = float(value) if value.is_Number else None
+            if value is not None:
+                known[sp.Symbol(pid, real=True)] = sp.Float(value)
+        t = ev.trigger_time.xreplace(known)
+        if not t.is_Number:
+            raise PEtabError(
+                f"{self.tables.model_file.name}: the trigger time of event {ev.id!r} in "
+                f"condition {experiment.sim!r} depends on "
+                f"{sorted(s.name for s in t.free_symbols)}, which are estimated; only event "
+                "times that are known before the solve are supported")
+        t = float(t)
+        if t > 0:
+            return t
+        # a trigger true from the start fires there only if SBML's initialValue is false
+        return -1.0 if ev.initial_value else 0.0
+
     # ------------------------------------------------------------ the model
     def _data(self) -> list[TimeSeries]:
         m = self.tables.measurements
@@ -386,7 +442,7 @@ class Problem:
         params = {pid: priors.prior(self.tables.parameters.loc[pid], pid)
                   for pid in self.estimated}
         return Model(
-            ODE(self.vector_field, state_names=self.sbml.state_ids),
+            ODE(self.vector_field, state_names=self.sbml.state_ids, events=self.events),
             params=params,
             initial_state=self.initial_state,
             observation=Measurements(tuple(families), tuple(transforms), self.noise_scale),

@@ -16,9 +16,9 @@ Semantics (those of AMICI and the SBML specification):
 - Initial values: the initial amount or concentration, converted to the state's unit, or
   the initial assignment, evaluated at the parameters' values (so a parameter override in a
   PEtab condition reaches the initial state).
-- `piecewise` and other discontinuities are kept as `jnp.where`; time-triggered events are
-  read (`SBMLModel.events`), but not applied yet: `probde.petab.load` refuses a model that
-  has any.
+- `piecewise` and other discontinuities are kept as `jnp.where`. Time-triggered events
+  (`time >= T`, T an expression of the parameters) are read into `SBMLModel.events`;
+  `probde.petab.load` applies them as `probde.Event`s (the solve restarts there).
 
 Unsupported constructs (algebraic rules, delays, events with state-dependent triggers,
 fast reactions, compartments whose size changes) raise `SBMLError` naming the element.
@@ -57,6 +57,9 @@ class TimedEvent:
     id: str
     trigger_time: sp.Expr
     assignments: dict
+    #: the trigger's `initialValue`: False means a trigger already true at the start fires
+    #: there (SBML: the trigger is taken to have been false just before)
+    initial_value: bool = True
 
 
 @dataclasses.dataclass
@@ -224,7 +227,7 @@ class _Reader:
         expressions.update({k: _sym(k) for k in params})
         expressions.update({k: subst(v) for k, v in assign_rules.items()})
         events = [TimedEvent(e.id, subst(e.trigger_time),
-                             {k: subst(v) for k, v in e.assignments.items()})
+                             {k: subst(v) for k, v in e.assignments.items()}, e.initial_value)
                   for e in self.events(states)]
         return SBMLModel(
             id=m.getId(),
@@ -334,7 +337,9 @@ class _Reader:
                         f"{self.path}: event {name!r} assigns {a.getVariable()!r}, which is "
                         "not a state; only assignments to states are supported")
                 assigns[a.getVariable()] = self.math(a.getMath(), f"event {name!r}")
-            out.append(TimedEvent(name, t_event, assigns))
+            trigger = ev.getTrigger()
+            initial = trigger.getInitialValue() if trigger.isSetInitialValue() else True
+            out.append(TimedEvent(name, t_event, assigns, bool(initial)))
         return out
 
 
