@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+import sympy as sp
 import yaml
 from scipy import stats
 
@@ -366,3 +367,26 @@ def test_event_times_that_depend_on_estimated_parameters_are_refused(tmp_path):
                        match=r"trigger time of event 'pulse' in condition 'c0' depends on "
                              r"\['k1'\], which are estimated"):
         petab.load(_case_with(tmp_path, _pulse("<ci> k1 </ci>")))
+
+
+def test_piecewise_switches_in_time_split_the_solve(tmp_path):
+    # The forward reaction stops at t = 5 (a piecewise factor): the solve restarts there
+    # (an identity event), and A(10) is the closed form's: conversion to t = 5, then
+    # B -> A alone.
+    d = _copy_case(tmp_path)
+    xml = d / "_model.xml"
+    switch = ('<piecewise><piece><cn> 1 </cn><apply><lt/><csymbol encoding="text" '
+              'definitionURL="http://www.sbml.org/sbml/symbols/time"> t </csymbol>'
+              '<cn> 5 </cn></apply></piece><otherwise><cn> 0 </cn></otherwise></piecewise>')
+    xml.write_text(xml.read_text().replace("<ci> k1 </ci>", "<ci> k1 </ci>" + switch, 1))
+    problem = petab.load(d / "_0001.yaml")
+    assert [float(t) for t in problem.split_times] == [5.0]
+    x = {k: jnp.asarray(v) for k, v in {"a0": 1.2, "b0": 0.3, "k1": 0.8, "k2": 0.6}.items()}
+    a_5 = _conversion(5.0, 1.2, 0.3, 0.8, 0.6)
+    a_10 = 1.5 - (1.5 - a_5) * np.exp(-0.6 * 5.0)
+    np.testing.assert_allclose(problem.simulate(x)["simulation"], [1.2, a_10], rtol=1e-7)
+    # the SBML side: thresholds of time in piecewise and Heaviside conditions
+    t, a, b = (sp.Symbol(n, real=True) for n in ("time", "a", "b"))
+    found = petab.sbml.time_thresholds([sp.Piecewise((1, (t > a + 4) & (t <= 2 * b)), (0, True))
+                                        + sp.Heaviside(3 - t), sp.Heaviside(t * a)])
+    assert set(found) == {a + 4, 2 * b, 3} and len(found) == 3

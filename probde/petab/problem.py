@@ -65,6 +65,10 @@ def _real(expr: sp.Expr) -> sp.Expr:
                           if not s.is_real})
 
 
+def _unchanged(t, y, theta):
+    return y
+
+
 class _Experiment:
     def __init__(self, pre: str | None, sim: str, steady: bool = False):
         self.pre, self.sim, self.steady = pre, sim, steady
@@ -89,6 +93,7 @@ class Problem:
         self._conditions()
         self._observables()
         self._events()
+        self._splits()
         self.data = self._data()
         self.model = self._model()
         self._prepared = self.model.prepare(self.data)
@@ -378,8 +383,25 @@ class Problem:
 
     def _event_time(self, ev, experiment) -> float:
         """When `ev` happens in `experiment` (simulation time; -1, before the start, for
-        never): its trigger time evaluated at the parameters' values there, which must
-        not depend on an estimated parameter."""
+        never): its trigger time at the parameters' values there, which must not depend
+        on an estimated parameter."""
+        t = self._known(ev.trigger_time, experiment)
+        if not t.is_Number:
+            raise PEtabError(
+                f"{self.tables.model_file.name}: the trigger time of event {ev.id!r} in "
+                f"condition {experiment.sim!r} depends on "
+                f"{sorted(s.name for s in t.free_symbols)}, which are estimated; only event "
+                "times that are known before the solve are supported")
+        t = float(t)
+        if t > 0:
+            return t
+        # a trigger true from the start fires there only if SBML's initialValue is false
+        return -1.0 if ev.initial_value else 0.0
+
+    def _known(self, expr: sp.Expr, experiment) -> sp.Expr:
+        """`expr` with every parameter whose value is known before the solve in
+        `experiment` (the condition table's numbers, fixed parameters, the file's values)
+        replaced by that value: a number unless it reads an estimated parameter."""
         conds = self.tables.conditions
         known: dict = {}
         for pid, default in self.sbml.parameters.items():
@@ -397,18 +419,28 @@ class Problem:
                 value = float(value) if value.is_Number else None
             if value is not None:
                 known[sp.Symbol(pid, real=True)] = sp.Float(value)
-        t = ev.trigger_time.xreplace(known)
-        if not t.is_Number:
-            raise PEtabError(
-                f"{self.tables.model_file.name}: the trigger time of event {ev.id!r} in "
-                f"condition {experiment.sim!r} depends on "
-                f"{sorted(s.name for s in t.free_symbols)}, which are estimated; only event "
-                "times that are known before the solve are supported")
-        t = float(t)
-        if t > 0:
-            return t
-        # a trigger true from the start fires there only if SBML's initialValue is false
-        return -1.0 if ev.initial_value else 0.0
+        return expr.xreplace(known)
+
+    def _splits(self):
+        """Identity events at the times where the vector field is discontinuous in time
+        (`piecewise` or `Heaviside` conditions on `time` with thresholds known before the
+        solve): the solve restarts there, so the adaptive solver does not step across
+        them (it would find them only by rejected steps). A threshold that depends on an
+        estimated parameter is left to the step-size controller."""
+        thresholds = sbml.time_thresholds(self.sbml.rhs)
+        self.split_times = []
+        for k, expr in enumerate(thresholds):
+            values = [self._known(expr, e) for e in self.experiments]
+            if not all(v.is_Number for v in values):
+                continue
+            times = np.array([float(v) if float(v) > 0 else -1.0 for v in values])
+            if not np.any(times > 0):
+                continue
+            key = f"{INPUT}split_{k}"
+            self.inputs[key] = times
+            self.split_times.append(expr)
+            self.events.append(Event(lambda theta, key=key: theta[key], _unchanged,
+                                      name=f"discontinuity at time = {expr}"))
 
     # ------------------------------------------------------------ the model
     def _data(self) -> list[TimeSeries]:

@@ -16,7 +16,9 @@ Semantics (those of AMICI and the SBML specification):
 - Initial values: the initial amount or concentration, converted to the state's unit, or
   the initial assignment, evaluated at the parameters' values (so a parameter override in a
   PEtab condition reaches the initial state).
-- `piecewise` and other discontinuities are kept as `jnp.where`. Time-triggered events
+- `piecewise` and other discontinuities are kept as `jnp.where`; `time_thresholds` finds the
+  times where conditions on time switch, at which `probde.petab.load` restarts the solve.
+  Time-triggered events
   (`time >= T`, T an expression of the parameters) are read into `SBMLModel.events`;
   `probde.petab.load` applies them as `probde.Event`s (the solve restarts there).
 
@@ -373,6 +375,32 @@ def _ordered(params: dict, path) -> dict:
             out[k] = pending.pop(k)
             done.add(k)
     return out
+
+
+def time_thresholds(exprs) -> list:
+    """The times at which `piecewise` or `Heaviside` conditions in `exprs` switch: each
+    relation between `time` and an expression free of time, linear in time (`time > T`,
+    `T - time >= 0`, ...), gives its `T`; without repeats, in sympy's canonical order (so
+    that the same model gives the same list in every process)."""
+    relations = []
+    for e in exprs:
+        for pw in e.atoms(sp.Piecewise):
+            for _, cond in pw.args:
+                relations.extend(cond.atoms(sp.core.relational.Relational))
+        for h in e.atoms(sp.Heaviside):
+            relations.append(sp.Gt(h.args[0], 0))
+    out = []
+    for rel in relations:
+        if TIME not in rel.free_symbols:
+            continue
+        gap = sp.expand(rel.lhs - rel.rhs)
+        slope = gap.diff(TIME)
+        if slope.free_symbols or slope == 0:
+            continue  # not linear in time
+        threshold = sp.simplify(-gap.subs(TIME, 0) / slope)
+        if threshold not in out:
+            out.append(threshold)
+    return sorted(out, key=sp.default_sort_key)
 
 
 def _trigger_time(trig):
