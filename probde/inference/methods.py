@@ -242,10 +242,13 @@ class NUTS(_ChainOptions, AbstractMethod):
             ) from err
         except ValueError as err:
             # diffrax's reverse adjoint cannot be differentiated under pmap with some
-            # jax/equinox versions (diffrax issue #765). When the chain method was our
+            # jax/equinox versions (diffrax issue #765): "Closure-converted function ..."
+            # for an explicit solver, and lineax's "pytree does not match out_structure"
+            # from the Newton solves of an implicit one. When the chain method was our
             # choice, fall back to sequential chains rather than fail.
-            if self.chain_method != "auto" or chain_method != "parallel" or (
-                "Closure-converted function" not in str(err)
+            if self.chain_method != "auto" or chain_method != "parallel" or not any(
+                m in str(err) for m in ("Closure-converted function",
+                                        "pytree does not match out_structure")
             ):
                 raise
             warnings.warn(
