@@ -254,7 +254,9 @@ class NUTS(_ChainOptions, AbstractMethod):
             warnings.warn(
                 "parallel chains failed to compile with this model's adjoint "
                 "(diffrax's reverse adjoint under pmap); running the chains sequentially. "
-                "Use probde.Solver(adjoint=probde.ForwardSensitivity()) to run them in parallel",
+                "Use probde.Solver(adjoint=probde.ForwardSensitivity()) to run them in parallel "
+                "(with an implicit solver that costs several times more per gradient), or "
+                "NUTS(chain_method='sequential') to skip this attempt",
                 stacklevel=4,
             )
             mcmc = self.mcmc(model_fn, progress_bar=progress_bar, chain_method="sequential")
