@@ -165,7 +165,7 @@ def test_petab_boehm_reaches_the_collections_best_known_optimum(tmp_path):
     result, stdout = run_case_study("petab_boehm", tmp_path)
     post = result.idata["posterior"]
     assert {"k_phos", "k_exp_hetero", "sd_pSTAT5A_rel"} <= set(post.data_vars)
-    for f in ("comparison.csv", "optimum.txt"):
+    for f in ("chains.csv", "comparison.csv", "optimum.txt"):
         assert (tmp_path / f).stat().st_size > 0, f
     text = (tmp_path / "optimum.txt").read_text()
     nominal = float(text.split("(best known): ")[1].split()[0])

@@ -14,7 +14,7 @@ from 30 uniform starts, the best of them next to the nominal parameters.
     python case_studies/petab_boehm/run.py --out results/petab_boehm [--quick]
 
 Writes idata.nc, summary.csv, fit.png (each observable: data, model band, predictive
-band), comparison.csv (per parameter: nominal, MAP, posterior median and 90% interval, on
+band), chains.csv (per chain: log-likelihood and parameter medians), comparison.csv (per parameter: nominal, MAP, posterior median and 90% interval, on
 the log10 scale) and optimum.txt. `--quick`: 2 chains x (25 + 25).
 """
 
@@ -42,19 +42,40 @@ def main():
 
     problem = load_problem()
     print(problem)
+    # --8<-- [start:method]
     steps = 25 if args.quick else 200
     # The stiff solver's gradient is the reverse adjoint, which cannot run under pmap
     # (diffrax #765): the chains run one after the other.
     method = probde.NUTS(num_chains=num_chains, num_warmup=steps, num_samples=steps,
                          init="map", dense_mass=True, chain_method="sequential")
+    # --8<-- [end:method]
     result = probde.infer(problem.model, problem.data, method, seed=args.seed)
     result.predict(np.linspace(0.0, 240.0, 121))  # model curves on a fine grid
     _common.write_outputs(result, args.out)
+    compare_chains(problem, result, args.out)
     compare_with_optimum(problem, result, args.out, num_starts=30, seed=args.seed)
 
 
 def _log10(problem, params: dict):
     return np.log10(np.array([params[k] for k in problem.estimated], dtype=float))
+
+
+def compare_chains(problem, result, out):
+    """Per chain: the mean and best log-likelihood of its draws and its parameters'
+    medians (log10). Chains that sit in different modes show here, with what tells the
+    modes apart."""
+    import pandas as pd
+
+    post = result.idata.posterior
+    llh = result.idata.log_likelihood["y"]
+    llh = llh.sum([d for d in llh.dims if d not in ("chain", "draw")])
+    table = pd.DataFrame({"mean_log_likelihood": llh.mean("draw").values,
+                          "best_log_likelihood": llh.max("draw").values})
+    for k in problem.estimated:
+        table[k] = np.log10(post[k]).median("draw").values
+    table.index.name = "chain"
+    print(table.round(2).T.to_string())
+    table.to_csv(out / "chains.csv")
 
 
 def compare_with_optimum(problem, result, out, num_starts, seed):
