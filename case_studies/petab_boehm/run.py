@@ -5,17 +5,18 @@ The model, data, noise model and priors all come from the PEtab problem
 (`probde.petab.load`, see model.py); nothing is restated here. NUTS, 4 chains x (200 +
 200) with a dense mass matrix, started around the posterior mode (`init="map"`; from
 uniform starts a chain can stay in a poor local mode with twice the noise). The
-collection's nominal
-parameters are the best known maximum-likelihood fit (log-likelihood -138.222); the run
-reports the best log-likelihood among the posterior draws, and local optimisations of the
-likelihood (L-BFGS-B on the parameter scale, within the bounds) from the best draw and
-from 30 uniform starts, the best of them next to the nominal parameters.
+collection's nominal parameters are the best known maximum-likelihood fit
+(log-likelihood -138.222); the run reports the best log-likelihood among the posterior
+draws, and local optimisations of the likelihood (L-BFGS-B on the parameter scale, within
+the bounds) from the best draw and from 30 uniform starts, the best of them next to the
+nominal parameters.
 
     python case_studies/petab_boehm/run.py --out results/petab_boehm [--quick]
 
 Writes idata.nc, summary.csv, fit.png (each observable: data, model band, predictive
-band), chains.csv (per chain: log-likelihood and parameter medians), comparison.csv (per parameter: nominal, MAP, posterior median and 90% interval, on
-the log10 scale) and optimum.txt. `--quick`: 2 chains x (25 + 25).
+band), chains.csv (per chain: log-likelihood and parameter medians), comparison.csv (per
+parameter: nominal, MAP, posterior median and 90% interval, on the log10 scale) and
+optimum.txt. `--quick`: 2 chains x (25 + 25).
 """
 
 import pathlib
