@@ -134,10 +134,10 @@ class ODESource(AbstractSource):
         check_vector_field(fn, "vector_field", 0.0, y0, theta, (len(names),), states=names)
         read = validate.trace_reads(lambda th: fn(0.0, y0, th), theta)
         read |= _event_reads(model, self.dynamics.events, y0, theta)
-        # The solve gets only what the vector field (and its events) read: forward sensitivities cost one
-        # column per scalar input, and a hierarchical model's theta also holds the
-        # population's parameters (and inputs) that only the priors or the initial state
-        # read.
+        # The solve gets only what the vector field and its events read: forward
+        # sensitivities cost one column per scalar input, and a hierarchical model's theta
+        # also holds the population's parameters (and inputs) that only the priors or the
+        # initial state read.
         self.vector_field_reads = frozenset(read)
         return read | _state_function_reads(model, y0, theta) | _derived_reads(model, theta)
 
