@@ -370,6 +370,8 @@ class Problem:
                 "inf) measurements are not supported")
         names = list(self.sbml.parameters)
         for k, ev in enumerate(self.sbml.events):
+            if not ev.assignments:
+                continue  # an event that assigns nothing changes nothing
             key = f"{INPUT}event_{k}"
             self.inputs[key] = np.array([self._event_time(ev, e) for e in self.experiments])
             targets = np.array([self.sbml.state_ids.index(s) for s in ev.assignments])
