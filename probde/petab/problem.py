@@ -28,14 +28,12 @@ import numpy as np
 import pandas as pd
 import sympy as sp
 
-from ..dynamics import ODE, Event, Solver
+from ..dynamics import ODE, Solver
 from ..model import Model
 from ..observations import TimeSeries
-from . import priors, sbml
+from . import events, priors, sbml
 from .noise import DISTRIBUTIONS, TRANSFORMATIONS, Measurements
-from .tables import PEtabError, Tables, is_number, petab_module, split_overrides
-
-INPUT = "petab_"  # prefix of the inputs made from the condition table
+from .tables import INPUT, PEtabError, Tables, is_number, petab_module, split_overrides
 
 
 def default_solver() -> Solver:
@@ -52,21 +50,10 @@ def _placeholder_index(name: str, oid: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def _unstack(y) -> list:
-    """The state vector as a list of scalars for the generated code, which unpacks it: by
-    static index, since iterating a JAX array of over 100 entries slices it with traced
-    offsets (which the parameter-read check cannot trace)."""
-    return [y[i] for i in range(y.shape[0])]
-
-
 def _real(expr: sp.Expr) -> sp.Expr:
     """Symbols as real symbols (the SBML side's convention)."""
     return expr.xreplace({s: sp.Symbol(s.name, real=True) for s in expr.free_symbols
                           if not s.is_real})
-
-
-def _unchanged(t, y, theta):
-    return y
 
 
 class _Experiment:
@@ -86,14 +73,16 @@ class Problem:
         self.solver = default_solver() if solver is None else solver
         self.estimated = t.estimated()
         self.nominal = {pid: t.nominal(pid) for pid in self.estimated}
-        self._fixed = {pid: t.nominal(pid) for pid in t.parameters.index
+        self.fixed = {pid: t.nominal(pid) for pid in t.parameters.index
                        if pid not in self.nominal}
         self._experiments()
         self._columns()
         self._conditions()
         self._observables()
-        self._events()
-        self._splits()
+        self.events, event_inputs = events.sbml_events(self)
+        splits, split_inputs, self.split_times = events.time_splits(self)
+        self.events += splits
+        self.inputs.update(event_inputs | split_inputs)
         self.data = self._data()
         self.model = self._model()
         self._prepared = self.model.prepare(self.data)
@@ -137,8 +126,8 @@ class Problem:
         """A PEtab parameter id's value: estimated (from theta) or fixed (nominal)."""
         if pid in self.nominal:
             return theta[pid]
-        if pid in self._fixed:
-            return self._fixed[pid]
+        if pid in self.fixed:
+            return self.fixed[pid]
         raise KeyError(pid)
 
     def _conditions(self):
@@ -178,7 +167,7 @@ class Problem:
         candidates: list[str] = []
         for i, v in enumerate(specs):
             if isinstance(v, str) and not is_number(v):
-                if v not in self.nominal and v not in self._fixed:
+                if v not in self.nominal and v not in self.fixed:
                     raise PEtabError(f"condition table: {target} = {v!r} is not a parameter "
                                      "of the parameter table")
                 if v not in candidates:
@@ -233,8 +222,8 @@ class Problem:
     def _default_parameter(self, i, pid, default, values, theta):
         if pid in self.nominal:
             return theta[pid]
-        if pid in self._fixed:
-            return jnp.asarray(self._fixed[pid])
+        if pid in self.fixed:
+            return jnp.asarray(self.fixed[pid])
         if default.is_Number:
             return jnp.asarray(float(default))
         fn = self._parameter_functions[i]
@@ -248,7 +237,7 @@ class Problem:
         self._parameter_functions = {
             i: sbml.lambdify([expr], (), names[:i])
             for i, (pid, expr) in enumerate(self.sbml.parameters.items())
-            if not expr.is_Number and pid not in self.nominal and pid not in self._fixed}
+            if not expr.is_Number and pid not in self.nominal and pid not in self.fixed}
         self._initial = sbml.lambdify(self.sbml.initial, (), names)
         self._rhs = sbml.lambdify(self.sbml.rhs, self.sbml.state_ids, names)
         self._formulas = {}
@@ -268,7 +257,7 @@ class Problem:
             extra = sorted({s.name for s in formula.free_symbols | noise.free_symbols}
                            - known)
             for s in extra:
-                if not (_placeholder_index(s, oid) or s in self.nominal or s in self._fixed):
+                if not (_placeholder_index(s, oid) or s in self.nominal or s in self.fixed):
                     raise PEtabError(
                         f"observable table, {oid!r}: {s!r} is neither a model entity nor a "
                         "parameter of the parameter table")
@@ -307,7 +296,7 @@ class Problem:
                     args.append(self._placeholder(s, column, theta))
                 else:
                     args.append(self.value_of(s, theta))
-            out.append(fn(0.0, _unstack(y), list(c) + args)[which])
+            out.append(fn(0.0, sbml.unstack(y), list(c) + args)[which])
         return jnp.stack([jnp.asarray(v, y.dtype) for v in out])
 
     def observe(self, y, theta):
@@ -317,7 +306,7 @@ class Problem:
         return self._evaluate(y, theta, 1)
 
     def vector_field(self, t, y, theta):
-        return jnp.stack(self._rhs(t, _unstack(y), self.sbml_parameters(theta)))
+        return jnp.stack(self._rhs(t, sbml.unstack(y), self.sbml_parameters(theta)))
 
     def _start(self, theta, phase):
         c = self.sbml_parameters(theta, phase)
@@ -345,7 +334,7 @@ class Problem:
 
     def _steady_state(self, x0, c):
         s = self.solver
-        term = diffrax.ODETerm(lambda t, y, args: jnp.stack(self._rhs(t, _unstack(y), args)))
+        term = diffrax.ODETerm(lambda t, y, args: jnp.stack(self._rhs(t, sbml.unstack(y), args)))
         sol = diffrax.diffeqsolve(
             term, s.solver, 0.0, jnp.inf, s.dt0, x0, args=c,
             saveat=diffrax.SaveAt(t1=True), stepsize_controller=s.controller(),
@@ -355,94 +344,6 @@ class Problem:
         # a failed pre-equilibration makes the initial state NaN: the main solve then fails
         # and the proposal is rejected (and counted) like any failed solve
         return jnp.where(ok, sol.ys[-1], jnp.nan)
-
-    # ----------------------------------------------------------------- events
-    def _events(self):
-        """The SBML model's time-triggered events as `probde.Event`s: the trigger time, a
-        number per experiment, is an input; the reset sets the assigned states to their
-        expressions, all evaluated before the event."""
-        self.events = []
-        if not self.sbml.events:
-            return
-        if self.steady_states:
-            raise PEtabError(
-                f"{self.tables.model_file.name}: events together with steady-state (time = "
-                "inf) measurements are not supported")
-        names = list(self.sbml.parameters)
-        for k, ev in enumerate(self.sbml.events):
-            if not ev.assignments:
-                continue  # an event that assigns nothing changes nothing
-            key = f"{INPUT}event_{k}"
-            self.inputs[key] = np.array([self._event_time(ev, e) for e in self.experiments])
-            targets = np.array([self.sbml.state_ids.index(s) for s in ev.assignments])
-            fn = sbml.lambdify(list(ev.assignments.values()), self.sbml.state_ids, names)
-
-            def reset(t, y, theta, fn=fn, targets=targets):
-                new = fn(t, _unstack(y), self.sbml_parameters(theta))
-                return y.at[targets].set(jnp.stack([jnp.asarray(v, y.dtype) for v in new]))
-
-            self.events.append(Event(lambda theta, key=key: theta[key], reset, name=ev.id))
-
-    def _event_time(self, ev, experiment) -> float:
-        """When `ev` happens in `experiment` (simulation time; -1, before the start, for
-        never): its trigger time at the parameters' values there, which must not depend
-        on an estimated parameter."""
-        t = self._known(ev.trigger_time, experiment)
-        if not t.is_Number:
-            raise PEtabError(
-                f"{self.tables.model_file.name}: the trigger time of event {ev.id!r} in "
-                f"condition {experiment.sim!r} depends on "
-                f"{sorted(s.name for s in t.free_symbols)}, which are estimated; only event "
-                "times that are known before the solve are supported")
-        t = float(t)
-        if t > 0:
-            return t
-        # a trigger true from the start fires there only if SBML's initialValue is false
-        return -1.0 if ev.initial_value else 0.0
-
-    def _known(self, expr: sp.Expr, experiment) -> sp.Expr:
-        """`expr` with every parameter whose value is known before the solve in
-        `experiment` (the condition table's numbers, fixed parameters, the file's values)
-        replaced by that value: a number unless it reads an estimated parameter."""
-        conds = self.tables.conditions
-        known: dict = {}
-        for pid, default in self.sbml.parameters.items():
-            v = conds.loc[experiment.sim, pid] if pid in conds.columns else math.nan
-            if isinstance(v, str) and not is_number(v):
-                value = self._fixed.get(v)  # None: an estimated parameter
-            elif not math.isnan(float(v)):
-                value = float(v)
-            elif pid in self.nominal:
-                value = None
-            elif pid in self._fixed:
-                value = self._fixed[pid]
-            else:
-                value = default.xreplace(known)
-                value = float(value) if value.is_Number else None
-            if value is not None:
-                known[sp.Symbol(pid, real=True)] = sp.Float(value)
-        return expr.xreplace(known)
-
-    def _splits(self):
-        """Identity events at the times where the vector field is discontinuous in time
-        (`piecewise` or `Heaviside` conditions on `time` with thresholds known before the
-        solve): the solve restarts there, so the adaptive solver does not step across
-        them (it would find them only by rejected steps). A threshold that depends on an
-        estimated parameter is left to the step-size controller."""
-        thresholds = sbml.time_thresholds(self.sbml.rhs)
-        self.split_times = []
-        for k, expr in enumerate(thresholds):
-            values = [self._known(expr, e) for e in self.experiments]
-            if not all(v.is_Number for v in values):
-                continue
-            times = np.array([float(v) if float(v) > 0 else -1.0 for v in values])
-            if not np.any(times > 0):
-                continue
-            key = f"{INPUT}split_{k}"
-            self.inputs[key] = times
-            self.split_times.append(expr)
-            self.events.append(Event(lambda theta, key=key: theta[key], _unchanged,
-                                      name=f"discontinuity at time = {expr}"))
 
     # ------------------------------------------------------------ the model
     def _data(self) -> list[TimeSeries]:

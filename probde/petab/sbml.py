@@ -96,6 +96,13 @@ def lambdify(exprs: list, state_ids, constant_names) -> Callable:
     return fn
 
 
+def unstack(y) -> list:
+    """The state vector as a list of scalars for the generated code, which unpacks it: by
+    static index, since iterating a JAX array of over 100 entries slices it with traced
+    offsets (which the parameter-read check cannot trace)."""
+    return [y[i] for i in range(y.shape[0])]
+
+
 def _substitute(expr, rules: dict, depth: int = 0):
     if depth > 100:
         raise SBMLError("assignment rules form a cycle")

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+INPUT = "petab_"  # prefix of the inputs made from the condition table and events
+
 
 class PEtabError(ValueError):
     """A PEtab problem that cannot be read, naming the file and row."""
