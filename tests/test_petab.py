@@ -367,6 +367,11 @@ def test_event_times_that_depend_on_estimated_parameters_are_refused(tmp_path):
                        match=r"trigger time of event 'pulse' in condition 'c0' depends on "
                              r"\['k1'\], which are estimated"):
         petab.load(_case_with(tmp_path, _pulse("<ci> k1 </ci>")))
+    d = _case_with(tmp_path / "steady", _pulse("<cn> 5 </cn>")).parent
+    with open(d / "_measurements.tsv", "a") as f:
+        f.write("obs_a\tc0\tinf\t0.5\n")
+    with pytest.raises(petab.PEtabError, match="events together with steady-state"):
+        petab.load(d / "_0001.yaml")
 
 
 def test_piecewise_switches_in_time_split_the_solve(tmp_path):
