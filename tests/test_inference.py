@@ -66,6 +66,7 @@ def test_nuts_reproduces_exact_gaussian_posterior(linear_result):
         assert abs(float(x.std()) - sd[i]) / mcse_sd < Z_MAX, name
 
 
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run on purpose
 def test_laplace_and_map_starts_with_an_implicit_solver():
     # An implicit solver is differentiated by the reverse adjoint, which has no forward
     # mode, so the Hessian of the MAP starts and of Laplace is taken by central

@@ -253,6 +253,7 @@ def test_each_experiment_sees_its_own_parameter_and_input(centered):
         assert "lk_decentered" in tr and tr["lk"]["type"] == "deterministic"
 
 
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run on purpose
 def test_per_experiment_parameters_are_labelled_by_experiment_in_the_results():
     # well-identified experiments: the centred form samples without divergences
     model = decay_population(centered=True, t0=0.0)

@@ -49,7 +49,7 @@ def decay_data():
 def fitted():
     with warnings.catch_warnings():  # a short run: a few rejected proposals in warmup
         warnings.filterwarnings("ignore", message=".*proposals were rejected")
-        warnings.filterwarnings("ignore", message=".*post-warmup transitions diverged")
+        warnings.filterwarnings("ignore", category=probde.ConvergenceWarning)
         return probde.infer(decay_model(), decay_data(),
                             probde.NUTS(num_warmup=100, num_samples=100, num_chains=1), seed=0,
                             num_prior_samples=0)

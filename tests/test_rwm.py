@@ -179,6 +179,7 @@ def test_no_feasible_starting_point_is_a_clear_error():
         probde.infer(model, None, method, num_prior_samples=0)
 
 
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run on purpose
 def test_infeasible_proposals_are_rejected():
     # A hard constraint inside the prior's support: proposals past it are rejections.
     def model(data=None):

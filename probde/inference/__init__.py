@@ -1,6 +1,7 @@
 """Inference: `infer`, methods (`NUTS`, `RandomWalkMetropolis`, `SVI`, `Laplace`), results
 (`InferenceResult`, `load`) and `log_likelihood`."""
 
+from .convergence import ConvergenceReport, ConvergenceWarning
 from .filters import EKF, UKF
 from .infer import infer
 from .laplace import Laplace
@@ -13,6 +14,8 @@ from .svi import SVI
 
 __all__ = [
     "AbstractMethod",
+    "ConvergenceReport",
+    "ConvergenceWarning",
     "EKF",
     "ParticleFilter",
     "UKF",

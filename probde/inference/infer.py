@@ -29,6 +29,8 @@ from ..model.sites import (
     TRAJECTORY,
     VALID,
 )
+from . import convergence
+from .convergence import check_convergence
 from .failures import FailureCounter
 from .likelihood import _latent_names
 from .methods import NUTS, AbstractMethod
@@ -217,7 +219,7 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
         states=states,
     )
     _add_groups(idata, extra)
-    _warn(idata, failures, model, variational=bool(extra.get("svi_trace") is not None))
+    _warn(idata, failures, model, method, variational=bool(extra.get("svi_trace") is not None))
     _check_particle_steps(model, data, prepared, latent, idata)
     return InferenceResult(idata, model=model, data=data)
 
@@ -324,12 +326,13 @@ def pointwise_log_likelihood(fn, flat):
     return jax.jit(lambda f: jax.lax.map(one, f, batch_size=min(n, 64)))(flat)
 
 
-def _warn(idata, failures, model, variational=False):
-    """Warnings on rejected proposals and divergences. A variational fit reports its
+def _warn(idata, failures, model, method, variational=False):
+    """Warnings on rejected proposals and on failed convergence checks (an MCMC method's
+    draws: R-hat, ESS, E-BFMI, divergences, tree depth, stuck chains; see
+    `convergence.py`). A variational fit reports its
     failed steps itself (skipped steps, `svi_trace`): its failure count covers every
     optimisation step and start, not draws, so it is not compared with the draws here."""
     stats = idata["sample_stats"]
-    total = int(stats["diverging"].size)
     evaluations = int(np.asarray(stats["n_steps"]).sum())
     if not variational and failures is not None and failures > FAILURE_WARN_FRACTION * evaluations:
         warnings.warn(
@@ -342,13 +345,23 @@ def _warn(idata, failures, model, variational=False):
             "such as diffrax.Kvaerno5(), or tighten the priors",
             stacklevel=4,
         )
-    n_div = int(np.asarray(stats["diverging"]).sum())
-    if n_div:
-        warnings.warn(
-            f"{n_div} of {total} post-warmup transitions diverged; inspect "
-            "idata.sample_stats.diverging and raise NUTS(target_accept=0.9 or 0.95)",
-            stacklevel=4,
-        )
+    report_convergence(idata, method, stacklevel=4)
+
+
+def report_convergence(idata, method, stacklevel):
+    """Run the method's convergence checks (`method.convergence_checks`) on the model's
+    parameters, keep them in `sample_stats`' attributes and warn (`ConvergenceWarning`)
+    when one fails. `stacklevel` as for a `warnings.warn` made by the caller."""
+    if not method.convergence_checks:
+        return None
+    names = InferenceResult(idata).parameter_names
+    report = check_convergence(idata, names, checks=method.convergence_checks,
+                               max_tree_depth=getattr(method, "max_tree_depth", None))
+    idata["sample_stats"].attrs.update(report.attrs())
+    if getattr(method, "max_tree_depth", None) is not None:
+        idata["sample_stats"].attrs["max_tree_depth"] = int(method.max_tree_depth)
+    convergence.warn(report, stacklevel=stacklevel + 1)
+    return report
 
 
 def _infer_function(model_fn, data, method, key_run, key_post, key_prior, num_prior, progress_bar):
@@ -384,4 +397,5 @@ def _infer_function(model_fn, data, method, key_run, key_post, key_prior, num_pr
         solver_failures=None,
     )
     _add_groups(idata, extra)
+    report_convergence(idata, method, stacklevel=3)
     return InferenceResult(idata)

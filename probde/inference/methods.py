@@ -15,6 +15,7 @@ from numpyro.infer import MCMC
 from numpyro.infer import NUTS as _NumpyroNUTS
 
 from ._options import check_init_radius, is_real, positive_int
+from .convergence import ALL_CHECKS
 from .initialisation import init_strategy
 from .mode import laplace_starts
 
@@ -72,6 +73,9 @@ class AbstractMethod(abc.ABC):
     non-differentiable likelihood such as the particle filter's is refused then)."""
 
     needs_gradient = True
+    # The convergence checks `probde.infer` runs on the draws (`convergence.ALL_CHECKS`
+    # names them); none for a method whose draws are independent (a variational fit).
+    convergence_checks: tuple[str, ...] = ()
 
     def check_model(self, model, data) -> None:
         """Refuse a model the method cannot fit (`model` is a `probde.Model` and `data`
@@ -187,6 +191,7 @@ class NUTS(_ChainOptions, AbstractMethod):
     init: str = "uniform"
 
     _POSITIVE_INTS = ("num_chains", "num_samples", "max_tree_depth", "thinning")
+    convergence_checks = ALL_CHECKS
 
     def __post_init__(self):
         self._check_chain_options()
@@ -268,6 +273,7 @@ class NUTS(_ChainOptions, AbstractMethod):
         stats["lp"] = -stats["lp"]
         # numpyro reports leapfrog steps; a tree of depth d has at most 2**d - 1 of them.
         stats["tree_depth"] = jnp.ceil(jnp.log2(stats["n_steps"] + 1)).astype(jnp.int32)
+        stats["reached_max_treedepth"] = stats["n_steps"] >= 2**self.max_tree_depth - 1
         return samples, stats
 
 

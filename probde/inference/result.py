@@ -239,6 +239,43 @@ class InferenceResult:
         value = self.idata["sample_stats"].attrs.get("solver_failures")
         return None if value is None else int(value)
 
+    def diagnose(self, var_names=None, *, show: bool = True):
+        """The full convergence report of an MCMC run (like CmdStan's `diagnose`).
+
+        Checks the draws of the parameters (or of `var_names`): rank-normalised split
+        R-hat (fails above 1.01), bulk and tail ESS (below 100 per chain), and for NUTS
+        E-BFMI per chain (below 0.3), divergences and transitions that reached the maximum
+        tree depth; and whether a chain sits apart from the others (a different mean log
+        density, or a parameter whose R-hat fails sitting elsewhere in that chain): a
+        chain stuck in another mode. Prints the report (unless `show=False`) and returns
+        it: a `ConvergenceReport` with `ok`, `failed`, `checks` and `stuck_chains`.
+        `probde.infer` runs the same checks after every MCMC run, warns
+        (`probde.ConvergenceWarning`) when one fails, and keeps the figures in
+        `idata.sample_stats.attrs`.
+
+        A variational fit (`probde.SVI`, `probde.Laplace`) draws independently from its
+        approximation, so these checks say nothing about it and raise a `ValueError`;
+        its loss trace (`plot_loss`) and its warnings are its checks.
+        """
+        from .convergence import ALL_CHECKS, check_convergence
+
+        if "svi_trace" in self.idata.children:
+            raise ValueError("diagnose() checks MCMC draws; this result is a variational "
+                             "fit (it has an svi_trace group): see result.plot_loss()")
+        checks = ALL_CHECKS
+        if "energy" not in self.idata["sample_stats"]:  # random-walk Metropolis
+            checks = ("rhat", "ess", "stuck")
+        names = self.parameter_names if var_names is None else list(var_names)
+        missing = [n for n in names if n not in self.idata["posterior"]]
+        if missing:
+            raise ValueError(f"var_names must name posterior variables; got {missing} "
+                             f"(the posterior has {list(self.idata['posterior'].data_vars)})")
+        depth = self.idata["sample_stats"].attrs.get("max_tree_depth")
+        report = check_convergence(self.idata, names, checks=checks, max_tree_depth=depth)
+        if show:
+            print(report)
+        return report
+
     def summary(self, var_names=None, **kwargs):
         """`arviz.summary` of the parameters (or of `var_names`), as a pandas DataFrame."""
         var_names = self.parameter_names if var_names is None else var_names

@@ -397,7 +397,7 @@ class RandomWalkMetropolis(_ChainOptions, AbstractMethod):
     ...     mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
     ...     numpyro.sample("y", dist.Normal(mu, 1.0), obs=data)
     >>> data = jnp.array([0.9, 1.4, 1.1, 0.7, 1.2])
-    >>> method = probde.RandomWalkMetropolis(num_chains=1, num_warmup=500, num_samples=1000)
+    >>> method = probde.RandomWalkMetropolis(num_chains=1, num_warmup=1000, num_samples=5000)
     >>> result = probde.infer(model, data, method, seed=0, num_prior_samples=0)
     >>> 0.7 < float(result.idata.posterior["mu"].mean()) < 1.1  # exact: 5.3 / 6 = 0.88
     True
@@ -406,6 +406,8 @@ class RandomWalkMetropolis(_ChainOptions, AbstractMethod):
     """
 
     needs_gradient = False  # pseudo-marginal: any unbiased likelihood estimate
+    # No energy, divergences or trees: R-hat, ESS and stuck chains only.
+    convergence_checks = ("rhat", "ess", "stuck")
 
     num_chains: int = 4
     num_warmup: int = 2000
