@@ -2,6 +2,7 @@
 
 from . import _cache, datasets, noise
 from ._cache import compilation_cache
+from .checks import SBCResult, sbc
 from .design import latin_hypercube, sobol
 from .discrepancy import (
     Constraint,
@@ -15,6 +16,8 @@ from .discrepancy import (
 from .dynamics import ODE, SDE, Dose, Event, ForwardSensitivity, Solver, Trajectory, simulate, solve
 from .inference import (
     EKF,
+    ConvergenceReport,
+    ConvergenceWarning,
     NUTS,
     UKF,
     SVI,
@@ -47,6 +50,8 @@ _cache.configure_on_import()
 __all__ = [
     "compilation_cache",
     "Constraint",
+    "ConvergenceReport",
+    "ConvergenceWarning",
     "DeepGPDiscrepancy",
     "Dose",
     "Event",
@@ -66,6 +71,7 @@ __all__ = [
     "NUTS",
     "PerExperiment",
     "RandomWalkMetropolis",
+    "SBCResult",
     "SVI",
     "Solver",
     "TimeSeries",
@@ -77,6 +83,7 @@ __all__ = [
     "load",
     "log_likelihood",
     "noise",
+    "sbc",
     "simulate",
     "sobol",
     "solve",

@@ -26,6 +26,7 @@ SLOW: dict[str, str] = {
     # doctests that run an inference
     "probde/inference/infer.py::probde.inference.infer.infer": "NUTS on an ODE model (24 s)",
     "probde/inference/svi.py::probde.inference.svi.SVI": "an SVI fit (7 s)",
+    "probde/checks/calibration.py::probde.checks.calibration.sbc": "20 NUTS fits (45 s)",
     "probde/discrepancy/deep_emulator.py::probde.discrepancy.deep_emulator.DeepGPEmulator":
         "fits a deep-GP emulator by SVI (18 s)",
     # README and docs pages: whole tutorials with their inference runs (10-90 s a page)
@@ -43,6 +44,10 @@ SLOW: dict[str, str] = {
         "two fresh processes that run NUTS",
     "tests/test_compile_cache.py::test_infer_without_failure_count_gives_the_same_draws":
         "two NUTS runs",
+    # simulation-based calibration: the exact case and the likelihood bug stay
+    "tests/test_sbc.py::test_a_prior_that_differs_from_the_simulators_is_flagged":
+        "100 NUTS fits (40 s)",
+    "tests/test_sbc.py::test_a_loop_of_fits_for_other_methods": "four Laplace fits (110 s)",
     # solves and sensitivities: one forward-sensitivity case stays (CASES)
     "tests/test_solve.py::test_forward_sensitivity_gradient_equals_reverse_and_finite_differences":
         "10 s",

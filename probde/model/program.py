@@ -4,7 +4,8 @@ emulator): theta -> trajectory -> observation, with the discrepancy's term in be
 `fn(observed, conditional, batch_size, experiment_batch_size)`: `observed` conditions on
 the data, else the observations are sampled (prior and posterior predictive);
 `conditional` draws the discrepancy from its posterior given the data (the posterior
-predictive of the Kennedy-O'Hagan model). Minibatches (SVI) are random subsets of the time
+predictive of the Kennedy-O'Hagan model); `values` (optional, `(E, T, O)`) stand in for
+the data's values, on the same times and mask. Minibatches (SVI) are random subsets of the time
 points and/or experiments drawn by numpyro's subsampling plates, which also scale the
 log-likelihood by size / subsample size; only the chosen experiments are solved, and only
 at the chosen (sorted) times.
@@ -105,8 +106,13 @@ def build(model, data: PreparedData, *, on_failure=None, predict_times=None):
 
     def model_fn(observed: bool = True, conditional: bool = False,
                  batch_size: int | None = None, experiment_batch_size: int | None = None,
-                 centered: bool = False):
-        batch = _minibatch(st, batch_size, experiment_batch_size)
+                 centered: bool = False, values: jax.Array | None = None):
+        # `values` (E, T, O) replace the data's values (the mask stays): one program, and
+        # one compilation, serves many data sets of the same shape (simulation-based
+        # calibration vmaps the sampler over them).
+        run = st if values is None else dataclasses.replace(
+            st, values=jnp.where(st.mask, jnp.asarray(values, st.values.dtype), 1.0))
+        batch = _minibatch(run, batch_size, experiment_batch_size)
         theta = common.sample_parameters(model, st.values.shape[0], st.inputs, centered)
         simulate = model.source.simulator(model, theta, st.starts, batch.rows, st.events,
                                           st.grids)
@@ -122,7 +128,7 @@ def build(model, data: PreparedData, *, on_failure=None, predict_times=None):
         numpyro.deterministic(sites.MEAN, mu)
         common.reject_invalid(valid, on_failure)
         hyper = common.align_noise(hyper, mu.ndim)
-        observe = _Observer(model, st, batch, theta, simulate, hyper, observed, conditional,
+        observe = _Observer(model, run, batch, theta, simulate, hyper, observed, conditional,
                             raw_hyper)
         if st.discrepancy is None:
             observe.independent(mu)
