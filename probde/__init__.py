@@ -2,7 +2,7 @@
 
 from . import _cache, datasets, noise
 from ._cache import compilation_cache
-from .checks import SBCResult, sbc
+from .checks import Identifiability, SBCResult, identifiability, sbc
 from .design import latin_hypercube, sobol
 from .discrepancy import (
     Constraint,
@@ -60,6 +60,7 @@ __all__ = [
     "EmulatorDiagnostics",
     "GPDiscrepancy",
     "GPEmulator",
+    "Identifiability",
     "MarkovGPDiscrepancy",
     "ODE",
     "ParticleFilter",
@@ -78,6 +79,7 @@ __all__ = [
     "UKF",
     "Trajectory",
     "datasets",
+    "identifiability",
     "infer",
     "latin_hypercube",
     "load",

@@ -48,6 +48,13 @@ SLOW: dict[str, str] = {
     "tests/test_sbc.py::test_a_prior_that_differs_from_the_simulators_is_flagged":
         "100 NUTS fits (40 s)",
     "tests/test_sbc.py::test_a_loop_of_fits_for_other_methods": "four Laplace fits (110 s)",
+    # identifiability: the flat direction, the closed form and the decay model stay
+    "probde/checks/identifiability.py::probde.checks.identifiability.identifiability":
+        "a profile sweep compiled around an ODE (15 s)",
+    "tests/test_identifiability.py::test_coordinates_log_likelihood_is_probde_log_likelihood":
+        "the simple machine with and without a GP (25 s)",
+    "tests/test_identifiability.py::test_simple_machine_theta_profile_widens_with_the_discrepancy":
+        "profiles of the simple machine (30 s)",
     # solves and sensitivities: one forward-sensitivity case stays (CASES)
     "tests/test_solve.py::test_forward_sensitivity_gradient_equals_reverse_and_finite_differences":
         "10 s",
