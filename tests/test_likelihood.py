@@ -196,3 +196,16 @@ def test_noise_scale_function_is_refused_where_it_cannot_apply():
         make_model(probde.noise.Normal(sigma=lambda y, th: jnp.ones((2, 2))))
     with pytest.raises(TypeError, match="or a function"):
         probde.noise.Normal(sigma="0.1")
+
+
+def test_log_likelihood_with_a_gp_discrepancy_runs_under_jit():
+    # The program's set-up evaluates the discrepancy's link values from the data while it
+    # is built, which under jit used to be staged and then refused by numpy.
+    model = make_model(probde.noise.Normal(sigma=0.1),
+                       discrepancy=probde.GPDiscrepancy(gpx.kernels.RBF(), lengthscale=1.0,
+                                                        variance=0.1))
+    data = probde.TimeSeries(TIMES, VALUES, observables=("x",))
+    params = {"k": 0.9}
+    eager = probde.log_likelihood(model, data, params)
+    jitted = jax.jit(lambda p: probde.log_likelihood(model, data, p))(params)
+    np.testing.assert_allclose(jitted, eager, rtol=RTOL[np.dtype("float64")])

@@ -61,7 +61,10 @@ def _static(model, data: PreparedData, predict_times) -> _Static:
     index = setup = None
     if disc is not None:
         index = disc.observable_index(data.observables)
-        link_values = np.asarray(model.observation.link(jnp.asarray(data.values)))
+        # The data are numbers even when the program is built inside a jit trace
+        # (`probde.log_likelihood` under jit): evaluate the link now, not staged.
+        with jax.ensure_compile_time_eval():
+            link_values = np.asarray(model.observation.link(jnp.asarray(data.values)))
         setup = disc.setup(data.times, link_values, data.mask)
     return _Static(
         times=times,
