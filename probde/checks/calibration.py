@@ -213,40 +213,56 @@ def _nuts_fits(model, prepared, method, values, key, progress_bar):
                            max_tree_depth=method.max_tree_depth,
                            model_kwargs={"values": v}, rng_key=k_kernel)
 
-    states = jax.jit(jax.vmap(start))(keys, flat_values)
+    states = _over_lanes(start, S * C)(keys, flat_values)
     del k_run  # numpyro keeps each chain's key in its state
     total = method.num_warmup + method.num_samples * method.thinning
     block = max(1, math.ceil(total / BLOCKS))
 
-    @jax.jit
-    def run_block(states, v):
+    def lane_block(state, v):
+        """`block` NUTS transitions of one chain; what they kept, leading axis `block`."""
         def body(st, _):
-            st = jax.vmap(lambda s, x: sample_kernel(s, model_kwargs={"values": x}))(st, v)
-            return st, (st.z, st.diverging, st.num_steps)
-        return lax.scan(body, states, None, length=block)
+            st = sample_kernel(st, model_kwargs={"values": v})
+            return st, (st.z, st.diverging)
+        return lax.scan(body, state, None, length=block)
 
+    run_block = _over_lanes(lane_block, S * C)
     kept_z, kept_div = [], []
     bar = _progress(progress_bar, total)
     done = 0
     while done < total:
-        states, (z, div, _) = run_block(states, flat_values)
-        z = jax.tree.map(np.asarray, z)
+        states, (z, div) = run_block(states, flat_values)  # z: (S*C, block, ...)
         lo = max(method.num_warmup - done, 0)
         hi = min(total - done, block)
         if hi > lo:
-            kept_z.append(jax.tree.map(lambda a, lo=lo, hi=hi: a[lo:hi], z))
-            kept_div.append(np.asarray(div)[lo:hi])
+            kept_z.append(jax.tree.map(lambda a, lo=lo, hi=hi: np.asarray(a)[:, lo:hi], z))
+            kept_div.append(np.asarray(div)[:, lo:hi])
         done += block
         if bar is not None:
             bar.update(min(block, total - (done - block)))
     if bar is not None:
         bar.close()
-    # (iterations, S*C, ...) -> (S, C, draws, ...), thinned as the method asks
-    z = jax.tree.map(lambda *a: np.concatenate(a), *kept_z)
-    z = jax.tree.map(lambda a: np.moveaxis(a, 0, 1)[:, ::method.thinning].reshape(
-        (S, C, -1) + a.shape[2:]), z)
-    div = np.moveaxis(np.concatenate(kept_div), 0, 1)[:, ::method.thinning].reshape(S, C, -1)
+    # (S*C, iterations, ...) -> (S, C, draws, ...), thinned as the method asks
+    z = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *kept_z)
+    z = jax.tree.map(lambda a: a[:, ::method.thinning].reshape((S, C, -1) + a.shape[2:]), z)
+    div = np.concatenate(kept_div, axis=1)[:, ::method.thinning].reshape(S, C, -1)
     return z, div, info.postprocess_fn
+
+
+def _over_lanes(fn, lanes):
+    """`fn` mapped over a leading axis of `lanes` (simulation x chain), compiled: split
+    evenly over the devices (as many as divide `lanes`) with `jax.shard_map`, vmapped on
+    each. Each device runs its own loops: a lane that needs a deep tree or a long solve
+    holds up only the lanes of its device (under vmap, every lane of a device waits for
+    the slowest)."""
+    from jax.sharding import Mesh, PartitionSpec
+
+    devices = jax.devices()
+    used = max(d for d in range(1, min(len(devices), lanes) + 1) if lanes % d == 0)
+    if used == 1:
+        return jax.jit(jax.vmap(fn))
+    spec = PartitionSpec("lane")
+    return jax.jit(jax.shard_map(jax.vmap(fn), mesh=Mesh(devices[:used], ("lane",)),
+                                 in_specs=spec, out_specs=spec, check_vma=False))
 
 
 def _constrain(postprocess_gen, z, values):
