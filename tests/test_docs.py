@@ -25,6 +25,10 @@ write (`fit.png`, `idata.nc`) land there. Figures are drawn with matplotlib's Ag
   placeholders, a case study's run of many minutes) is skipped only when an HTML comment
   `<!-- docs-test: skip: REASON -->` stands right before its fence; a skip without a
   reason, or one before nothing to skip, is an error.
+- A block that runs a deliberately short sampler (a page that says so) may be marked
+  `<!-- docs-test: allow probde.ConvergenceWarning: REASON -->` right before its fence:
+  that warning class (a dotted name) is then not an error in that block; any other
+  warning still is.
 
 Heavy examples are not shortened here: the pages themselves use short runs where the full
 run would add nothing to what they teach, and say what the full run takes.
@@ -53,6 +57,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)")
 SKIP = re.compile(r"^\s*<!--\s*docs-test:\s*skip\b:?\s*(?P<why>.*?)\s*-->\s*$")
+ALLOW = re.compile(
+    r"^\s*<!--\s*docs-test:\s*allow\s+(?P<warning>[\w.]+):\s*(?P<why>\S.*?)\s*-->\s*$")
 SNIPPET = re.compile(
     r"""^(?P<indent>\s*)--8<--\s+["'](?P<path>[^"':]+)(?::(?P<section>[\w-]+))?["']\s*$""")
 FRESH_PROCESS = re.compile(r"\bset_host_device_count\s*\(")
@@ -66,6 +72,7 @@ class Block:
     source: str  # dedented, snippets expanded
     contexts: tuple[pathlib.Path, ...]  # files whose sections the block includes
     skip: str | None  # the reason, when skipped
+    allow: str | None = None  # a warning class (dotted name) that is not an error here
 
     @property
     def where(self) -> str:
@@ -136,6 +143,9 @@ def extract(page: pathlib.Path) -> list[Block]:
         while k >= 0 and not lines[k].strip():
             k -= 1
         skip = SKIP.match(lines[k]) if k in directives else None
+        allow = ALLOW.match(lines[k]) if k in directives else None
+        if allow:
+            used.add(k)
         if skip:
             used.add(k)
             if not skip["why"]:
@@ -145,14 +155,16 @@ def extract(page: pathlib.Path) -> list[Block]:
             body = [ln[len(indent):] if ln.startswith(indent) else ln.lstrip()
                     for ln in lines[i + 1 : j]]
             source, contexts = _expand(textwrap.dedent("\n".join(body)))
-            blocks.append(Block(page, i + 1, source, contexts, skip["why"] if skip else None))
-        elif skip:
+            blocks.append(Block(page, i + 1, source, contexts, skip["why"] if skip else None,
+                                allow["warning"] if allow else None))
+        elif skip or allow:
             raise ValueError(f"{_rel(page)}:{k + 1}: a docs-test skip before a ```{info} "
                              "block, which does not run anyway")
         i = j + 1
     for k in sorted(directives - used):
         raise ValueError(f"{_rel(page)}:{k + 1}: a docs-test comment must be "
-                         "'<!-- docs-test: skip: REASON -->' right before a ```python block")
+                         "'<!-- docs-test: skip: REASON -->' or '<!-- docs-test: allow "
+                         "WARNING: REASON -->' right before a ```python block")
     return blocks
 
 
@@ -201,7 +213,10 @@ def run_page(page: pathlib.Path, log=print) -> dict:
                         if not name.startswith("__"):
                             namespace.setdefault(name, value)
                     contexts_run.add(context)
-            _run_block(block, namespace)
+            with warnings.catch_warnings():
+                if block.allow:
+                    warnings.filterwarnings("ignore", category=_warning_class(block.allow))
+                _run_block(block, namespace)
             log(f"{block.where}: {_elapsed(start)}")
         log(f"{_rel(page)}: {_elapsed(page_start)}")
         return namespace
@@ -214,6 +229,13 @@ def run_page(page: pathlib.Path, log=print) -> dict:
             if (ROOT / "case_studies") in pathlib.Path(
                     getattr(sys.modules[name], "__file__", None) or "/").parents:
                 del sys.modules[name]
+
+
+def _warning_class(dotted: str) -> type:
+    import importlib
+
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def _elapsed(start: tuple[float, float]) -> str:
@@ -407,12 +429,43 @@ def test_runner_fails_on_wrong_output_and_errors(tmp_path, monkeypatch):
             """), log=lambda _: None)
 
 
+def test_an_allowed_warning_class_is_not_an_error_in_its_block_only(tmp_path, monkeypatch):
+    import probde
+
+    monkeypatch.chdir(tmp_path)
+    allowed = """\
+        <!-- docs-test: allow probde.ConvergenceWarning: a short run on purpose -->
+        ```python
+        import warnings, probde
+        warnings.warn("short", probde.ConvergenceWarning)
+        ```
+        """
+    assert extract(_page(tmp_path, allowed))[0].allow == "probde.ConvergenceWarning"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_page(_page(tmp_path, allowed), log=lambda _: None)
+        with pytest.raises(UserWarning, match="other"):  # another class still fails
+            run_page(_page(tmp_path, allowed.replace(
+                "warnings.warn(\"short\", probde.ConvergenceWarning)",
+                "warnings.warn(\"other\", UserWarning)")), log=lambda _: None)
+        with pytest.raises(probde.ConvergenceWarning):  # and in the next block, this one
+            run_page(_page(tmp_path, allowed + """\
+
+                ```python
+                warnings.warn("short", probde.ConvergenceWarning)
+                ```
+                """), log=lambda _: None)
+
+
 @pytest.mark.parametrize("text, message", [
     ("<!-- docs-test: skip -->\n```python\nx\n```\n", "must say why"),
     ("<!-- docs-test: skip: why -->\n```bash\nls\n```\n", "does not run anyway"),
     ("<!-- docs-test: skip: why -->\n\nprose\n", "right before a ```python block"),
+    ("<!-- docs-test: allow probde.ConvergenceWarning -->\n```python\nx\n```\n",
+     "right before a ```python block"),
     ("```python\nx = 1\n", "unclosed code fence"),
-], ids=["skip-without-reason", "skip-before-bash", "skip-before-nothing", "unclosed"])
+], ids=["skip-without-reason", "skip-before-bash", "skip-before-nothing",
+        "allow-without-reason", "unclosed"])
 def test_runner_refuses_unclear_markup(tmp_path, text, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         extract(_page(tmp_path, text))
