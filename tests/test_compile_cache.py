@@ -222,6 +222,7 @@ def _decay_problem():
     return model, data
 
 
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run on purpose
 def test_infer_without_failure_count_gives_the_same_draws():
     model, data = _decay_problem()
     method = probde.NUTS(num_chains=1, num_warmup=100, num_samples=100)

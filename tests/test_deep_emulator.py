@@ -111,6 +111,7 @@ def test_predict_is_pure_jax_in_theta(emulator):
     )
 
 
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run on purpose
 def test_modular_calibration_recovers_k(emulator):
     rng = np.random.default_rng(3)
     t = np.linspace(0.2, 3.8, 8)

@@ -135,6 +135,7 @@ def test_random_feature_gp_by_svi_reduces_held_out_error(split_data, deep_fit, p
 
 @pytest.mark.slow
 @SVI_ALARM
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run on purpose
 def test_two_layer_deep_gp_by_nuts_reduces_held_out_error(split_data, plain_error):
     """The same with two layers, sampled by NUTS (SVI with a Gaussian guide switches a
     two-layer discrepancy off on 30 points: see DeepGPDiscrepancy)."""
@@ -203,6 +204,7 @@ def _reference_count_run(num_samples=2000, seed=1):  # pragma: no cover - offlin
     return float(k.mean()), float(az.mcse(k, method="mean"))
 
 
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run on purpose
 def test_output_input_and_poisson_noise_with_nuts():
     """inputs='time+output' and a log-link noise model (the discrepancy multiplies the
     rate) through NUTS: a small deep GP samples, every draw is finite, and k agrees with a

@@ -181,6 +181,7 @@ def test_hyperparameter_posterior_matches_quadrature():
         assert z < Z_MAX, (name, float(x.mean()), value)
 
 
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run on purpose
 def test_constrained_prediction_is_exact_at_the_constraint():
     disc = probde.GPDiscrepancy(rbf(), constraints=[probde.Constraint(0.0, value=0.0)])
     model = probde.Model(linear_simulator(), {"theta": dist.Normal(0.5, 0.5)}, jnp.array([0.0]),
@@ -235,6 +236,7 @@ def _reference_latent_count_run(num_samples=10_000, seed=1):  # pragma: no cover
     return float(k.mean()), float(az.mcse(k, method="mean"))
 
 
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run on purpose
 def test_latent_discrepancy_with_count_data():
     """Poisson noise: delta is a latent non-centred GP on the log scale."""
     decay = probde.ODE(lambda t, y, th: -th["k"] * y, state_names=("n",))

@@ -146,6 +146,7 @@ def test_netcdf_round_trip_is_lossless(linear_result, tmp_path):
     assert loaded.solver_failures == linear_result.solver_failures
 
 
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run on purpose
 def test_same_seed_same_draws():
     method = probde.NUTS(num_chains=2, num_warmup=50, num_samples=50)
     a = probde.infer(linear_model(), LINEAR_DATA, method, seed=7, num_prior_samples=10)
@@ -237,6 +238,7 @@ def test_several_experiments_with_missing_values():
 
 
 # --------------------------------------------------------- raw numpyro function
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run on purpose
 def test_user_written_numpyro_model_runs_through_infer():
     ode = probde.ODE(lambda t, y, th: -th["k"] * y, state_names=("x",))
     times = jnp.array([0.5, 1.0, 2.0])

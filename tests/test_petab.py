@@ -149,6 +149,7 @@ def test_problem_parts():
         problem.log_likelihood({"a0": 1.0, "b0": 0.0})
 
 
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run on purpose
 def test_nuts_samples_a_petab_model_under_its_ids():
     problem = petab.load(SUITE / "0001" / "_0001.yaml")
     result = probde.infer(problem.model, problem.data,

@@ -277,6 +277,7 @@ def test_per_experiment_parameters_are_labelled_by_experiment_in_the_results():
     assert float(spread.sel(experiment="new")) > 2 * float(spread.sel(experiment="B"))
 
 
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run on purpose
 def test_new_regimen_for_an_observed_experiment():
     model = decay_population(centered=True, t0=0.0)
     data = three_experiments()

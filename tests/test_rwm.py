@@ -195,6 +195,7 @@ def test_infeasible_proposals_are_rejected():
 
 
 # -------------------------------------------------------------------- reproducibility
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run on purpose
 def test_same_seed_same_draws():
     method = probde.RandomWalkMetropolis(num_chains=2, num_warmup=100, num_samples=100)
 
