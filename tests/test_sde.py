@@ -716,6 +716,7 @@ def test_particle_filter_with_nuts_is_a_clear_error():
 
 
 @pytest.mark.slow  # about 50 s, almost all of it compiling (sampler, predictive, states)
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run on purpose
 def test_particle_filter_with_random_walk_metropolis_runs():
     model = ou_model(probde.ParticleFilter(num_particles=32, num_steps=4), False)
     result = probde.infer(model, OU_DATA, probde.RandomWalkMetropolis(
