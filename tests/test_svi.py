@@ -713,6 +713,7 @@ def test_svi_bad_start_options(kwargs, match):
         probde.SVI(**kwargs)
 
 
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run on purpose
 def test_plot_loss(tmp_path):
     """The loss trace plot, with skipped steps marked; refused for an MCMC result."""
     import matplotlib
@@ -731,6 +732,7 @@ def test_plot_loss(tmp_path):
         nuts.plot_loss()
 
 
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run on purpose
 def test_map_initialised_nuts_starts_near_the_mode_and_samples_correctly():
     """NUTS(init='map'): every chain's first warmup point comes from the Laplace
     approximation (here the exact posterior N(0.88, 0.41^2)), not from the prior's

@@ -100,8 +100,8 @@ def infer(
     >>> model = probde.Model(decay, {"k": dist.LogNormal(0.0, 0.5)}, jnp.array([1.0]),
     ...                      probde.noise.Normal(sigma=0.05))
     >>> data = probde.TimeSeries([0.0, 1.0, 2.0], [1.0, 0.6, 0.37], observables=("x",))
-    >>> result = probde.infer(model, data, probde.NUTS(num_chains=1, num_warmup=200,
-    ...                       num_samples=200), seed=0, num_prior_samples=0)
+    >>> result = probde.infer(model, data, probde.NUTS(num_chains=2, num_warmup=300,
+    ...                       num_samples=500), seed=0, num_prior_samples=0)
     >>> 0.4 < float(result.idata.posterior["k"].mean()) < 0.6
     True
 
