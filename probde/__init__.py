@@ -2,7 +2,7 @@
 
 from . import _cache, datasets, noise
 from ._cache import compilation_cache
-from .checks import Identifiability, SBCResult, identifiability, sbc
+from .checks import Identifiability, LFOResult, SBCResult, identifiability, lfo, sbc
 from .design import latin_hypercube, sobol
 from .discrepancy import (
     Constraint,
@@ -68,6 +68,7 @@ __all__ = [
     "ForwardSensitivity",
     "InferenceResult",
     "Laplace",
+    "LFOResult",
     "Model",
     "NUTS",
     "PerExperiment",
@@ -82,6 +83,7 @@ __all__ = [
     "identifiability",
     "infer",
     "latin_hypercube",
+    "lfo",
     "load",
     "log_likelihood",
     "noise",
