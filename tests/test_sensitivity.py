@@ -94,6 +94,17 @@ def test_value_without_gradient_runs_the_plain_solve():
     assert int(a.num_steps) == int(b.num_steps)
 
 
+def test_forward_sensitivity_of_a_vector_field_without_parameters():
+    # theta is empty: its flattened vector must take the states' dtype (it came out
+    # float32 and the linearisation refused a float64 tangent). d/dy0 of y0 exp(-0.3 t).
+    decay = probde.ODE(lambda t, y, th: -0.3 * y, state_names=("x",))
+    solver = probde.Solver(adjoint=probde.ForwardSensitivity(), rtol=1e-10, atol=1e-10)
+    times = jnp.array([0.5, 1.0, 2.0])
+    grad = jax.grad(lambda y0: probde.solve(decay, y0, {}, times, t0=0.0,
+                                            solver=solver).ys.sum())(jnp.array([2.0]))
+    np.testing.assert_allclose(grad, [np.exp(-0.3 * times).sum()], rtol=1e-8)
+
+
 def test_error_control_is_checked():
     with pytest.raises(ValueError, match="error_control must be 'states' or 'all'; got 'some'"):
         probde.ForwardSensitivity(error_control="some")

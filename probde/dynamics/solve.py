@@ -134,6 +134,8 @@ def _augmented_solve(dynamics, solver, options, t0, times, y0, theta):
     p = flat_theta.shape[0]
     m = n + p
     dtype = y0.dtype
+    if p == 0:  # no parameters: ravel_pytree's empty vector is float32 whatever y0 is
+        flat_theta = jnp.zeros((0,), dtype)
     # Tangent directions of theta for the m columns: zero for the y0 columns.
     theta_dirs = jnp.concatenate([jnp.zeros((p, n), dtype), jnp.eye(p, dtype=dtype)], axis=1)
 
