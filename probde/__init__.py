@@ -1,6 +1,6 @@
 """probde: Bayesian calibration of dynamical models."""
 
-from . import _cache, datasets, noise
+from . import _cache, _imports, datasets, noise
 from ._cache import compilation_cache
 from .checks import Identifiability, LFOResult, SBCResult, identifiability, lfo, sbc
 from .design import latin_hypercube, sobol
@@ -46,6 +46,7 @@ def __getattr__(name):
 
 
 _cache.configure_on_import()
+_imports.attach_numpyro_submodules()  # after arviz was imported first (see there)
 
 __all__ = [
     "compilation_cache",

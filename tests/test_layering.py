@@ -352,3 +352,24 @@ def test_self_test_layers_of_names():
         "probde.petab": "checks/petab", "probde": "package", "probde.somewhere_new": None,
     }
     assert {m: layer_of(m) for m in expected} == expected
+
+
+def test_probde_works_when_arviz_was_imported_first():
+    # arviz_base loads numpyro lazily (lazy_loader); imported before numpyro, numpyro's
+    # submodules were then not attributes of their packages and numpyro.factor, which every
+    # probde model calls, failed. A fresh process, since this test's numpyro is loaded.
+    import subprocess
+    import sys
+
+    code = (
+        "import arviz, jax.numpy as jnp, numpyro.distributions as dist, probde\n"
+        "ode = probde.ODE(lambda t, y, th: -th['k'] * y, state_names=('x',))\n"
+        "m = probde.Model(ode, {'k': dist.LogNormal(0.0, 0.5)}, jnp.array([1.0]),\n"
+        "                 probde.noise.Normal(sigma=0.05))\n"
+        "d = probde.TimeSeries([0.0, 1.0, 2.0], [1.0, 0.6, 0.37], observables=('x',))\n"
+        "print(float(probde.log_likelihood(m, d, {'k': 0.5})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert float(out.stdout.strip().splitlines()[-1]) < 10.0
