@@ -1,0 +1,149 @@
+"""Simulation-based calibration: throughput of `probde.sbc`, vectorised against a loop of
+`probde.infer` calls, and the calibration of two case-study models.
+
+    python benchmarks/sbc.py [--problems flu machine] [--simulations 100]
+                             [--loop-simulations 5] [--repeats 3] [--quick]
+                             [--out benchmarks/results_sbc.json] [--figures docs/images]
+
+Problems (the case studies' models and data layouts; the data values are not used):
+
+- `flu`: the boarding-school SIR model (`case_studies/boarding_school_flu/model.py`):
+  beta, gamma, negative-binomial dispersion phi_inv, and the derived R0 and recovery time;
+  14 daily counts.
+- `machine`: the simple machine with a GP discrepancy
+  (`case_studies/simple_machine/model.py`, variant `gp`): theta, the discrepancy's
+  lengthscale and variance, Normal noise of known scale, 11 points. The discrepancy is
+  integrated out (a marginal GP), so every fit sees a dense 11 x 11 Gaussian.
+
+Method: `probde.NUTS(num_chains=1, num_warmup=500, num_samples=500)` (flu) and the same
+with `target_accept=0.95` (machine, as its case study). Per repeat:
+
+- **vectorised**: one `probde.sbc(model, data, method, num_simulations=S, seed=r)` call,
+  wall time including compilation (what a user waits for);
+- **loop**: `probde.sbc(..., vectorize=False, num_simulations=L)`, i.e. L fits with
+  `probde.infer` one after the other (each compiles its own program unless JAX's
+  persistent cache serves it), wall time.
+
+Both are reported as simulations per minute (S or L over the wall time), with every
+repeat's value and the min / median / max; the ratio vectorised / loop per repeat. The
+last repeat's SBC (p-values, ranks) is written to the JSON and, with `--figures`, its plot
+to `sbc_<problem>.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+# benchmarks/petab.py would shadow the petab package: this folder off the path.
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != HERE]
+ROOT = HERE.parent
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpyro  # noqa: E402
+
+# One CPU device per core: probde.sbc splits the simulations over the devices.
+numpyro.set_host_device_count(len(os.sched_getaffinity(0)))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+import numpy as np  # noqa: E402
+
+import probde  # noqa: E402
+
+
+def _case_study(name):
+    import importlib.util
+
+    path = ROOT / "case_studies" / name / "model.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def problem(name, quick):
+    steps = 150 if quick else 500
+    if name == "flu":
+        flu = _case_study("boarding_school_flu")
+        data = probde.datasets.boarding_school_influenza()
+        method = probde.NUTS(num_chains=1, num_warmup=steps, num_samples=steps)
+        return flu.build_model(), data, method
+    if name == "machine":
+        machine = _case_study("simple_machine")
+        method = probde.NUTS(num_chains=1, num_warmup=steps, num_samples=steps,
+                             target_accept=0.95)
+        return machine.build_model("gp"), machine.load_data(), method
+    raise ValueError(f"unknown problem {name!r}")
+
+
+def _stats(values):
+    values = np.asarray(values, dtype=float)
+    return {"values": values.tolist(), "min": float(values.min()),
+            "median": float(np.median(values)), "max": float(values.max())}
+
+
+def run(name, args):
+    model, data, method = problem(name, args.quick)
+    out = {"method": repr(method), "simulations": args.simulations,
+           "loop_simulations": args.loop_simulations, "repeats": []}
+    result = None
+    for r in range(args.repeats):
+        start = time.perf_counter()
+        result = probde.sbc(model, data, method, num_simulations=args.simulations, seed=r)
+        vec = time.perf_counter() - start
+        start = time.perf_counter()
+        probde.sbc(model, data, method, num_simulations=args.loop_simulations, seed=r,
+                   vectorize=False)
+        loop = time.perf_counter() - start
+        rep = {"seed": r, "vectorised_s": vec, "loop_s": loop,
+               "vectorised_per_min": 60 * args.simulations / vec,
+               "loop_per_min": 60 * args.loop_simulations / loop}
+        rep["ratio"] = rep["vectorised_per_min"] / rep["loop_per_min"]
+        out["repeats"].append(rep)
+        print(f"{name} repeat {r}: vectorised {args.simulations} in {vec:.0f} s "
+              f"({rep['vectorised_per_min']:.1f}/min), loop {args.loop_simulations} in "
+              f"{loop:.0f} s ({rep['loop_per_min']:.2f}/min), ratio {rep['ratio']:.1f}",
+              flush=True)
+    for key in ("vectorised_per_min", "loop_per_min", "ratio", "vectorised_s"):
+        out[key] = _stats([rep[key] for rep in out["repeats"]])
+    out["pvalues"] = result.pvalues
+    out["ranks"] = {k: v.tolist() for k, v in result.ranks.items()}
+    out["num_draws"] = result.num_draws
+    out["fits_with_ess_below_50"] = int(np.sum(result.min_ess < 50))
+    out["fits_with_divergences"] = int(np.sum(result.divergences > 0))
+    print(result, flush=True)
+    if args.figures:
+        args.figures.mkdir(parents=True, exist_ok=True)
+        result.plot(args.figures / f"sbc_{name}.png")
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--problems", nargs="+", default=["flu", "machine"])
+    parser.add_argument("--simulations", type=int, default=100)
+    parser.add_argument("--loop-simulations", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=pathlib.Path, default=HERE / "results_sbc.json")
+    parser.add_argument("--figures", type=pathlib.Path, default=None)
+    args = parser.parse_args()
+    results = {"command": " ".join(["python", "benchmarks/sbc.py"] + sys.argv[1:]),
+               "cpus": len(os.sched_getaffinity(0)), "jax": jax.__version__,
+               "devices": [str(d) for d in jax.devices()]}
+    for name in args.problems:
+        results[name] = run(name, args)
+        args.out.write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
