@@ -49,7 +49,7 @@ SLOW: dict[str, str] = {
     # simulation-based calibration: the exact case and the likelihood bug stay
     "tests/test_sbc.py::test_a_prior_that_differs_from_the_simulators_is_flagged":
         "100 NUTS fits (40 s)",
-    "tests/test_sbc.py::test_a_loop_of_fits_for_other_methods": "four Laplace fits (110 s)",
+    "tests/test_sbc.py::test_a_loop_of_fits_for_other_methods": "two Laplace fits (55 s)",
     "probde/checks/leave_future_out.py::probde.checks.leave_future_out.lfo":
         "two Laplace fits (35 s)",
     # identifiability: the flat direction, the closed form and the decay model stay
