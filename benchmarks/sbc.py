@@ -2,7 +2,7 @@
 `probde.infer` calls, and the calibration of two case-study models.
 
     python benchmarks/sbc.py [--problems flu machine] [--simulations 100]
-                             [--loop-simulations 5] [--repeats 3] [--quick]
+                             [--loop-simulations 5] [--repeats 3] [--steps 500] [--quick]
                              [--out benchmarks/results_sbc.json] [--figures docs/images]
 
 Problems (the case studies' models and data layouts; the data values are not used):
@@ -15,8 +15,8 @@ Problems (the case studies' models and data layouts; the data values are not use
   lengthscale and variance, Normal noise of known scale, 11 points. The discrepancy is
   integrated out (a marginal GP), so every fit sees a dense 11 x 11 Gaussian.
 
-Method: `probde.NUTS(num_chains=1, num_warmup=500, num_samples=500)` (flu) and the same
-with `target_accept=0.95` (machine, as its case study). Per repeat:
+Method: `probde.NUTS(num_chains=1, num_warmup=S, num_samples=S)` with S = `--steps`
+(default 500; flu) and the same with `target_accept=0.95` (machine, as its case study). Per repeat:
 
 - **vectorised**: one `probde.sbc(model, data, method, num_simulations=S, seed=r)` call,
   wall time including compilation (what a user waits for);
@@ -69,8 +69,8 @@ def _case_study(name):
     return module
 
 
-def problem(name, quick):
-    steps = 150 if quick else 500
+def problem(name, quick, steps=500):
+    steps = 150 if quick else steps
     if name == "flu":
         flu = _case_study("boarding_school_flu")
         data = probde.datasets.boarding_school_influenza()
@@ -91,7 +91,7 @@ def _stats(values):
 
 
 def run(name, args):
-    model, data, method = problem(name, args.quick)
+    model, data, method = problem(name, args.quick, args.steps)
     out = {"method": repr(method), "simulations": args.simulations,
            "loop_simulations": args.loop_simulations, "repeats": []}
     result = None
@@ -133,6 +133,7 @@ def main():
     parser.add_argument("--loop-simulations", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--steps", type=int, default=500, help="warmup = draws per chain")
     parser.add_argument("--out", type=pathlib.Path, default=HERE / "results_sbc.json")
     parser.add_argument("--figures", type=pathlib.Path, default=None)
     args = parser.parse_args()
