@@ -293,7 +293,7 @@ def _loop_fits(model, data, prepared, method, values, seed, progress_bar):
             draws.setdefault(k, []).append(np.asarray(post[k].values))
         stats = result.idata["sample_stats"]
         div.append(np.asarray(stats["diverging"].values) if "diverging" in stats else
-                   np.zeros(post.sizes["chain"], post.sizes["draw"]))
+                   np.zeros((post.sizes["chain"], post.sizes["draw"]), bool))
         if bar is not None:
             bar.update(1)
     if bar is not None:

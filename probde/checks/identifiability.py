@@ -216,22 +216,10 @@ def identifiability(model: Model, data, params: dict | None = None, *, profile=N
     for label in labels:
         i = coords.labels.index(label)
         grid = _grid(coords, i, z_mle[i], se[i], width, ranges.get(label), centre)
-        lls, xs, converged = profiles.profile(sweep, i, unconstrained(i, grid), centre, x_mle)
-        kind_i, interval, top, brackets = profiles.classify(grid, lls, max_ll)
-        if refine and brackets:
-            extra = []
-            for outer, inner in brackets:
-                # centre + 1 points, the sweeps' compiled length; the last is grid[outer]
-                fine = np.linspace(grid[inner], grid[outer], centre + 2)[1:]
-                more = profiles.walk(sweep, i, unconstrained(i, fine), xs[inner])
-                extra.append(tuple(a[:-1] for a in (fine, *more)))
-            for more in extra:
-                grid, lls, xs, converged = _merge((grid, lls, xs, converged), more)
-            kind_i, interval, top, _ = profiles.classify(grid, lls, max_ll)
-        results[label] = profiles.Profile(label, coords.coordinate_scales[i], grid, lls,
-                                          converged, top, float(z_mle[i]), kind_i, interval)
+        results[label], converged = _profile(sweep, coords, i, grid, unconstrained, centre,
+                                             x_mle, max_ll, refine, float(z_mle[i]))
         failed += int(np.sum(~converged))
-        evaluated += len(grid)
+        evaluated += len(converged)
     if failed:
         warnings.warn(
             f"identifiability: {failed} of {evaluated} optimisations (the maximum-likelihood "
@@ -245,6 +233,26 @@ def identifiability(model: Model, data, params: dict | None = None, *, profile=N
         scales=coords.coordinate_scales, fisher=matrix, information=kind,
         eigenvalues=values, eigenvectors=vectors, sloppy=sloppy, standard_errors=se,
         mle=mle, max_log_likelihood=max_ll, profiles=results, sloppy_rtol=sloppy_rtol)
+
+
+def _profile(sweep, coords, i, grid, unconstrained, centre, x_mle, max_ll, refine, estimate):
+    """Coordinate i's profile on `grid` (refined around its threshold crossings) and the
+    convergence flag of each of its points."""
+    lls, xs, converged = profiles.profile(sweep, i, unconstrained(i, grid), centre, x_mle)
+    kind, interval, top, brackets = profiles.classify(grid, lls, max_ll)
+    if refine and brackets:
+        extra = []
+        for outer, inner in brackets:
+            # centre + 1 points, the sweeps' compiled length; the last is grid[outer]
+            fine = np.linspace(grid[inner], grid[outer], centre + 2)[1:]
+            more = profiles.walk(sweep, i, unconstrained(i, fine), xs[inner])
+            extra.append(tuple(a[:-1] for a in (fine, *more)))
+        for more in extra:
+            grid, lls, xs, converged = _merge((grid, lls, xs, converged), more)
+        kind, interval, top, _ = profiles.classify(grid, lls, max_ll)
+    label = coords.labels[i]
+    return profiles.Profile(label, coords.coordinate_scales[i], grid, lls, converged, top,
+                            estimate, kind, interval), converged
 
 
 def _posterior_mode(model, prepared, kwargs, coords, num_starts, seed) -> dict:
