@@ -2,7 +2,8 @@
 `probde.infer` calls, and the calibration of two case-study models.
 
     python benchmarks/sbc.py [--problems flu machine] [--simulations 100]
-                             [--loop-simulations 5] [--repeats 3] [--steps 500] [--quick]
+                             [--loop-simulations 5] [--strategies map vmap loop]
+                             [--repeats 3] [--steps 500] [--quick]
                              [--out benchmarks/results_sbc.json] [--figures docs/images]
 
 Problems (the case studies' models and data layouts; the data values are not used):
@@ -18,16 +19,20 @@ Problems (the case studies' models and data layouts; the data values are not use
 Method: `probde.NUTS(num_chains=1, num_warmup=S, num_samples=S)` with S = `--steps`
 (default 500; flu) and the same with `target_accept=0.95` (machine, as its case study). Per repeat:
 
-- **vectorised**: one `probde.sbc(model, data, method, num_simulations=S, seed=r)` call,
-  wall time including compilation (what a user waits for);
+- **map**: one `probde.sbc(model, data, method, num_simulations=S, seed=r,
+  vectorize="map")` call (one compiled program, its lanes one after another; what
+  `vectorize=True` picks on a CPU), wall time including compilation (what a user waits
+  for);
+- **vmap**: the same with `vectorize="vmap"` (the lanes vmapped; what a GPU gets);
 - **loop**: `probde.sbc(..., vectorize=False, num_simulations=L)`, i.e. L fits with
   `probde.infer` one after the other (each compiles its own program unless JAX's
   persistent cache serves it), wall time.
 
-Both are reported as simulations per minute (S or L over the wall time), with every
-repeat's value and the min / median / max; the ratio vectorised / loop per repeat. The
-last repeat's SBC (p-values, ranks) is written to the JSON and, with `--figures`, its plot
-to `sbc_<problem>.png`.
+`--strategies` picks which run. Each is reported as simulations per minute (S or L over
+the wall time), with every repeat's value and the min / median / max, and the ratios
+map / loop, vmap / loop and map / vmap per repeat. The last repeat's SBC of the first
+strategy (p-values, ranks) is written to the JSON and, with `--figures`, its plot to
+`sbc_<problem>.png`.
 """
 
 from __future__ import annotations
@@ -92,28 +97,32 @@ def _stats(values):
 
 def run(name, args):
     model, data, method = problem(name, args.quick, args.steps)
-    out = {"method": repr(method), "simulations": args.simulations,
-           "loop_simulations": args.loop_simulations, "repeats": []}
-    result = None
+    counts = {"map": args.simulations, "vmap": args.simulations,
+              "loop": args.loop_simulations}
+    out = {"method": repr(method), "strategies": args.strategies,
+           "simulations": {s: counts[s] for s in args.strategies}, "repeats": []}
+    results = {}
     for r in range(args.repeats):
-        start = time.perf_counter()
-        result = probde.sbc(model, data, method, num_simulations=args.simulations, seed=r)
-        vec = time.perf_counter() - start
-        start = time.perf_counter()
-        probde.sbc(model, data, method, num_simulations=args.loop_simulations, seed=r,
-                   vectorize=False)
-        loop = time.perf_counter() - start
-        rep = {"seed": r, "vectorised_s": vec, "loop_s": loop,
-               "vectorised_per_min": 60 * args.simulations / vec,
-               "loop_per_min": 60 * args.loop_simulations / loop}
-        rep["ratio"] = rep["vectorised_per_min"] / rep["loop_per_min"]
+        rep = {"seed": r}
+        for strategy in args.strategies:
+            start = time.perf_counter()
+            results[strategy] = probde.sbc(
+                model, data, method, num_simulations=counts[strategy], seed=r,
+                vectorize=False if strategy == "loop" else strategy)
+            seconds = time.perf_counter() - start
+            rep[f"{strategy}_s"] = seconds
+            rep[f"{strategy}_per_min"] = 60 * counts[strategy] / seconds
+        for a, b in (("map", "loop"), ("vmap", "loop"), ("map", "vmap")):
+            if a in args.strategies and b in args.strategies:
+                rep[f"{a}_over_{b}"] = rep[f"{a}_per_min"] / rep[f"{b}_per_min"]
         out["repeats"].append(rep)
-        print(f"{name} repeat {r}: vectorised {args.simulations} in {vec:.0f} s "
-              f"({rep['vectorised_per_min']:.1f}/min), loop {args.loop_simulations} in "
-              f"{loop:.0f} s ({rep['loop_per_min']:.2f}/min), ratio {rep['ratio']:.1f}",
-              flush=True)
-    for key in ("vectorised_per_min", "loop_per_min", "ratio", "vectorised_s"):
-        out[key] = _stats([rep[key] for rep in out["repeats"]])
+        print(f"{name} repeat {r}: " + ", ".join(
+            f"{s} {counts[s]} in {rep[f'{s}_s']:.0f} s ({rep[f'{s}_per_min']:.2f}/min)"
+            for s in args.strategies), flush=True)
+    for key in out["repeats"][0]:
+        if key != "seed":
+            out[key] = _stats([rep[key] for rep in out["repeats"]])
+    result = results[args.strategies[0]]
     out["pvalues"] = result.pvalues
     out["ranks"] = {k: v.tolist() for k, v in result.ranks.items()}
     out["num_draws"] = result.num_draws
@@ -131,6 +140,9 @@ def main():
     parser.add_argument("--problems", nargs="+", default=["flu", "machine"])
     parser.add_argument("--simulations", type=int, default=100)
     parser.add_argument("--loop-simulations", type=int, default=5)
+    parser.add_argument("--strategies", nargs="+", default=["map", "vmap", "loop"],
+                        choices=["map", "vmap", "loop"],
+                        help="the first one's SBC is reported and plotted")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--steps", type=int, default=500, help="warmup = draws per chain")

@@ -137,6 +137,21 @@ def test_a_loop_of_fits_for_other_methods(exact):
     assert result.num_draws == 100
 
 
+def test_lanes_run_one_after_another_or_vmapped_give_the_same_fits():
+    # The two ways of running the compiled program's lanes (simulation x chain) are the
+    # same arithmetic: the same keys give the same chains, hence the same ranks.
+    kw = {"num_simulations": 6, "seed": 2}
+    mapped = probde.sbc(_model(), DATA, METHOD, vectorize="map", **kw)
+    vmapped = probde.sbc(_model(), DATA, METHOD, vectorize="vmap", **kw)
+    assert (mapped.strategy, vmapped.strategy) == ("map", "vmap")
+    np.testing.assert_array_equal(mapped.ranks["m"], vmapped.ranks["m"])
+    np.testing.assert_allclose(mapped.min_ess, vmapped.min_ess, rtol=1e-9)
+    # True picks by backend: one after another on a CPU.
+    assert sbc_module._strategy(True, METHOD, _model()) == "map"
+    assert sbc_module._strategy(True, probde.Laplace(), _model()) == "loop"
+    assert "one after another" in str(mapped)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -147,6 +162,8 @@ def test_a_loop_of_fits_for_other_methods(exact):
          "simulator must be None or a probde.Model"),
         ({"num_simulations": 10, "method": "NUTS"}, TypeError,
          "method must be a probde method"),
+        ({"num_simulations": 10, "vectorize": "pmap"}, ValueError,
+         "vectorize must be True, False, 'vmap' or 'map'; got 'pmap'"),
     ],
 )
 def test_bad_input(kwargs, error, match):
