@@ -324,6 +324,61 @@ def test_exact_discretisation_of_fast_reversion_is_the_stationary_law():
     _check_ou_transition(2.0e3, 0.5, 30.0, 1.0, "fast mean reversion, k dt = 2000")
 
 
+# Two OU processes in one state (A diagonal): the matrix route (scaling, Taylor
+# polynomials, doubling), where one state takes the closed form. Each component must be
+# its own OU transition, in the regimes above.
+def _two_ou_drift(t, x, th):
+    return th["k"] * (th["m"] - x)
+
+
+TWO_OU = probde.SDE(_two_ou_drift, lambda t, x, th: th["s"], state_names=("x1", "x2"),
+                    linear=True)
+
+
+@pytest.mark.parametrize(("k", "m", "s", "dt"), [
+    ((0.8, 0.3), (0.6, -1.0), (0.7, 0.2), 0.37),
+    ((0.8, 1.5), (0.6, 0.1), (0.7, 1.1), 9.0),
+    ((0.8, 0.8), (2.0e6, 0.5), (1.0e3, 1.0e3), 0.7),  # large b dt and s^2 dt
+    ((2.0e3, 0.5), (0.5, 0.2), (30.0, 0.3), 1.0),  # k dt = 2000: expm(-A dt) overflows
+    ((1e-9, 0.4), (0.5, 0.2), (0.3, 0.3), 1e-3),
+], ids=["moderate", "long", "large_units", "fast_reversion", "tiny"])
+def test_matrix_route_is_the_closed_form_of_each_component(k, m, s, dt):
+    th = {"k": jnp.asarray(k), "m": jnp.asarray(m), "s": jnp.asarray(s)}
+    x0 = jnp.array([0.95 * m[0] + 1.0, 0.95 * m[1] - 0.5])
+    P0 = jnp.diag(jnp.array([0.05, 0.02]))
+    mean, P, F = _exact_linear(TWO_OU, th, x0, P0, 0.0, dt)
+    assert np.all(np.isfinite(mean)) and np.all(np.isfinite(P))
+    for i in range(2):
+        e = np.exp(-k[i] * dt)
+        v = s[i] ** 2 * -np.expm1(-2 * k[i] * dt) / (2 * k[i])  # Q, no cancellation
+        np.testing.assert_allclose(F[i, i], e, rtol=DISCRETE)
+        np.testing.assert_allclose(mean[i], m[i] + (float(x0[i]) - m[i]) * e, rtol=DISCRETE)
+        np.testing.assert_allclose(P[i, i], float(P0[i, i]) * e**2 + v, rtol=DISCRETE)
+    np.testing.assert_allclose([F[0, 1], F[1, 0], P[0, 1]], 0.0, atol=1e-300)
+
+
+def test_one_state_closed_form_is_the_matrix_route():
+    # The closed form for one state and the matrix route agree, values and gradients.
+    from probde.inference import moments
+
+    dts = jnp.array([1e-9, 1e-4, 0.37, 2.0, 40.0])
+
+    def both(a):
+        closed = moments._scalar_transitions(a, 0.7, 0.49, dts)
+        matrix = moments.linear_transitions(
+            probde.SDE(lambda t, x, th: a * x + 0.7, lambda t, x, th: jnp.array([0.7, 0.0]),
+                       state_names=("x", "unused"), linear=True), {}, dts, jnp.zeros(2))
+        return closed, tuple(m[(slice(None),) + (0,) * (m.ndim - 1)] for m in matrix)
+
+    for a in (-0.8, -1e-12, 0.0, 0.3):
+        closed, matrix = both(jnp.asarray(a))
+        for c, mtx in zip(closed, matrix):
+            np.testing.assert_allclose(np.reshape(c, -1), mtx, rtol=DISCRETE, atol=1e-300)
+        d_closed, d_matrix = jax.jacfwd(both)(jnp.asarray(a))
+        for c, mtx in zip(d_closed, d_matrix):
+            np.testing.assert_allclose(np.reshape(c, -1), mtx, rtol=1e-8, atol=1e-14)
+
+
 # ============================================== log-likelihoods through probde.Model
 def _close(actual, expected, tol, scale=1.0):
     """Relative `tol`, with an absolute floor `tol * scale` for entries near zero."""

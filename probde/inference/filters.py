@@ -37,6 +37,7 @@ import jax.scipy.linalg as jsl
 from jax.flatten_util import ravel_pytree
 
 from ..dynamics.sde import AbstractLikelihood, FilterInputs, FilterOutput
+from . import small_linalg
 from .moments import (  # noqa: F401 (_exact_linear: tests compare with it)
     _ekf_rhs,
     _exact_linear,
@@ -48,30 +49,33 @@ from .moments import (  # noqa: F401 (_exact_linear: tests compare with it)
     _sym,
     _ukf_rhs,
     _unit_scale,
+    linear_transitions,
 )
 
 
 # ------------------------------------------------------------------------- update steps
 def _gaussian_loglik(r, Schol, n_obs):
-    z = jsl.solve_triangular(Schol, r, lower=True)
+    z = small_linalg.solve_lower(Schol, r)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(Schol)))
     return -0.5 * (z @ z + logdet + n_obs * jnp.log(2.0 * jnp.pi))
 
 
 def _ekf_update(m, P, y, mask, h, noise_var):
+    mm = small_linalg.matmul
     hx = h(m)
     H = jax.jacfwd(h)(m)
     H = jnp.where(mask[:, None], H, 0.0)
     r = jnp.where(mask, y - hx, 0.0)
     R = jnp.diag(jnp.where(mask, noise_var, 1.0))
-    S = _sym(H @ P @ H.T + R)
-    chol = jnp.linalg.cholesky(S)
-    K = jsl.cho_solve((chol, True), H @ P).T  # P H' S^{-1}
-    IKH = jnp.eye(m.shape[0], dtype=m.dtype) - K @ H
-    Rm = jnp.diag(jnp.where(mask, noise_var, 0.0))
-    P_new = _sym(IKH @ P @ IKH.T + K @ Rm @ K.T)  # Joseph form
+    HP = mm(H, P)
+    S = _sym(mm(HP, H.T) + R)
+    chol = small_linalg.cholesky(S)
+    K = small_linalg.cho_solve(chol, HP).T  # P H' S^{-1}
+    IKH = jnp.eye(m.shape[0], dtype=m.dtype) - mm(K, H)
+    Rm = jnp.where(mask, noise_var, 0.0)
+    P_new = _sym(mm(mm(IKH, P), IKH.T) + mm(K * Rm[None, :], K.T))  # Joseph form
     ll = _gaussian_loglik(r, chol, jnp.sum(mask))
-    return m + K @ r, P_new, ll
+    return m + mm(K, r[:, None])[:, 0], P_new, ll
 
 
 def _ukf_update(rule: _SigmaRule):
@@ -84,8 +88,8 @@ def _ukf_update(rule: _SigmaRule):
         R = jnp.diag(jnp.where(mask, noise_var, 1.0))
         S = _sym((dY * wc[:, None]).T @ dY + R)
         C = ((X - m[None]) * wc[:, None]).T @ dY  # Cov(X, h(X))
-        chol = jnp.linalg.cholesky(S)
-        K = jsl.cho_solve((chol, True), C.T).T
+        chol = small_linalg.cholesky(S)
+        K = small_linalg.cho_solve(chol, C.T).T
         Sm = S - jnp.diag(jnp.where(mask, 0.0, 1.0))  # the masked unit entries carry no gain
         P_new = _sym(P - K @ Sm @ K.T)
         ll = _gaussian_loglik(r, chol, jnp.sum(mask))
@@ -95,20 +99,23 @@ def _ukf_update(rule: _SigmaRule):
 
 
 # ----------------------------------------------------------------------------- filter
-def gaussian_filter(predict, update, m0, P0, inputs: FilterInputs, *, with_phi: bool):
+def gaussian_filter(predict, update, m0, P0, inputs: FilterInputs, *, with_phi: bool,
+                    per_step=None):
     """Run a continuous-discrete Gaussian filter.
 
-    `predict(m, P, t_start, t_end) -> ((m, P[, Phi]), ok, steps)`; `update(m, P, y, mask, h,
-    var) -> (m, P, loglik)`. Returns the filtered and predicted moments, the transition
+    `predict(m, P, t_start, t_end, extra) -> ((m, P[, Phi]), ok, steps)`, where `extra` is
+    the step's slice of `per_step` (a pytree with leading dim T computed before the scan,
+    e.g. all intervals' transitions at once; `None` when not given); `update(m, P, y, mask,
+    h, var) -> (m, P, loglik)`. Returns the filtered and predicted moments, the transition
     linearisations (when `with_phi`), the per-time log-likelihood increments, ok and steps.
     """
     times = inputs.times
-    starts = jnp.concatenate([inputs.t0[None], times[:-1]])
+    starts = interval_starts(inputs)
 
     def step(carry, inp):
         m, P, ok, steps = carry
-        ta, tb, y, mask = inp
-        state, ok_k, n = predict(m, P, ta, tb)
+        ta, tb, y, mask, extra = inp
+        state, ok_k, n = predict(m, P, ta, tb, extra)
         mp, Pp = state[0], _sym(state[1])
         Phi = state[2] if with_phi else None
         mf, Pf, ll = update(mp, Pp, y, mask, inputs.observe, inputs.noise_var)
@@ -123,9 +130,14 @@ def gaussian_filter(predict, update, m0, P0, inputs: FilterInputs, *, with_phi: 
 
     init = (m0, _sym(P0), jnp.array(True), jnp.array(0, dtype=jnp.int32))
     (_, _, ok, steps), outs = jax.lax.scan(
-        step, init, (starts, times, inputs.values, inputs.mask)
+        step, init, (starts, times, inputs.values, inputs.mask, per_step)
     )
     return ok, steps, outs
+
+
+def interval_starts(inputs: FilterInputs):
+    """The start of each observation's interval: `t0`, then the previous time."""
+    return jnp.concatenate([inputs.t0[None], inputs.times[:-1]])
 
 
 def rts_smoother(mf, Pf, mp, Pp, Phi):
@@ -163,6 +175,40 @@ def _loo(mean, var, y, mask, noise_var):
     return jnp.where(mask, lp, 0.0)
 
 
+def _transitions(sde, theta, dts, like, linearise):
+    """All intervals' exact transitions of a linear SDE (`moments.linear_transitions`).
+
+    With `linearise` (the forward-mode gradient, `_forward_gradient`, which pushes one
+    tangent per differentiated input through the filter: the parameters, and also the
+    initial moments and noise variances), the transitions are replaced by their first-order
+    expansion in the parameters, `T(theta0) + J (theta - theta0)`, which has the same value
+    and first derivatives: the matrix exponentials and their Jacobian `J` are then
+    computed once, with one tangent per parameter, and every input's tangent passes
+    through a product with `J` instead of through the exponentials (on a Matern-3/2 SDE
+    the exponentials' tangents were most of the gradient's cost).
+    """
+    if not linearise:
+        return linear_transitions(sde, theta, dts, like)
+    leaves, treedef = jax.tree.flatten(theta)
+    real = [i for i, x in enumerate(leaves) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    like = jax.lax.stop_gradient(like)
+
+    def of(xs):
+        full = list(jax.lax.stop_gradient(leaves))
+        for i, x in zip(real, xs):
+            full[i] = x
+        return linear_transitions(sde, jax.tree.unflatten(treedef, full), dts, like)
+
+    x0 = [jax.lax.stop_gradient(leaves[i]) for i in real]
+    base, jac = of(x0), jax.jacfwd(of)(x0)  # jac: per output, a list over the leaves
+    deltas = [leaves[i] - x for i, x in zip(real, x0)]
+
+    def expand(b, js):
+        return b + sum(jnp.tensordot(j, d, axes=jnp.ndim(d)) for j, d in zip(js, deltas))
+
+    return jax.tree.map(expand, base, jac, is_leaf=lambda x: isinstance(x, list))
+
+
 @dataclasses.dataclass(frozen=True)
 class _GaussianFilter(AbstractLikelihood):
     exact_linear: bool = True
@@ -191,11 +237,12 @@ class _GaussianFilter(AbstractLikelihood):
             # (experiments) they are tracers, which a custom_vjp must not capture.
             data = (inputs.times, inputs.t0, inputs.values, inputs.mask)
 
-            def fn(a):
+            def fn(a, differentiating):
                 (th, init, var), data = a
                 inp = eqx.tree_at(lambda i: (i.times, i.t0, i.values, i.mask, i.noise_var),
                                   inputs, (*data, var))
-                out = self._run(sde, th, init, inp, solver, diffrax.ForwardMode(), smooth=False)
+                out = self._run(sde, th, init, inp, solver, diffrax.ForwardMode(), smooth=False,
+                                linearise=differentiating)
                 return (out.log_lik, out.ok, out.num_steps, out.filtered_mean, out.filtered_cov)
 
             log_lik, ok, steps, mf, Pf = _forward_gradient(fn, (args, data))
@@ -206,24 +253,35 @@ class _GaussianFilter(AbstractLikelihood):
             adjoint = diffrax.RecursiveCheckpointAdjoint()
         return self._run(sde, theta, initial, inputs, solver, adjoint, smooth=smooth)
 
-    def _run(self, sde, theta, initial, inputs, solver, adjoint, *, smooth):
+    def _run(self, sde, theta, initial, inputs, solver, adjoint, *, smooth, linearise=False):
         m0, P0 = initial
         with_phi = bool(smooth)
+        per_step = None
         if sde.linear and self.exact_linear:
-            def predict(m, P, ta, tb):
-                mn, Pn, F = _exact_linear(sde, theta, m, P, ta, tb)
-                state = (mn, Pn) + ((F,) if with_phi else ())
+            # A linear SDE's drift and diffusion do not depend on x or t (checked when the
+            # model is built), so every interval's exact transition depends on its length
+            # only: all of them are computed at once, batched, before the scan, which then
+            # only moves the moments (a scan step is per-step overhead on a CPU; the
+            # matrix exponentials inside it made it most of the filter's cost).
+            per_step = _transitions(sde, theta, inputs.times - interval_starts(inputs), m0,
+                                    linearise)
+
+            def predict(m, P, ta, tb, transition):
+                F, offset, Q = transition
+                mm = small_linalg.matmul
+                state = ((mm(F, m[:, None])[:, 0] + offset, _sym(mm(mm(F, P), F.T) + Q))
+                         + ((F,) if with_phi else ()))
                 return state, jnp.array(True), jnp.array(0, dtype=jnp.int32)
         else:
             rhs = self._rhs(sde, theta, with_phi)
 
-            def predict(m, P, ta, tb):
+            def predict(m, P, ta, tb, _):
                 state = (m, P) + ((jnp.eye(m.shape[0], dtype=m.dtype),) if with_phi else ())
                 out, ok, n = _solve_moments(rhs, state, ta, tb, solver, adjoint)
                 return out, ok, n.astype(jnp.int32)
 
         ok, steps, outs = gaussian_filter(predict, self._update(), m0, P0, inputs,
-                                          with_phi=with_phi)
+                                          with_phi=with_phi, per_step=per_step)
         mf, Pf, mp, Pp, ll = outs[:5]
         log_lik = jnp.sum(ll)
         result = dict(log_lik=jnp.where(ok, log_lik, -jnp.inf), ok=ok & jnp.isfinite(log_lik),
