@@ -515,6 +515,24 @@ def test_gradient_matches_finite_differences_and_dense_gradient(filt, linear):
         _close(grad[name], dense[name], EXACT if linear else 10 * SOLVER)
 
 
+@pytest.mark.parametrize("filt", FILTERS)
+def test_exact_linear_gradient_is_the_same_in_forward_and_reverse_mode(filt):
+    # Forward mode (the default here) differentiates the transitions' first-order
+    # expansion in the parameters; reverse mode differentiates the transitions themselves
+    # (through the chunked map, the doubling's scan and its cond). Same algebra, so the
+    # gradients agree to rounding.
+    import diffrax
+
+    grads = []
+    for adjoint in ("auto", diffrax.RecursiveCheckpointAdjoint()):
+        model = matern_model(FILTERS[filt], True, solver=probde.Solver(adjoint=adjoint))
+        params = {"lam": jnp.asarray(1.3), "sf": jnp.asarray(0.9)}
+        grads.append(jax.jit(jax.grad(lambda p: probde.log_likelihood(model, MATERN_DATA, p)))(
+            params))
+    for name in grads[0]:
+        _close(grads[0][name], grads[1][name], EXACT)
+
+
 def test_gradient_of_jit_compiled_log_likelihood():
     # `jax.grad(jax.jit(f))` is as legitimate as `jax.jit(jax.grad(f))` (test_likelihood.py
     # differentiates a jitted ODE log-likelihood this way). The forward-mode gradient's
