@@ -379,6 +379,55 @@ def test_one_state_closed_form_is_the_matrix_route():
             np.testing.assert_allclose(np.reshape(c, -1), mtx, rtol=1e-8, atol=1e-14)
 
 
+# Linearity read off the traced drift and diffusion (probde.dynamics.affine): exact, and
+# conservative (what it cannot read counts as nonlinear).
+_S = lambda t, x, th: jnp.stack([th["s"]])  # noqa: E731
+AFFINE_CASES = {
+    "ou": (ou_drift, _S, 1, True),
+    "matrix_and_offset": (lambda t, x, th: jnp.array([[0.0, 1.0], [-th["k"], -th["m"]]]) @ x
+                          + 1.0, lambda t, x, th: jnp.stack([0.0 * th["s"], th["s"]]), 2, True),
+    "through_jit": (lambda t, x, th: jax.jit(lambda a: -th["k"] * a)(x), _S, 1, True),
+    "cubic": (lambda t, x, th: -th["k"] * x**3, _S, 1, False),
+    "time_forcing": (lambda t, x, th: -th["k"] * x + jnp.sin(t), _S, 1, False),
+    "time_matrix": (lambda t, x, th: -th["k"] * (1.0 + t) * x, _S, 1, False),
+    "state_noise": (ou_drift, lambda t, x, th: th["s"] * x, 1, False),
+    "time_noise": (ou_drift, lambda t, x, th: jnp.stack([th["s"] * (1.0 + t)]), 1, False),
+    "clip": (lambda t, x, th: -th["k"] * jnp.clip(x, -1.0, 1.0), _S, 1, False),
+    "branch": (lambda t, x, th: jnp.where(x > 0, -th["k"] * x, 0.0), _S, 1, False),
+    "loop": (lambda t, x, th: jax.lax.fori_loop(0, 2, lambda i, a: a * 0.5, -th["k"] * x), _S,
+             1, False),  # linear, but a loop is not read: counted as nonlinear
+}
+
+
+@pytest.mark.parametrize("case", AFFINE_CASES)
+def test_linearity_is_read_off_the_traced_program(case):
+    drift, diffusion, S, expected = AFFINE_CASES[case]
+    sde = probde.SDE(drift, diffusion, state_names=tuple(f"x{i}" for i in range(S)))
+    assert sde.linear is None
+    th = {k: jnp.asarray(v) for k, v in OU_THETA.items()}
+    assert sde.is_linear(th, jnp.zeros(S)) is expected
+    # A declaration stands either way.
+    assert probde.SDE(drift, diffusion, sde.state_names, linear=False).is_linear(
+        th, jnp.zeros(S)) is False
+
+
+def test_undeclared_linear_sde_gets_the_exact_filter():
+    # The default (linear=None) finds OU linear: the EKF's log-likelihood is the exact
+    # discretisation's, not the moment ODEs' (which differ by the solver's error).
+    undeclared = probde.SDE(ou_drift, ou_diffusion, state_names=("x",))
+    p = {k: jnp.asarray(v) for k, v in OU_PARAMS.items()}
+    lls = {}
+    for name, sde in (("undeclared", undeclared), ("exact", OU[True]), ("moment", OU[False])):
+        model = probde.Model(sde, {"k": dist.LogNormal(0.0, 0.5), "m": dist.Normal(0.0, 1.0),
+                                   "s": dist.LogNormal(-0.5, 0.5)},
+                             initial_state=_stationary_ou,
+                             observation=probde.noise.Normal(sigma=dist.HalfNormal(1.0)),
+                             likelihood=probde.EKF(), solver=probde.Solver(rtol=1e-4, atol=1e-4))
+        lls[name] = float(probde.log_likelihood(model, OU_DATA, p))
+    assert lls["undeclared"] == pytest.approx(lls["exact"], rel=1e-13)
+    assert abs(lls["moment"] - lls["exact"]) > 1e-9 * abs(lls["exact"])
+
+
 # ============================================== log-likelihoods through probde.Model
 def _close(actual, expected, tol, scale=1.0):
     """Relative `tol`, with an absolute floor `tol * scale` for entries near zero."""
@@ -892,7 +941,7 @@ _BAD_CASES = {
     "sde_diffusion": (lambda: probde.SDE(ou_drift, 0.3, ("x",)), TypeError,
                       r"diffusion must be a callable L\(t, x, theta\); got 0.3"),
     "sde_linear": (lambda: probde.SDE(ou_drift, ou_diffusion, ("x",), linear="yes"), TypeError,
-                   "linear must be True or False"),
+                   "linear must be None, True or False"),
     "simulate_x0": (lambda: _simulate(jnp.array([1.0, 2.0])), ValueError,
                     r"x0 must have shape \(1,\), one value per state \('x',\); got shape \(2,\)"),
     "simulate_scalar_x0": (lambda: _simulate(1.0), ValueError,

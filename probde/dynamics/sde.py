@@ -38,10 +38,14 @@ class SDE:
 
     **Other arguments:**
 
-    - `linear`: declare that the drift is affine in `x`, `f = A(theta) x + b(theta)`, and
-      the diffusion does not depend on `x` or `t`. The Gaussian filters then use the exact
+    - `linear`: whether the drift is affine in `x`, `f = A(theta) x + b(theta)`, and the
+      diffusion depends on neither `x` nor `t`. The Gaussian filters then use the exact
       discretisation (matrix exponential, Van Loan 1978) instead of solving the moment
-      equations. probde checks the declaration on a prior draw.
+      equations. `None` (the default): the Gaussian filters find out from the traced
+      drift and diffusion (`probde.dynamics.affine`; exact, conservative: an SDE it cannot
+      read is treated as nonlinear). `True` declares it (checked on a prior draw; the
+      particle filter then also moves particles by the exact transition); `False` always
+      solves the moment equations.
 
     **Example:**
 
@@ -59,7 +63,7 @@ class SDE:
     drift: Callable
     diffusion: Callable
     state_names: tuple[str, ...]
-    linear: bool = False
+    linear: bool | None = None
 
     def __post_init__(self):
         for name, symbol in (("drift", "f"), ("diffusion", "L")):
@@ -72,8 +76,8 @@ class SDE:
         # Reuse ODE's checks of the state names.
         names = ODE(self.drift, self.state_names).state_names
         object.__setattr__(self, "state_names", names)
-        if not isinstance(self.linear, bool):
-            raise TypeError(f"linear must be True or False; got {self.linear!r}")
+        if not (self.linear is None or isinstance(self.linear, bool)):
+            raise TypeError(f"linear must be None, True or False; got {self.linear!r}")
 
     @property
     def num_states(self) -> int:
@@ -100,8 +104,18 @@ class SDE:
         work on traced values; the linearity check needs concrete ones.
         """
         self._check_shapes(x, theta, t)
-        if self.linear:
+        if self.linear is True:
             self._check_linear(x, theta)
+
+    def is_linear(self, theta, like) -> bool:
+        """`linear`, or where it is `None`, whether the traced drift and diffusion are
+        linear (`probde.dynamics.affine.is_affine`) for parameters shaped like `theta` and
+        a state like `like`."""
+        if self.linear is None:
+            from .affine import is_affine
+
+            return is_affine(self, theta, like)
+        return self.linear
 
     def _check_shapes(self, x, theta, t=0.0):
         """The output types and shapes of drift and diffusion at `(t, x)` (works on traced

@@ -257,7 +257,7 @@ class _GaussianFilter(AbstractLikelihood):
         m0, P0 = initial
         with_phi = bool(smooth)
         per_step = None
-        if sde.linear and self.exact_linear:
+        if self.exact_linear and sde.is_linear(theta, m0):
             # A linear SDE's drift and diffusion do not depend on x or t (checked when the
             # model is built), so every interval's exact transition depends on its length
             # only: all of them are computed at once, batched, before the scan, which then
