@@ -19,8 +19,8 @@ import jax.numpy as jnp
 from jax.extend import core as jcore
 
 # Primitives whose inner program is followed (inputs map one to one onto its inputs).
-_CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "custom_jvp_call": "call_jaxpr",
-          "remat": "jaxpr", "checkpoint": "jaxpr"}
+_CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
+          "custom_jvp_call": "call_jaxpr", "remat": "jaxpr", "checkpoint": "jaxpr"}
 
 
 def is_affine(sde, theta, like) -> bool:

@@ -259,7 +259,8 @@ def _scaled_transition(A, b, QC, dt, n, n_max):
     """`(F, offset, Q)` over `dt` for `|b|, |QC| <= 1`, by scaling and squaring.
 
     The interval is halved `n` times, to `h = dt / 2^n` with the block matrices' norms
-    times `h` at most 1/2 (`n_max`: the largest `n` of the batch of intervals); there their exponentials are Taylor polynomials of degree 18
+    times `h` at most 1/2 (`n_max`: the largest `n` of the batch of intervals); there
+    their exponentials are Taylor polynomials of degree 18
     (truncation error below 0.5^19 / 19!, about 1e-23 relative), and the interval is
     doubled back `n` times: `F(2h) = F(h)^2`, `offset(2h) = F(h) offset(h) + offset(h)`,
     `Q(2h) = Q(h) + F(h) Q(h) F(h)'`. Van Loan's block matrix holds `expm(-A dt)`, which
@@ -280,13 +281,15 @@ def _scaled_transition(A, b, QC, dt, n, n_max):
     G = _expm_taylor(jnp.block([[-A, QC], [jnp.zeros_like(A), A.T]]) * h)
     Q = _sym(small_linalg.matmul(G[S:, S:].T, G[:S, S:]))
 
+    mm = small_linalg.matmul
+
     def double(carry, i):
         def step(carry):
             F, offset, Q = carry
             use = i < n
-            return (jnp.where(use, small_linalg.matmul(F, F), F),
-                    jnp.where(use, small_linalg.matmul(F, offset[:, None])[:, 0] + offset, offset),
-                    jnp.where(use, _sym(Q + small_linalg.matmul(small_linalg.matmul(F, Q), F.T)), Q))
+            return (jnp.where(use, mm(F, F), F),
+                    jnp.where(use, mm(F, offset[:, None])[:, 0] + offset, offset),
+                    jnp.where(use, _sym(Q + mm(mm(F, Q), F.T)), Q))
 
         return jax.lax.cond(i < n_max, step, lambda c: c, carry), None
 

@@ -4,8 +4,8 @@ A Gaussian filter's scan step multiplies, factorises and solves with matrices of
 observation vector (and the state): 1 to a few rows. On a CPU, `jnp.linalg.cholesky` and
 `jax.scipy.linalg.solve_triangular` are LAPACK calls, each a separate kernel with a fixed
 cost of about a microsecond, several times the arithmetic, and XLA cannot fuse across
-them (so is a `dot` of tiny matrices); under forward-mode differentiation each brings more such calls. For matrices of at
-most `UNROLL` rows the same algorithms are written out element by element here (the
+them (so is a `dot` of tiny matrices); under forward-mode differentiation each brings
+more such calls. For matrices of at most `UNROLL` rows the same algorithms are written out element by element here (the
 shapes are static), which XLA fuses into the scan's loop body. Larger matrices use JAX's.
 """
 
