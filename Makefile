@@ -2,8 +2,9 @@
 #   make demo   set up .venv, install probde, run the lynx-hare calibration -> results/lynx_hare/
 #   make check  same set-up, run the fast tier of the tests (under 5 minutes on 2 cores;
 #               what tests/tiers.py and @pytest.mark.slow leave out is skipped)
-#   make test   same set-up, run the whole test suite (one process per test file, see
-#               tests/run_isolated.py) and build the docs strictly (CI)
+#   make test   same set-up, run the whole test suite (one process per test file, one
+#               file per core at a time, see tests/run_isolated.py) and build the docs
+#               strictly (CI)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
