@@ -2,7 +2,17 @@
 
 from . import _cache, _imports, datasets, noise
 from ._cache import compilation_cache
-from .checks import Identifiability, LFOResult, SBCResult, identifiability, lfo, sbc
+from .checks import (
+    FilterCheck,
+    FilterWarning,
+    Identifiability,
+    LFOResult,
+    SBCResult,
+    check_filter,
+    identifiability,
+    lfo,
+    sbc,
+)
 from .design import latin_hypercube, sobol
 from .discrepancy import (
     Constraint,
@@ -49,6 +59,7 @@ _cache.configure_on_import()
 _imports.attach_numpyro_submodules()  # after arviz was imported first (see there)
 
 __all__ = [
+    "check_filter",
     "compilation_cache",
     "Constraint",
     "ConvergenceReport",
@@ -59,6 +70,8 @@ __all__ = [
     "DeepGPEmulator",
     "EKF",
     "EmulatorDiagnostics",
+    "FilterCheck",
+    "FilterWarning",
     "GPDiscrepancy",
     "GPEmulator",
     "Identifiability",

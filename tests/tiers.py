@@ -50,6 +50,12 @@ SLOW: dict[str, str] = {
     "tests/test_sbc.py::test_a_prior_that_differs_from_the_simulators_is_flagged":
         "100 NUTS fits (40 s)",
     "tests/test_sbc.py::test_a_loop_of_fits_for_other_methods": "two Laplace fits (55 s)",
+    # a Gaussian filter against a particle filter: the estimator and the linear SDE stay
+    "tests/test_filter_check.py::test_the_check_runs_on_a_fit": "a NUTS fit and the check (60 s)",
+    "tests/test_filter_check.py::test_a_double_well_observed_sparsely_fails_with_a_warning":
+        "an EKF and a particle filter on a nonlinear SDE at 40 draws (45 s)",
+    "probde/checks/filter_adequacy.py::probde.checks.filter_adequacy.check_filter":
+        "both filters at 20 draws (20 s)",
     "probde/checks/leave_future_out.py::probde.checks.leave_future_out.lfo":
         "two Laplace fits (35 s)",
     # identifiability: the flat direction, the closed form and the decay model stay

@@ -172,7 +172,8 @@ class ParticleFilter(AbstractLikelihood):
 
     Any noise model and any initial-state distribution work. Use it with
     `probde.RandomWalkMetropolis` (pseudo-marginal MCMC), to check the Gaussian filters on
-    a model, or through `probde.log_likelihood(model, data, params, seed=...)`. The
+    a model (`probde.check_filter`), or through
+    `probde.log_likelihood(model, data, params, seed=...)`. The
     filtered moments are the weighted particle moments; there is no smoother.
 
     **Example:**
