@@ -291,3 +291,57 @@ def test_bad_particle_filter_options():
         probde.ParticleFilter(max_steps=2.5)
     with pytest.raises(ValueError, match="num_seeds must be an integer of at least 2; got 1"):
         probde.ParticleFilter().check_discretisation(None, None, {}, num_seeds=1)
+
+
+# ============================================================ an exact nonlinear filter
+def benes_drift(t, x, th):
+    return th["a"] * jnp.tanh(th["a"] * x)
+
+
+BENES = probde.SDE(benes_drift, lambda t, x, th: jnp.ones(1), ("x",))
+BENES_X0, BENES_R = 0.5, 0.5
+
+
+def benes_log_likelihood(a, times, y):
+    r"""The exact log-likelihood of the Benes SDE `dx = a tanh(a x) dt + dW`, x(0) fixed,
+    observed as `y_k = x(t_k) + N(0, R^2)`.
+
+    Girsanov: against Brownian motion from the same x(0), a path's density is
+    `cosh(a x_T) / cosh(a x_0) exp(-a^2 T / 2)` (since `f' + f^2 = a^2`, with T the last
+    observation time). So `p(y) = p_BM(y) E_BM[cosh(a x_T) | y] exp(-a^2 T/2) / cosh(a x_0)`,
+    and `E[cosh(a x_T) | y] = exp(a^2 s^2 / 2) cosh(a m)` with `m, s^2` the Kalman filter's
+    moments of x_T given all the data: closed form, from a Kalman filter of Brownian motion.
+    """
+    m, P, t, ll = BENES_X0, 0.0, 0.0, 0.0
+    for tk, yk in zip(times, y):
+        P += tk - t
+        S = P + BENES_R**2
+        ll += stats.norm.logpdf(yk, m, math.sqrt(S))
+        K = P / S
+        m, P, t = m + K * (yk - m), (1 - K) * P, tk
+    return (ll + a**2 * P / 2 + math.log(math.cosh(a * m)) - a**2 * times[-1] / 2
+            - math.log(math.cosh(a * BENES_X0)))
+
+
+def test_particle_filter_is_unbiased_on_the_benes_sde():
+    # A nonlinear SDE whose filter is exact (Benes 1981): the estimate of the likelihood
+    # at the default step rule is unbiased, to within its Monte Carlo error.
+    a = 1.2
+    times = np.sort(np.random.default_rng(11).uniform(0.0, 4.0, 15))
+    path = probde.simulate(BENES, jnp.array([BENES_X0]), {"a": jnp.asarray(a)},
+                           jnp.asarray(times), jax.random.PRNGKey(12), t0=0.0, num_steps=4000)
+    y = np.asarray(path.ys[:, 0]) + BENES_R * np.random.default_rng(13).normal(size=times.size)
+    exact = benes_log_likelihood(a, times, y)
+    model = probde.Model(BENES, {"a": dist.LogNormal(0.0, 0.5)}, jnp.array([BENES_X0]),
+                         probde.noise.Normal(sigma=BENES_R), t0=0.0,
+                         likelihood=probde.ParticleFilter(num_particles=2000))
+    data = probde.TimeSeries(times, y, observables=("x",))
+    params = {"a": jnp.asarray(a)}
+    run = jax.jit(jax.vmap(lambda k: probde.log_likelihood(model, data, params, seed=k)))
+    est = np.asarray(run(jax.random.split(jax.random.PRNGKey(14), NUM_ESTIMATES)))
+    ratio = np.exp(est - exact)
+    se = ratio.std(ddof=1) / math.sqrt(ratio.size)
+    assert abs(ratio.mean() - 1.0) / se < Z_MAX, (ratio.mean(), se, est.mean() - exact)
+    # The drift matters: Brownian motion alone (a -> 0) is far off, in the same units.
+    brownian = benes_log_likelihood(1e-9, times, y)
+    assert abs(np.exp(brownian - exact) - 1.0) / se > Z_MAX
