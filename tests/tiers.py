@@ -50,6 +50,8 @@ SLOW: dict[str, str] = {
     "tests/test_sbc.py::test_a_prior_that_differs_from_the_simulators_is_flagged":
         "100 NUTS fits (40 s)",
     "tests/test_sbc.py::test_a_loop_of_fits_for_other_methods": "two Laplace fits (55 s)",
+    "tests/test_particle.py::test_particle_filter_is_unbiased_on_the_benes_sde":
+        "48 particle filters of 2,000 particles on a nonlinear SDE (40 s)",
     # a Gaussian filter against a particle filter: the estimator and the linear SDE stay
     "tests/test_filter_check.py::test_the_check_runs_on_a_fit": "a NUTS fit and the check (60 s)",
     "tests/test_filter_check.py::test_a_double_well_observed_sparsely_fails_with_a_warning":
