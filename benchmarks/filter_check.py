@@ -3,7 +3,7 @@
     python benchmarks/filter_check.py [--out PATH] [--quick]
 
 For each problem: a Laplace fit of the SDE with `probde.EKF()` (its 1000 draws stand in for
-a posterior; a NUTS fit is judged the same way), then `result.check_filter` at 40 of its
+a posterior; a NUTS fit is judged the same way), then `probde.check_filter(result)` at 40 of its
 draws against a particle filter (4 seeds per draw), timing both:
 
 - **double well** `dx = theta (x - x^3) dt + s dW`, theta = 1, s = 0.7, x(0) ~ N(1, 0.1^2),
@@ -83,7 +83,7 @@ def run(name, model, data, pf, laplace):
     result = probde.infer(model, data, laplace, seed=0)
     fit = time.perf_counter() - start
     start = time.perf_counter()
-    check = result.check_filter(num_draws=40, particle_filter=pf, warn=False)
+    check = probde.check_filter(result, num_draws=40, particle_filter=pf, warn=False)
     seconds = time.perf_counter() - start
     print(f"\n{name}: fit {fit:.1f} s, check {seconds:.1f} s\n{check}", flush=True)
     worst = max(check.shifts.items(), key=lambda kv: abs(kv[1]))

@@ -100,7 +100,7 @@ def test_the_check_runs_on_a_fit():
     model = ou_model()
     result = probde.infer(model, OU_DATA, probde.NUTS(num_chains=1, num_warmup=100,
                                                       num_samples=100), seed=1)
-    check = result.check_filter(num_draws=25, num_particles=300)
+    check = probde.check_filter(result, num_draws=25, num_particles=300)
     assert check.log_lik_gaussian.shape == (25,)
     assert check.verdict == "adequate"
 

@@ -163,8 +163,9 @@ def check_filter(result=None, *, model=None, data=None, draws=None, num_draws: i
     particle filter (`num_seeds` independent estimates each), and judges the filter by the
     standard deviation over the draws of its log-likelihood error, which bounds every
     posterior mean's shift in posterior sds (the rule is in this module's docstring). Warns
-    (`FilterWarning`) unless the filter is adequate. `probde.infer` runs it after an MCMC
-    fit of a nonlinear SDE with a Gaussian filter.
+    (`FilterWarning`) unless the filter is adequate. `probde.infer` does not run it (it
+    costs about as much as a short fit, mostly compiling the particle filter): run it after
+    fitting a nonlinear SDE with a Gaussian filter, before trusting the posterior.
 
     **Arguments** (a result, or a model, data and draws):
 

@@ -239,15 +239,6 @@ class InferenceResult:
         value = self.idata["sample_stats"].attrs.get("solver_failures")
         return None if value is None else int(value)
 
-    def check_filter(self, **kwargs):
-        """For an SDE fitted with `probde.EKF()` or `probde.UKF()`: the filter checked
-        against a particle filter on this result's posterior draws (`probde.check_filter`,
-        which takes the same keyword arguments); warns when the Gaussian filter is not
-        adequate for these data."""
-        from ..checks.filter_adequacy import check_filter
-
-        return check_filter(self, **kwargs)
-
     def diagnose(self, var_names=None, *, show: bool = True):
         """The full convergence report of an MCMC run (like CmdStan's `diagnose`).
 
