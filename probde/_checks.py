@@ -15,6 +15,14 @@ def describe(value) -> str:
     return f"{text} of type {type(value).__name__}"
 
 
+def integer_at_least(name: str, value, least: int = 1) -> int:
+    """`value` as an `int` if it is an integer (a NumPy one too, not a bool) of at least
+    `least`; otherwise a `ValueError` naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ValueError(f"{name} must be an integer of at least {least}; got {value!r}")
+    return int(value)
+
+
 def check_number_or_distribution(name: str, value, *, positive: bool = True,
                                  function: bool = False):
     """Accept a fixed positive number or a numpyro distribution (or, with `function=True`,

@@ -36,7 +36,7 @@ from numpyro.infer import Predictive
 from numpyro.infer.hmc import hmc
 from numpyro.infer.util import ParamInfo, find_valid_initial_params, initialize_model
 
-from .._checks import describe
+from .._checks import describe, integer_at_least
 from ..inference import NUTS, infer
 from ..inference.convergence import ConvergenceWarning
 from ..inference.initialisation import init_strategy
@@ -127,10 +127,7 @@ def _check_args(model, method, num_simulations, seed, simulator, vectorize):
     if not isinstance(method, AbstractMethod):
         raise TypeError(f"method must be a probde method such as probde.NUTS(); got "
                         f"{describe(method)}")
-    if (isinstance(num_simulations, bool) or not isinstance(num_simulations, (int, np.integer))
-            or num_simulations < 2):
-        raise ValueError(f"num_simulations must be an integer of at least 2; got "
-                         f"{num_simulations!r}")
+    integer_at_least("num_simulations", num_simulations, 2)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer; got {describe(seed)}")
     if not (isinstance(vectorize, bool) or vectorize in ("vmap", "map")):

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import logsumexp
 
-from .._checks import describe
+from .._checks import describe, integer_at_least
 from ..inference.likelihood import _latent_names, log_likelihood
 from ..inference.particle import ParticleFilter, _with_likelihood
 from ._lfo_density import psis
@@ -135,12 +135,6 @@ class FilterCheck:
             f"{self.particle_sd:.2g}. Raise num_particles or num_seeds of check_filter")
 
 
-def _positive_int(name, value, least=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-        raise ValueError(f"{name} must be an integer of at least {least}; got {value!r}")
-    return int(value)
-
-
 def _draws_of(result, names, num_draws):
     post = result.idata["posterior"]
     missing = [n for n in names if n not in post]
@@ -219,9 +213,9 @@ def check_filter(result=None, *, model=None, data=None, draws=None, num_draws: i
         raise ValueError("check_filter needs an SDE model whose likelihood is probde.EKF() or "
                          f"probde.UKF(); got likelihood "
                          f"{describe(getattr(model, 'likelihood', model))}")
-    num_draws = _positive_int("num_draws", num_draws, 2)
-    num_seeds = _positive_int("num_seeds", num_seeds, 2)
-    num_particles = _positive_int("num_particles", num_particles)
+    num_draws = integer_at_least("num_draws", num_draws, 2)
+    num_seeds = integer_at_least("num_seeds", num_seeds, 2)
+    num_particles = integer_at_least("num_particles", num_particles)
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance > 0:
         raise ValueError(f"tolerance must be a positive number of nats; got {tolerance!r}")
     if particle_filter is None:

@@ -259,8 +259,9 @@ class _GaussianFilter(AbstractLikelihood):
         per_step = None
         if self.exact_linear and sde.is_linear(theta, m0):
             # A linear SDE's drift and diffusion do not depend on x or t (declared and
-            # checked on a prior draw, or read off the traced program), so every interval's exact transition depends on its length
-            # only: all of them are computed at once, batched, before the scan, which then
+            # checked on a prior draw, or read off the traced program), so every
+            # interval's exact transition depends on its length only: all of them are
+            # computed at once, batched, before the scan, which then
             # only moves the moments (a scan step is per-step overhead on a CPU; the
             # matrix exponentials inside it made it most of the filter's cost).
             per_step = _transitions(sde, theta, inputs.times - interval_starts(inputs), m0,

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
+from .._checks import integer_at_least
 from ..dynamics.sde import AbstractLikelihood, FilterOutput
 from .moments import linear_transition
 
@@ -328,8 +329,7 @@ class ParticleFilter(AbstractLikelihood):
         """
         from .likelihood import log_likelihood  # the model layer, through the public function
 
-        if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 2:
-            raise ValueError(f"num_seeds must be an integer of at least 2; got {num_seeds!r}")
+        integer_at_least("num_seeds", num_seeds, 2)
         params = {k: jnp.asarray(v) for k, v in params.items()}
         keys = jax.random.split(jax.random.PRNGKey(seed), 2 * num_seeds)
         coarse = self if num_particles is None else dataclasses.replace(

@@ -5,8 +5,9 @@ observation vector (and the state): 1 to a few rows. On a CPU, `jnp.linalg.chole
 `jax.scipy.linalg.solve_triangular` are LAPACK calls, each a separate kernel with a fixed
 cost of about a microsecond, several times the arithmetic, and XLA cannot fuse across
 them (so is a `dot` of tiny matrices); under forward-mode differentiation each brings
-more such calls. For matrices of at most `UNROLL` rows the same algorithms are written out element by element here (the
-shapes are static), which XLA fuses into the scan's loop body. Larger matrices use JAX's.
+more such calls. For matrices of at most `UNROLL` rows the same algorithms are written out
+element by element here (the shapes are static), which XLA fuses into the scan's loop
+body. Larger matrices use JAX's.
 """
 
 from __future__ import annotations
