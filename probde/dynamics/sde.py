@@ -301,6 +301,50 @@ def simulate(sde: SDE, x0, theta, times, key, *, t0=None, num_steps: int = 20,
     return Trajectory(ts, xs, ok, taken, taken, jnp.zeros_like(taken))
 
 
+class _Increment(diffrax.AbstractPath):
+    """A Brownian path known only by its increment `dW` over one step `[t0, t1]`: the
+    control of one fixed step of a diffrax SDE solver driven by given increments (diffrax's
+    Brownian paths draw their own)."""
+
+    dW: Array
+    t0: Array
+    t1: Array
+
+    def evaluate(self, t0, t1=None, left=True):
+        if t1 is None:
+            raise ValueError("this path gives increments over its one step only")
+        return self.dW
+
+
+def path_from_increments(sde: SDE, theta, x0, step_starts, steps, increments, solver=None):
+    """A sample path driven by given Brownian increments: `x0` advanced through the
+    consecutive steps `[step_starts[j], step_starts[j] + steps[j]]`, the step `j` with the
+    Wiener increment `increments[j]` `(W,)` (variance `steps[j]` each), by one fixed step
+    of a diffrax SDE solver (Euler-Maruyama by default).
+
+    Returns `(xs (J, S), ok)`: the state after each step, and whether every step succeeded
+    and every state is finite. A step of length 0 with a zero increment leaves the state
+    unchanged. Differentiable in `theta`, `x0` and `increments` (the latent-path likelihood
+    samples them by NUTS).
+    """
+    solver = diffrax.Euler() if solver is None else solver
+    drift = diffrax.ODETerm(lambda t, y, args: sde.drift(t, y, args))
+
+    def step(carry, inp):
+        x, ok = carry
+        ta, h, dW = inp
+        tb = ta + h
+        terms = diffrax.MultiTerm(drift, diffrax.ControlTerm(
+            lambda t, y, args: sde.noise_matrix(t, y, args), _Increment(dW, ta, tb)))
+        state = solver.init(terms, ta, tb, x, theta)
+        x_new, _, _, _, result = solver.step(terms, ta, tb, x, theta, state, False)
+        ok = ok & (result == diffrax.RESULTS.successful) & jnp.all(jnp.isfinite(x_new))
+        return (x_new, ok), x_new
+
+    (_, ok), xs = jax.lax.scan(step, (x0, jnp.array(True)), (step_starts, steps, increments))
+    return xs, ok
+
+
 # ------------------------------------------------------------------ likelihood interface
 class FilterInputs(eqx.Module):
     """What a filter needs besides the SDE and theta (one experiment).
@@ -352,11 +396,14 @@ class AbstractLikelihood(abc.ABC):
 
     `gaussian = True` marks filters that need a Gaussian initial state and Gaussian
     observation noise on the noise model's link scale (EKF, UKF); the particle filter
-    accepts any noise model and any initial-state distribution.
+    accepts any noise model and any initial-state distribution. `latent_path = True` marks
+    a likelihood that does not integrate the path out: the model program samples it
+    (`probde.LatentPath`), and `run` is not called.
     """
 
     gaussian: bool = True
     needs_key: bool = False
+    latent_path: bool = False
 
     @abc.abstractmethod
     def run(self, sde: SDE, theta, initial, inputs: FilterInputs, solver, key, *,

@@ -5,6 +5,7 @@ from .convergence import ConvergenceReport, ConvergenceWarning
 from .filters import EKF, UKF
 from .infer import infer
 from .laplace import Laplace
+from .latent_path import LatentPath
 from .likelihood import log_likelihood
 from .methods import NUTS, AbstractMethod
 from .particle import ParticleFilter
@@ -17,6 +18,7 @@ __all__ = [
     "ConvergenceReport",
     "ConvergenceWarning",
     "EKF",
+    "LatentPath",
     "ParticleFilter",
     "UKF",
     "InferenceResult",

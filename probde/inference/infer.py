@@ -21,6 +21,8 @@ from ..model.sites import (
     FILTERED_MEAN,
     MEAN,
     OBSERVED,
+    PATH_INCREMENTS,
+    PATH_INITIAL,
     SMOOTHED_COV,
     SMOOTHED_MEAN,
     SOLVER_OK,
@@ -192,7 +194,10 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
     stats = {k: np.asarray(v) for k, v in stats.items()}
     stats["solver_steps"] = samples[SOLVER_STEPS]
     latent = {k: v for k, v in samples.items() if not sites.is_bookkeeping(k)}
-    flat = _flatten(latent)
+    # A latent path (probde.LatentPath) is sampled with the parameters but kept out of
+    # the posterior: its own group, and with the parameters wherever the program reruns.
+    path = {k: samples[k] for k in sites.PATH_SITES if k in samples}
+    flat = _flatten({**latent, **path})
 
     active = model.active(prepared)[None, :, :, None]
     post_pred = _posterior_predictive(model, fn, flat, key_post, active, num_chains)
@@ -219,6 +224,8 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
         states=states,
     )
     _add_groups(idata, extra)
+    if path:
+        idata["latent_path"] = _path_group(model, prepared, path)
     _warn(idata, failures, model, method, variational=bool(extra.get("svi_trace") is not None))
     _check_particle_steps(model, data, prepared, latent, idata)
     return InferenceResult(idata, model=model, data=data)
@@ -282,10 +289,41 @@ def _latent_states(fn, flat, key, num_chains):
         key, observed=True, states=True
     )
     out = _by_chain({k: np.asarray(v) for k, v in out.items()}, num_chains)
-    groups = {"filtered_states": {"mean": out[FILTERED_MEAN], "cov": out[FILTERED_COV]}}
+    groups = {}
+    if FILTERED_MEAN in out:  # a latent path has no filtered states
+        groups["filtered_states"] = {"mean": out[FILTERED_MEAN], "cov": out[FILTERED_COV]}
     if SMOOTHED_MEAN in out:
         groups["smoothed_states"] = {"mean": out[SMOOTHED_MEAN], "cov": out[SMOOTHED_COV]}
     return groups
+
+
+def _path_group(model, prepared, path) -> xr.DataTree:
+    """The DataTree group `latent_path`: the standardised increments `(chain, draw,
+    [experiment,] path_step, noise)`, the initial state's sampled values, and `step_end`,
+    the time at the end of each grid step."""
+    single = prepared.single
+    exp = [] if single else ["experiment"]
+    starts = np.full(prepared.num_experiments, model.t0) if model.t0 is not None else \
+        prepared.starts
+    step_starts, steps, _ = model.likelihood.grid(np.asarray(prepared.times), np.asarray(starts))
+    ends = step_starts + steps
+    coords = {} if single else {"experiment": list(prepared.experiments)}
+    variables = {}
+    z = np.asarray(path[PATH_INCREMENTS])
+    variables["increments"] = (["chain", "draw"] + exp + ["path_step", "noise"],
+                               z[:, :, 0] if single else z)
+    if PATH_INITIAL in path:
+        u = np.asarray(path[PATH_INITIAL])
+        variables["initial"] = (["chain", "draw"] + exp + ["state"], u[:, :, 0] if single else u)
+        coords["state"] = list(model.dynamics.state_names)
+    variables["step_end"] = (exp + ["path_step"], ends[0] if single else ends)
+    coords.update(chain=np.arange(z.shape[0]), draw=np.arange(z.shape[1]))
+    group = xr.Dataset(variables, coords=coords)
+    if PATH_INITIAL in path:
+        group.attrs["initial"] = (
+            "a Normal or MultivariateNormal initial state's standardised values (x0 = loc + "
+            "scale_tril @ initial); for other distributions, the initial states themselves")
+    return xr.DataTree(group)
 
 
 def pointwise_log_likelihood(fn, flat):

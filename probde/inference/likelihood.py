@@ -74,6 +74,11 @@ def log_likelihood(model: Model, data, params: dict, *, seed=0):
         raise TypeError(f"seed must be an integer or a JAX random key; got {describe(seed)}")
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of parameter values; got {describe(params)}")
+    if model.sde is not None and model.likelihood.latent_path:
+        raise ValueError(
+            "log_likelihood needs the SDE's path integrated out, which "
+            "likelihood=probde.LatentPath does not do (it samples the path); use a model "
+            "with likelihood=probde.EKF(), probde.UKF() or probde.ParticleFilter(...)")
     prepared = model.prepare(data)
     expected = _latent_names(model, prepared)
     if set(params) != set(expected):

@@ -73,10 +73,12 @@ class Model:
     - `likelihood`: for an SDE, the filter that integrates out the latent path:
       `probde.EKF()` or `probde.UKF()` (Gaussian; sampled with NUTS) or
       `probde.ParticleFilter(...)` (any noise model and initial distribution; sampled with
-      `probde.RandomWalkMetropolis`). The initial state is then the distribution of
-      `x(t0)` (integrated out, not a posterior variable): a fixed array, a numpyro
-      `Normal`/`MultivariateNormal` (any distribution for the particle filter), or a
-      function of theta returning one. The Gaussian filters need `noise.Normal` or
+      `probde.RandomWalkMetropolis`); or `probde.LatentPath(...)`, which samples the path
+      on a grid with the parameters (any noise model; NUTS or SVI). The initial state is
+      then the distribution of `x(t0)` (integrated out or, under `LatentPath`, part of the
+      path, not a posterior variable): a fixed array, a numpyro
+      `Normal`/`MultivariateNormal` (any distribution for the particle filter and the
+      latent path), or a function of theta returning one. The Gaussian filters need `noise.Normal` or
       `noise.LogNormal` (Gaussian on the log scale). No discrepancy term. See the tutorial
       "Stochastic models and filtering".
     - `inputs`: names of known per-experiment inputs (a dose, a body weight, a

@@ -20,7 +20,7 @@ from numpyro.distributions import constraints
 
 from .._checks import describe
 from ..dynamics.sde import SDE, AbstractLikelihood, FilterInputs, simulate_paths
-from . import common, initial, sites, validate
+from . import common, initial, latent, sites, validate
 from .sources import AbstractSource, _derived_reads, _state_function_reads
 
 
@@ -65,8 +65,8 @@ class FilterSource(AbstractSource):
     def check_arguments(self, model, initial_state, discrepancy, likelihood):
         if not isinstance(likelihood, AbstractLikelihood):
             raise TypeError(
-                "an SDE model needs likelihood=probde.EKF(), probde.UKF() or "
-                f"probde.ParticleFilter(...); got {describe(likelihood)}"
+                "an SDE model needs likelihood=probde.EKF(), probde.UKF(), "
+                f"probde.ParticleFilter(...) or probde.LatentPath(...); got {describe(likelihood)}"
             )
         obs = model.observation
         if likelihood.gaussian and (not obs.gaussian_link or set(obs.hyperparameters()) != {"sigma"}):
@@ -94,6 +94,10 @@ class FilterSource(AbstractSource):
         return read | _state_function_reads(model, x0, theta) | _derived_reads(model, theta)
 
     def program(self, model, data, *, on_failure=None, predict_times=None):
+        if model.likelihood.latent_path:
+            latent.check_predict_times(predict_times)
+            return latent.build(model, data, _static(model, data, None), _Run,
+                                on_failure=on_failure)
         return build(model, data, on_failure=on_failure, predict_times=predict_times)
 
 

@@ -41,6 +41,12 @@ FILTERED_COV = internal("filtered_cov")
 SMOOTHED_MEAN = internal("smoothed_mean")
 SMOOTHED_COV = internal("smoothed_cov")
 STATE_SITES = (FILTERED_MEAN, FILTERED_COV, SMOOTHED_MEAN, SMOOTHED_COV)
+# The latent path of an SDE under `probde.LatentPath`: its standardised Brownian increments
+# and initial state (latent sample sites kept out of the parameter posterior; `probde.infer`
+# puts them in the DataTree group `latent_path`).
+PATH_INCREMENTS = internal("path_increments")
+PATH_INITIAL = internal("path_initial")
+PATH_SITES = (PATH_INCREMENTS, PATH_INITIAL)
 # plates (numpyro plates are sites too)
 EXPERIMENT_PLATE = internal("experiment")
 EXPERIMENT_BATCH = internal("experiments")
