@@ -69,21 +69,35 @@ fhn = probde.SDE(drift, diffusion, state_names=("v", "w"))
 # --8<-- [end:sde]
 
 
+# The sparse variant: 40 times drawn uniformly over [0, 200] (about six spike periods),
+# sorted; gaps up to about 20 time units, over half a period (seed 1962, Nagumo's paper).
+SPARSE_T_END, SPARSE_NUM_OBS, SPARSE_SEED = 200.0, 40, 1962
+
+
 @functools.cache
-def simulate_truth():
+def simulate_truth(sparse: bool = False):
     """The true latent path and the data (cached).
 
     Returns `(grid, path, times, values)`: the path `(G, 2)` at the sorted union `grid` of
     the observation times and a 0.25 grid on [0, 60], the observation times `(60,)`, and
-    the observed v `(60,)` with NaN at the missing values.
+    the observed v `(60,)` with NaN at the missing values. `sparse=True`: the sparse
+    variant (40 uniformly random times over [0, 200], none missing).
     """
-    rng = np.random.default_rng(DATA_SEED)
-    spacing = T_END / NUM_OBS
-    times = spacing * (np.arange(1, NUM_OBS + 1) - JITTER * rng.uniform(0.0, 1.0, NUM_OBS))
-    missing = rng.choice(NUM_OBS, NUM_MISSING, replace=False)
-    noise = rng.normal(0.0, TRUE["sigma"], NUM_OBS)
+    if sparse:
+        rng = np.random.default_rng(SPARSE_SEED)
+        end = SPARSE_T_END
+        times = np.sort(rng.uniform(0.0, end, SPARSE_NUM_OBS))
+        missing = np.array([], dtype=int)
+        noise = rng.normal(0.0, TRUE["sigma"], SPARSE_NUM_OBS)
+    else:
+        rng = np.random.default_rng(DATA_SEED)
+        end = T_END
+        spacing = T_END / NUM_OBS
+        times = spacing * (np.arange(1, NUM_OBS + 1) - JITTER * rng.uniform(0.0, 1.0, NUM_OBS))
+        missing = rng.choice(NUM_OBS, NUM_MISSING, replace=False)
+        noise = rng.normal(0.0, TRUE["sigma"], NUM_OBS)
     x0 = np.asarray(M0) + P0_SD * rng.normal(size=2)
-    grid = np.union1d(times, np.arange(GRID_STEP, T_END + GRID_STEP / 2, GRID_STEP))
+    grid = np.union1d(times, np.arange(GRID_STEP, end + GRID_STEP / 2, GRID_STEP))
     # at most MAX_DT per step: the longest gap between consecutive record times decides
     gaps = np.diff(np.concatenate([[0.0], grid]))
     num_steps = int(np.ceil(gaps.max() / MAX_DT))
@@ -97,9 +111,10 @@ def simulate_truth():
     return grid, path, times, values
 
 
-def load_data() -> probde.TimeSeries:
-    """The 60 noisy observations of v (3 missing)."""
-    _, _, times, values = simulate_truth()
+def load_data(sparse: bool = False) -> probde.TimeSeries:
+    """The 60 noisy observations of v (3 missing); `sparse=True`: the 40 of the sparse
+    variant."""
+    _, _, times, values = simulate_truth(sparse)
     return probde.TimeSeries(times, values, observables=("v",))
 
 
