@@ -52,6 +52,7 @@ EXPECTED = {
     "tests/test_lfo.py": 120, "tests/test_particle.py": 115, "tests/test_sbc.py": 95,
     "tests/test_sensitivity.py": 95, "probde": 90, "tests/test_compile_cache.py": 80,
     "tests/test_sharding.py": 75, "tests/test_likelihood.py": 60,
+    "tests/test_latent_path.py": 60,
 }
 
 

@@ -7,7 +7,8 @@ one new class registered here and the model never switches on the kind:
 - `EmulatorSource`: a GP (or deep-GP) emulator predicting the simulator's outputs, with
   their covariance;
 - `FilterSource` (in `filtered.py`): an SDE whose latent path a continuous-discrete filter
-  integrates out; it builds its own program, as the filter scores the data itself.
+  integrates out; it builds its own program, as the filter scores the data itself (or,
+  with `probde.LatentPath`, the program that samples the path, `latent.py`).
 """
 
 from __future__ import annotations
