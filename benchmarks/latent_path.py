@@ -1,7 +1,7 @@
 """Sparse FitzHugh-Nagumo: the EKF against the latent path (`probde.LatentPath`), both with NUTS.
 
     python benchmarks/latent_path.py [--out PATH] [--seeds 0 1 2] [--ekf-samples 300]
-                                     [--skip-ekf] [--dense]
+                                     [--skip-ekf] [--dense] [--init median|uniform]
 
 The data: the case study's sparse variant (`case_studies/fitzhugh_nagumo/model.py`,
 `load_data(sparse=True)`): v observed with noise of sd 0.1 at 40 uniformly random times
@@ -16,7 +16,8 @@ Then `probde.infer` as users run it (compilation included), each seed a separate
 
 - `latent_path`: `probde.LatentPath(step=0.1)` (2,000 Euler-Maruyama steps, 4,000
   standardised increments sampled with the 6 parameters), NUTS 2 chains of 1000 + 1000,
-  target_accept 0.9;
+  target_accept 0.9, the chains started at the prior medians (`--init`, default
+  `median`; `uniform` is NUTS's default);
 - `ekf`: `probde.EKF()`, NUTS 2 chains of `--ekf-samples` + `--ekf-samples` (its moment
   ODEs through the spikes over long gaps make every gradient expensive), seed 0 only.
 
@@ -82,7 +83,7 @@ def run(name, likelihood, method, data, seed):
         params[par] = {"mean": float(x.mean()), "sd": float(x.std()), "q5": float(q[0]),
                        "q95": float(q[1]), "truth": true, "covered": bool(q[0] <= true <= q[1]),
                        "r_hat": float(az.rhat(x)), "ess_bulk": ess, "ess_per_s": ess / wall}
-    out = {"method": name, "seed": seed, "wall_s": wall, "params": params,
+    out = {"method": name, "seed": seed, "init": method.init, "wall_s": wall, "params": params,
            "divergences": int(stats["diverging"].sum()),
            "tree_depth": float(stats["tree_depth"].mean()),
            "convergence_warning": bool(caught)}
@@ -101,6 +102,8 @@ def main():
     parser.add_argument("--ekf-samples", type=int, default=300)
     parser.add_argument("--skip-ekf", action="store_true")
     parser.add_argument("--dense", action="store_true")
+    parser.add_argument("--init", default="median", choices=["median", "uniform", "map"],
+                        help="where the latent path's NUTS chains start")
     args = parser.parse_args()
     if args.out is None:
         args.out = HERE / f"results_latent_path{'_dense' if args.dense else ''}.json"
@@ -108,7 +111,8 @@ def main():
     truth = at_truth(data)
     print("log-likelihood at the truth:", json.dumps(truth), flush=True)
     runs = []
-    nuts = probde.NUTS(num_chains=2, num_warmup=1000, num_samples=1000, target_accept=0.9)
+    nuts = probde.NUTS(num_chains=2, num_warmup=1000, num_samples=1000, target_accept=0.9,
+                       init=args.init)
 
     def save():  # after every run: a long run cut short keeps what it measured
         args.out.write_text(json.dumps({"at_truth": truth, "runs": runs,

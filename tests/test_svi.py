@@ -750,8 +750,27 @@ def test_map_initialised_nuts_starts_near_the_mode_and_samples_correctly():
     post = result.idata.posterior["mu"]
     ess = float(az.ess(result.idata, var_names=["mu"])["mu"])
     assert abs(float(post.mean()) - 5.3 / 6) / (float(post.std()) / np.sqrt(ess)) < Z_MAX
-    with pytest.raises(ValueError, match="init must be 'uniform' or 'map'; got 'mode'"):
+    with pytest.raises(ValueError, match="init must be 'uniform', 'median' or 'map'; got 'mode'"):
         probde.NUTS(init="mode")
+
+
+def test_median_initialised_nuts_starts_at_the_prior_median():
+    """NUTS(init='median') starts at the prior median (in the unconstrained space, log 0.01
+    for a scale LogNormal(log 0.01, 0.1)), where 'uniform' starts in (-2, 2)."""
+    import jax
+    import numpyro
+    import numpyro.distributions as dist
+
+    def scale_model():
+        numpyro.sample("s", dist.LogNormal(np.log(0.01), 0.1))
+
+    def start(init):
+        kernel = probde.NUTS(init=init).kernel(scale_model)
+        state = kernel.init(jax.random.PRNGKey(0), 10, None, (), {})
+        return float(state.z["s"])
+
+    assert abs(start("median") - np.log(0.01)) < 0.1
+    assert abs(start("uniform")) < 2.0
 
 
 def test_map_starts_keep_the_best_of_several_mode_searches():

@@ -63,6 +63,13 @@ class LatentPath(AbstractLikelihood):
     smoothed moments, and in the posterior predictive (`trajectory`). The pointwise
     log-likelihood is that of each value given the path.
 
+    **Starting the chains:** `probde.NUTS(init="median")` starts them on the drift's own
+    path (increments 0) with the parameters at their prior medians, instead of scales
+    drawn from e^-2 to e^2 times their unit. Either way, on data sparse against nonlinear
+    dynamics a chain can settle in a mode where the observation noise explains the data
+    (`benchmarks/RESULTS.md`: sparse FitzHugh-Nagumo): run several chains and read
+    `result.diagnose()`.
+
     **Cost:** the sampler's dimension grows by `W` (Wiener processes) per grid step and
     experiment; a gradient costs one pass over the grid. The log-likelihood given only the
     parameters, `probde.log_likelihood`, needs the path integrated out: use a filter.
