@@ -71,7 +71,9 @@ class LatentPath(AbstractLikelihood):
     `result.diagnose()`.
 
     **Cost:** the sampler's dimension grows by `W` (Wiener processes) per grid step and
-    experiment; a gradient costs one pass over the grid. The log-likelihood given only the
+    experiment; a gradient costs one pass over the grid. With `probde.SVI` pick a guide
+    whose size grows linearly with the dimension (`guide="normal"` or `"low_rank"`): the
+    default full-rank guide holds a matrix of the dimension squared. The log-likelihood given only the
     parameters, `probde.log_likelihood`, needs the path integrated out: use a filter.
     Predictions at new times are not available (the path is known on its grid only).
 
