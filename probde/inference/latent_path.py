@@ -65,9 +65,9 @@ class LatentPath(AbstractLikelihood):
 
     **Starting the chains:** `probde.NUTS(init="median")` starts them on the drift's own
     path (increments 0) with the parameters at their prior medians, instead of scales
-    drawn from e^-2 to e^2 times their unit. Either way, on data sparse against nonlinear
-    dynamics a chain can settle in a mode where the observation noise explains the data
-    (`benchmarks/RESULTS.md`: sparse FitzHugh-Nagumo): run several chains and read
+    drawn from e^-2 to e^2 times their unit. Either way a chain can settle in a mode where
+    the observation noise explains the data (`benchmarks/RESULTS.md`: FitzHugh-Nagumo,
+    often on sparse data, sometimes on dense): run several chains and read
     `result.diagnose()`.
 
     **Cost:** the sampler's dimension grows by `W` (Wiener processes) per grid step and
