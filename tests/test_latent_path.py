@@ -18,6 +18,7 @@ import numpy as np
 import numpyro.distributions as dist
 import pytest
 from conftest import Z_MAX
+from numpyro import handlers
 from numpyro.infer.util import log_density
 
 import probde
@@ -94,7 +95,6 @@ def path_marginal(model, data, theta):
     shapes = {}
 
     def probe():
-        from numpyro import handlers
         with handlers.block(), handlers.seed(rng_seed=0):
             tr = handlers.trace(fn).get_trace(observed=True)
         for name in sites.PATH_SITES:

@@ -14,6 +14,7 @@ from numpyro.infer import log_likelihood as _numpyro_log_likelihood
 
 from .._checks import describe
 from ..model import Model, sites
+from ..model.latent import path_grid
 from ..model.sites import (
     CORRECTED,
     DELTA,
@@ -303,9 +304,7 @@ def _path_group(model, prepared, path) -> xr.DataTree:
     the time at the end of each grid step."""
     single = prepared.single
     exp = [] if single else ["experiment"]
-    starts = np.full(prepared.num_experiments, model.t0) if model.t0 is not None else \
-        prepared.starts
-    step_starts, steps, _ = model.likelihood.grid(np.asarray(prepared.times), np.asarray(starts))
+    step_starts, steps, _ = path_grid(model, prepared)
     ends = step_starts + steps
     coords = {} if single else {"experiment": list(prepared.experiments)}
     variables = {}

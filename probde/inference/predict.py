@@ -8,6 +8,7 @@ import xarray as xr
 from numpyro.infer import Predictive
 
 from ..model import sites
+from ..model.experiments import starts_of
 from ..model.sites import CORRECTED, DELTA, MEAN, OBSERVED, TRAJECTORY
 
 _SITES = (MEAN, DELTA, CORRECTED, OBSERVED)
@@ -103,7 +104,7 @@ def predict(result, times, *, seed: int = 0, experiments=None) -> xr.Dataset:
                 "predict(experiments=...) is for ODE models without a discrepancy or an "
                 "uncertain initial state (their posterior is tied to the observed experiments)")
     prepared = model.prepare(data)
-    start = np.full(prepared.num_experiments, model.t0) if model.t0 is not None else prepared.starts
+    start = starts_of(model, prepared)
     # an emulator predicts wherever it was trained
     start = np.array([model.source.earliest_time(float(s)) for s in start])
     fn = model.numpyro_model(prepared, predict_times=times)

@@ -21,6 +21,7 @@ from numpyro.distributions import constraints
 from .._checks import describe
 from ..dynamics.sde import SDE, AbstractLikelihood, FilterInputs, simulate_paths
 from . import common, initial, latent, sites, validate
+from .experiments import starts_of
 from .sources import AbstractSource, _derived_reads, _state_function_reads
 
 
@@ -124,7 +125,7 @@ class _Static:
 def _static(model, data, predict_times) -> _Static:
     lik, obs = model.likelihood, model.observation
     times = jnp.asarray(data.times, dtype=jnp.result_type(float))
-    starts = np.full(data.num_experiments, model.t0) if model.t0 is not None else data.starts
+    starts = starts_of(model, data)
     active = jnp.asarray(model.active(data))
     mask = jnp.asarray(data.mask) & active[:, :, None]
     raw = jnp.asarray(np.where(data.mask, data.values, 1.0), dtype=times.dtype)

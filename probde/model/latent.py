@@ -20,6 +20,7 @@ from numpyro import handlers
 from .._optim import SMALL_INIT
 from ..dynamics.sde import path_from_increments
 from . import common, initial, sites
+from .experiments import starts_of
 
 
 def check_predict_times(predict_times) -> None:
@@ -31,6 +32,12 @@ def check_predict_times(predict_times) -> None:
             "probde.ParticleFilter(...)) to predict elsewhere")
 
 
+def path_grid(model, data):
+    """The latent path's grid for prepared data: `model.likelihood.grid` at the data times
+    and the experiments' initial times, `(step_starts (E, J), steps (E, J), index (T,))`."""
+    return model.likelihood.grid(np.asarray(data.times), starts_of(model, data))
+
+
 def build(model, data, st, run_type, *, on_failure=None, sim_steps: int = 20):
     """The numpyro model function `fn(observed=True, conditional=False, states=False)` of
     an SDE model with a latent path, for prepared data (modes as in `filtered.build`;
@@ -39,7 +46,7 @@ def build(model, data, st, run_type, *, on_failure=None, sim_steps: int = 20):
     for the prior predictive, predictions from states), passed in by `filtered.py` so
     that the import goes one way."""
     sde, lik = model.dynamics, model.likelihood
-    step_starts, steps, index = lik.grid(np.asarray(data.times), np.asarray(st.starts))
+    step_starts, steps, index = path_grid(model, data)
     dtype = st.data.times.dtype
     step_starts = jnp.asarray(step_starts, dtype)
     steps_arr = jnp.asarray(steps, dtype)
