@@ -7,6 +7,7 @@ import math
 import re
 import warnings
 
+import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +18,7 @@ from scipy import stats
 
 import probde
 from probde.dynamics.sde import FilterInputs
+from probde.model import auxiliary
 from probde.inference.particle import spectral_radius
 
 
@@ -345,3 +347,121 @@ def test_particle_filter_is_unbiased_on_the_benes_sde():
     # The drift matters: Brownian motion alone (a -> 0) is far off, in the same units.
     brownian = benes_log_likelihood(1e-9, times, y)
     assert abs(np.exp(brownian - exact) - 1.0) / se > Z_MAX
+
+
+# ======================================================= common random numbers (CPM-MH)
+def _spec(model, data, params):
+    """The standard normals the model's particle filter asks a sampler for."""
+    record = auxiliary.supply_normals()
+
+    def probe(k):
+        with record:
+            return probde.log_likelihood(model, data, params, seed=k)
+
+    jax.eval_shape(probe, jax.random.PRNGKey(0))
+    return record.spec
+
+
+def _estimates_from(model, data, params, normals, keys):
+    """One log-likelihood estimate per row of `normals` (and key), the filter driven by
+    those normals."""
+    def one(u, k, p):
+        with auxiliary.supply_normals(values=u):
+            return probde.log_likelihood(model, data, p, seed=k)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None)))
+
+
+def test_filter_asks_for_normals_only_when_their_number_is_fixed():
+    data = _data("matern", 0.7, 3)
+    params = {"ell": jnp.asarray(0.7), "sf": jnp.asarray(1.0)}
+    exact = _spec(_model("matern", probde.ParticleFilter(num_particles=64)), data, params)
+    shapes = {k: tuple(v.shape) for k, v in exact.items()}
+    # One experiment: initial particles, exact transitions (S normals a particle), and one
+    # normal per particle for resampling, at each of the 60 times.
+    assert shapes == {"initial": (1, 64, 2), "move": (1, 60, 64, 2), "resample": (1, 60, 64)}
+    fixed = _spec(_model("matern", probde.ParticleFilter(num_particles=64, num_steps=5),
+                         linear=False), data, params)
+    assert tuple(fixed["move"].shape) == (1, 60, 64, 5, 1)  # 5 steps of 1 Wiener process
+    # Under the default step rule the count of steps follows theta: no fixed count of normals.
+    assert _spec(_model("matern", probde.ParticleFilter(), linear=False), data, params) is None
+    assert _spec(_model("matern", probde.EKF()), data, params) is None
+
+
+def test_common_random_numbers_keep_the_estimate_unbiased_and_correlate_it():
+    kind, th, seed = CASES["matern_short"]
+    data = _data(kind, th["ell"], seed)
+    params = {k: jnp.asarray(v) for k, v in th.items()}
+    near = {"ell": jnp.asarray(0.72), "sf": jnp.asarray(1.02)}
+    exact = float(probde.log_likelihood(_model(kind, probde.EKF()), data, params))
+    model = _model(kind, probde.ParticleFilter(num_particles=256))
+    spec = _spec(model, data, params)
+    keys = jax.random.split(jax.random.PRNGKey(21), 3 * NUM_ESTIMATES)
+    draw = jax.vmap(lambda k: auxiliary.standard_normals(k, spec))
+    u, eps = draw(keys[:NUM_ESTIMATES]), draw(keys[NUM_ESTIMATES:2 * NUM_ESTIMATES])
+    run = _estimates_from(model, data, params, u, keys)
+    other = keys[2 * NUM_ESTIMATES:]
+    est = np.asarray(run(u, other, params))
+    assert np.all(np.isfinite(est))
+    # Unbiased for the exact likelihood, as with keys.
+    ratio = np.exp(est - exact)
+    se = ratio.std(ddof=1) / math.sqrt(ratio.size)
+    assert abs(ratio.mean() - 1.0) / se < Z_MAX, (ratio.mean(), se, est.mean() - exact)
+    # The normals are all the randomness: the key makes no difference (Gaussian initial law).
+    np.testing.assert_array_equal(np.asarray(run(u, keys[:NUM_ESTIMATES], params)), est)
+    # At nearby parameters, estimates from correlated normals (rho = 0.99) differ less than
+    # independent ones: the point of correlated pseudo-marginal MCMC. With two states the
+    # particles' one-dimensional order loses part of the correlation (measured: spread 0.87
+    # against 1.86); with one state (below) most of it stays.
+    rho = 0.99
+    u_near = jax.tree.map(lambda a, b: rho * a + math.sqrt(1 - rho**2) * b, u, eps)
+    corr = np.asarray(run(u_near, other, near)) - est
+    indep = np.asarray(run(eps, other, near)) - est
+    assert corr.std() < 0.7 * indep.std(), (corr.std(), indep.std())
+
+
+@pytest.mark.parametrize("linear", [True, False])
+def test_common_random_numbers_correlate_one_state_estimates_strongly(linear):
+    # Exact transitions (linear) and 5 Euler-Maruyama steps per gap from given increments.
+    data = _data("ou", None, 0)
+    params = {"k": jnp.asarray(0.8), "m": jnp.asarray(0.6), "s": jnp.asarray(0.7)}
+    near = {"k": jnp.asarray(0.85), "m": jnp.asarray(0.62), "s": jnp.asarray(0.7)}
+    model = _model("ou", probde.ParticleFilter(num_particles=100, num_steps=5), linear=linear)
+    spec = _spec(model, data, params)
+    keys = jax.random.split(jax.random.PRNGKey(22), 2 * NUM_ESTIMATES)
+    draw = jax.vmap(lambda k: auxiliary.standard_normals(k, spec))
+    u, eps = draw(keys[:NUM_ESTIMATES]), draw(keys[NUM_ESTIMATES:])
+    run = _estimates_from(model, data, params, u, keys)
+    est = np.asarray(run(u, keys[:NUM_ESTIMATES], params))
+    rho = 0.99
+    u_near = jax.tree.map(lambda a, b: rho * a + math.sqrt(1 - rho**2) * b, u, eps)
+    corr = np.asarray(run(u_near, keys[:NUM_ESTIMATES], near)) - est
+    indep = np.asarray(run(eps, keys[:NUM_ESTIMATES], near)) - est
+    # measured: 0.26 against 1.5 (linear), 0.23 against 1.4 (Euler steps)
+    assert corr.std() < 0.35 * indep.std(), (corr.std(), indep.std())
+    # As rho -> 1 the difference vanishes: the estimate is continuous in the normals.
+    rho = 1.0 - 1e-8
+    u_next = jax.tree.map(lambda a, b: rho * a + math.sqrt(1 - rho**2) * b, u, eps)
+    same = np.asarray(run(u_next, keys[:NUM_ESTIMATES], params)) - est
+    assert same.std() < 0.01 * indep.std(), (same.std(), indep.std())
+
+
+@pytest.mark.slow  # about 90 s: NUTS on the exact likelihood, then the correlated chains
+def test_correlated_pseudo_marginal_mcmc_matches_the_exact_posterior():
+    # The OU model through probde.infer: correlated pseudo-marginal MCMC with 100 particles
+    # against NUTS on the exact (Kalman) likelihood.
+    data = _data("ou", None, 0)
+    exact = probde.infer(_model("ou", probde.EKF()), data,
+                         probde.NUTS(num_chains=4, num_warmup=500, num_samples=1000),
+                         seed=0, num_prior_samples=0, progress_bar=False)
+    method = probde.RandomWalkMetropolis(num_chains=4, num_warmup=2000, num_samples=4000,
+                                         correlation=0.99, chain_method="vectorized")
+    result = probde.infer(_model("ou", probde.ParticleFilter(num_particles=100)), data,
+                          method, seed=1, num_prior_samples=0, progress_bar=False)
+    for name in ("k", "m", "s"):
+        a, b = result.idata.posterior[name], exact.idata.posterior[name]
+        se = math.hypot(float(az.mcse(a, method="mean")), float(az.mcse(b, method="mean")))
+        assert abs(float(a.mean()) - float(b.mean())) < Z_MAX * se, (name, float(a.mean()),
+                                                                     float(b.mean()), se)
+        se_sd = math.hypot(float(az.mcse(a, method="sd")), float(az.mcse(b, method="sd")))
+        assert abs(float(a.std()) - float(b.std())) < Z_MAX * se_sd, name

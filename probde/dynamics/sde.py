@@ -410,4 +410,12 @@ class AbstractLikelihood(abc.ABC):
             smooth: bool = False) -> FilterOutput:
         """Filter one experiment. `initial` is `(mean (S,), cov (S, S))` for Gaussian
         filters and a numpyro distribution of `x(t0)` otherwise; `solver` is the model's
-        `probde.Solver`; `key` a random key (filters that need one)."""
+        `probde.Solver`; `key` a random key (filters that need one), or `(key, normals)`
+        when the filter asked for standard normals (`noise_spec`) and a sampler gave them."""
+
+    def noise_spec(self, sde: SDE, num_times: int, num_noise: int, dtype):
+        """The standard normals one run on `num_times` observation times would take from a
+        sampler instead of its key (correlated pseudo-marginal MCMC), as a pytree of
+        `jax.ShapeDtypeStruct`; None (the default) when the filter draws from its key only.
+        `num_noise` is the SDE's number of Wiener processes."""
+        return None

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from numpyro import handlers
 
 from .._checks import describe
-from ..model import Model
+from ..model import Model, auxiliary
 from ..model.sites import OBSERVED, REJECTED
 
 
@@ -89,7 +89,9 @@ def log_likelihood(model: Model, data, params: dict, *, seed=0):
             f"missing {missing}, unexpected {extra}"
         )
     fn = model.numpyro_model(prepared)
-    with handlers.block():
+    # Hidden from outer handlers except for a particle filter's request of common random
+    # numbers, which `probde.model.auxiliary.supply_normals` around this call answers.
+    with handlers.block(hide_fn=lambda msg: msg["type"] != auxiliary.MESSAGE):
         tr = handlers.trace(handlers.substitute(handlers.seed(fn, rng_seed=seed), data=params)).get_trace(
             **_kwargs(model)
         )

@@ -19,6 +19,7 @@ from numpyro.infer.mcmc import MCMCKernel
 from numpyro.infer.util import initialize_model, potential_energy
 from numpyro.util import is_prng_key
 
+from ..model import auxiliary
 from .initialisation import init_strategy
 from .methods import AbstractMethod, _ChainOptions
 
@@ -51,6 +52,8 @@ class RWMState(NamedTuple):
       its running (Polyak) average and the step count since the last reset.
     - `cov_chol`: Cholesky factor of the proposal covariance.
     - `wf_mean`, `wf_m2`, `wf_n`: Welford accumulators of the current adaptation window.
+    - `aux`: the common random numbers of the kept estimate (correlated pseudo-marginal
+      MCMC: a pytree of standard normals the model's particle filter runs on), or `()`.
     - `rng_key`: the chain's key.
     """
 
@@ -67,6 +70,7 @@ class RWMState(NamedTuple):
     wf_mean: Any
     wf_m2: Any
     wf_n: Any
+    aux: Any
     rng_key: Any
 
 
@@ -83,9 +87,11 @@ class RandomWalkMetropolisKernel(MCMCKernel):
 
     sample_field = "z"
 
-    def __init__(self, model, *, target_accept=0.234, init_strategy=None):
+    def __init__(self, model, *, target_accept=0.234, init_strategy=None, correlation=0.0):
         self._model = model
         self._target_accept = float(target_accept)
+        self._correlation = float(correlation)
+        self._aux_spec = None
         self._init_strategy = init_to_uniform() if init_strategy is None else init_strategy
         self._sample_fn = None
         self._postprocess_fn = None
@@ -111,11 +117,14 @@ class RandomWalkMetropolisKernel(MCMCKernel):
         return self._postprocess_fn(*model_args, **model_kwargs)
 
     # ------------------------------------------------------------------ log density
-    def _potential(self, x, key, model_args, model_kwargs):
-        """-log density at flat unconstrained `x`, with the model's randomness from `key`."""
+    def _potential(self, x, key, aux, model_args, model_kwargs):
+        """-log density at flat unconstrained `x`, with the model's randomness from `key`
+        and, when it asks for them, the common random numbers `aux`."""
         model = handlers.seed(self._model, rng_seed=key)
         if self._param_values:
             model = handlers.substitute(model, data=self._param_values)
+        if self._aux_spec is not None:
+            model = auxiliary.supply_normals(model, values=aux)
         pe = potential_energy(model, model_args, model_kwargs, self._unravel(x))
         # Non-finite values (failed solves, impossible predictions, NaN) are rejections.
         return jnp.where(jnp.isfinite(pe), pe, jnp.inf)
@@ -148,7 +157,32 @@ class RandomWalkMetropolisKernel(MCMCKernel):
             for k, site in info.model_trace.items()
             if site["type"] in ("param", "mutable")
         }
+        self._aux_spec = self._requested_normals(rng_key, model_args, model_kwargs)
         return info.param_info.z
+
+    def _requested_normals(self, rng_key, model_args, model_kwargs):
+        """The common random numbers the model asks for (traced abstractly, nothing runs),
+        or None when the chain is not correlated; a ValueError when it should be and the
+        model asks for none."""
+        if self._correlation == 0.0:
+            return None
+        record = auxiliary.supply_normals()
+        key = rng_key if is_prng_key(rng_key) else rng_key[0]
+
+        def run(k):
+            with record:
+                handlers.trace(handlers.seed(self._model, rng_seed=k)).get_trace(
+                    *model_args, **model_kwargs)
+
+        jax.eval_shape(run, key)
+        if record.spec is None:
+            raise ValueError(
+                f"correlation={self._correlation} needs a model whose likelihood estimate runs "
+                "on common random numbers: a probde model with likelihood=ParticleFilter(...) "
+                "and, for an SDE not declared linear, a fixed ParticleFilter(num_steps=...) "
+                "(under the default step rule the number of random numbers follows theta). "
+                "This model asks for none; use correlation=0.0")
+        return record.spec
 
     def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
         model_kwargs = {} if model_kwargs is None else model_kwargs
@@ -168,13 +202,15 @@ class RandomWalkMetropolisKernel(MCMCKernel):
         x_proto, self._unravel = ravel_pytree(proto)
         adapt = _adaptation(num_warmup, self._target_accept, int(x_proto.size), x_proto.dtype)
 
+        spec, rho = self._aux_spec, self._correlation
+
         def init_one(z, key):
-            potential = lambda x, k: self._potential(x, k, model_args, model_kwargs)  # noqa: E731
-            return _initial_state(z, key, potential, adapt)
+            potential = lambda x, k, u: self._potential(x, k, u, model_args, model_kwargs)  # noqa: E731
+            return _initial_state(z, key, potential, adapt, spec)
 
         def transition(state, model_args, model_kwargs):
-            potential = lambda x, k: self._potential(x, k, model_args, model_kwargs)  # noqa: E731
-            return _transition(state, potential, self._unravel, adapt)
+            potential = lambda x, k, u: self._potential(x, k, u, model_args, model_kwargs)  # noqa: E731
+            return _transition(state, potential, self._unravel, adapt, rho)
 
         if vectorized:
             state = jax.jit(jax.vmap(init_one))(z0, key_state)
@@ -224,13 +260,15 @@ def _adaptation(num_warmup, target, dim, dtype) -> _Adaptation:
     )
 
 
-def _initial_state(z, key, potential, adapt: _Adaptation) -> RWMState:
-    """The state of one chain at unconstrained `z`; `potential(x, key)` is -log density at
-    flat `x`."""
+def _initial_state(z, key, potential, adapt: _Adaptation, spec=None) -> RWMState:
+    """The state of one chain at unconstrained `z`; `potential(x, key, aux)` is -log
+    density at flat `x` with common random numbers `aux` (standard normals for `spec`, a
+    pytree of `jax.ShapeDtypeStruct`; `()` when None)."""
     dtype, dim = adapt.dtype, adapt.dim
-    key, key_pe = random.split(key)
+    key, key_pe, key_aux = random.split(key, 3)
     x, _ = ravel_pytree(z)
-    pe = potential(x, key_pe)
+    aux = () if spec is None else auxiliary.standard_normals(key_aux, spec)
+    pe = potential(x, key_pe, aux)
     zero = jnp.zeros((), dtype)
     return RWMState(
         i=jnp.zeros((), jnp.int32),
@@ -246,27 +284,38 @@ def _initial_state(z, key, potential, adapt: _Adaptation) -> RWMState:
         wf_mean=jnp.zeros((dim,), dtype),
         wf_m2=jnp.zeros((dim, dim), dtype),
         wf_n=jnp.zeros((), jnp.int32),
+        aux=aux,
         rng_key=key,
     )
 
 
-def _transition(state: RWMState, potential, unravel, adapt: _Adaptation) -> RWMState:
+def _transition(state: RWMState, potential, unravel, adapt: _Adaptation,
+                correlation: float = 0.0) -> RWMState:
     """One Metropolis step of one chain, then (during warmup) the adaptation; `potential`
-    as for `_initial_state`, `unravel` the inverse of the flattening."""
+    as for `_initial_state`, `unravel` the inverse of the flattening.
+
+    The common random numbers `state.aux` (if any) move by a Crank-Nicolson step
+    `u' = rho u + sqrt(1 - rho^2) eps`, `rho = correlation`, with the parameters: that
+    proposal is reversible for their N(0, I) law, so the acceptance ratio is the ratio of
+    the estimated posterior densities alone (Deligiannidis, Doucet & Pitt 2018)."""
     dtype = adapt.dtype
     i = state.i
-    key, key_eps, key_pe, key_u = random.split(state.rng_key, 4)
+    key, key_eps, key_pe, key_u, key_aux = random.split(state.rng_key, 5)
     x, _ = ravel_pytree(state.z)
     scale = jnp.exp(state.log_scale)
     eps = random.normal(key_eps, x.shape, dtype)
     x_prop = x + scale * (state.cov_chol @ eps)
+    fresh = auxiliary.standard_normals(key_aux, state.aux)
+    keep = math.sqrt(1.0 - correlation**2)
+    aux_prop = jax.tree.map(lambda u, e: correlation * u + keep * e, state.aux, fresh)
     # A fresh estimate at the proposal; the current one is kept (pseudo-marginal).
-    pe_prop = potential(x_prop, key_pe)
+    pe_prop = potential(x_prop, key_pe, aux_prop)
     log_ratio = jnp.where(jnp.isfinite(pe_prop), state.potential_energy - pe_prop, -jnp.inf)
     accept_prob = jnp.exp(jnp.minimum(log_ratio, 0.0))
     accept = random.uniform(key_u, (), dtype) < accept_prob
     x_new = jnp.where(accept, x_prop, x)
     pe_new = jnp.where(accept, pe_prop, state.potential_energy)
+    aux_new = jax.tree.map(lambda a, b: jnp.where(accept, a, b), aux_prop, state.aux)
 
     (log_scale, log_scale_avg, rm_count, cov_chol, wf_mean, wf_m2, wf_n) = _adapt(
         state, x_new, accept_prob, adapt
@@ -290,6 +339,7 @@ def _transition(state: RWMState, potential, unravel, adapt: _Adaptation) -> RWMS
         wf_mean=wf_mean,
         wf_m2=wf_m2,
         wf_n=wf_n,
+        aux=aux_new,
         rng_key=key,
     )
 
@@ -384,6 +434,24 @@ class RandomWalkMetropolis(_ChainOptions, AbstractMethod):
     - `thinning`: keep every `thinning`-th draw.
     - `init_radius`: chains start at points drawn uniformly in (-r, r) in the unconstrained
       space; infeasible points are redrawn.
+    - `correlation`: `rho` of correlated pseudo-marginal MCMC (below); 0 (default): a fresh,
+      independent estimate at every proposal.
+
+    **Correlated pseudo-marginal MCMC** (`correlation > 0`; Deligiannidis, Doucet & Pitt
+    2018). With a particle filter an independent estimate at each proposal makes the log of
+    the acceptance ratio as noisy as two estimates, so the filter needs enough particles for
+    a log-likelihood standard deviation near 1, and a chain whose estimate came out high
+    sticks. With `correlation=rho` the filter's random numbers `u` (initial particles,
+    Brownian increments, resampling uniforms) are part of the chain's state and move with
+    each proposal by `u' = rho u + sqrt(1 - rho^2) eps`; the particles are sorted along
+    their principal axis before resampling, so that correlated numbers pick similar
+    ancestors. The estimates at the current and proposed parameters then share most of
+    their noise, the chain still targets the exact posterior, and far fewer particles
+    suffice: what matters is the spread of the difference of the two log estimates, not
+    of each. Values of 0.99-0.999 are typical (closer to 1 for longer series). It needs a
+    `probde.ParticleFilter` with a fixed `num_steps` for an SDE not declared linear (the
+    default step rule's step counts follow theta) and costs memory for `u`: `num_particles`
+    x observation times x `num_steps` x Wiener processes normals per chain.
 
     `sample_stats` gets `lp` (the kept log-density estimate), `acceptance_rate` (each
     transition's acceptance probability), `step_size` (the proposal scale), and
@@ -416,9 +484,15 @@ class RandomWalkMetropolis(_ChainOptions, AbstractMethod):
     target_accept: float = 0.234
     chain_method: str = "auto"
     init_radius: float = 2.0
+    correlation: float = 0.0
 
     def __post_init__(self):
         self._check_chain_options()
+        rho = self.correlation
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 <= rho < 1.0:
+            raise ValueError(
+                f"correlation must be a number in [0, 1) (0: independent estimates, about "
+                f"0.99: correlated pseudo-marginal MCMC); got {rho!r}")
 
     def kernel(self, model_fn) -> RandomWalkMetropolisKernel:
         """The numpyro kernel these options describe, for `model_fn`."""
@@ -426,6 +500,7 @@ class RandomWalkMetropolis(_ChainOptions, AbstractMethod):
             model_fn,
             target_accept=self.target_accept,
             init_strategy=init_strategy(self.init_radius, model_fn),
+            correlation=self.correlation,
         )
 
     def mcmc(

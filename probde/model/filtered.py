@@ -20,7 +20,7 @@ from numpyro.distributions import constraints
 
 from .._checks import describe
 from ..dynamics.sde import SDE, AbstractLikelihood, FilterInputs, simulate_paths
-from . import common, initial, latent, sites, validate
+from . import auxiliary, common, initial, latent, sites, validate
 from .experiments import starts_of
 from .sources import AbstractSource, _derived_reads, _state_function_reads
 
@@ -285,6 +285,7 @@ def filter_all(model, theta, hyper, init, h, grid: _Grid, starts, *, smooth):
     if lik.gaussian:
         return _gaussian_filters(model, theta, hyper, init, h, grid, starts, keys, smooth)
     obs = model.observation
+    normals = _common_normals(model, theta, grid) if lik.needs_key else None
 
     def log_density(pred, y):
         return obs.distribution(pred, hyper).log_prob(y)
@@ -297,12 +298,28 @@ def filter_all(model, theta, hyper, init, h, grid: _Grid, starts, *, smooth):
         x0 = jnp.broadcast_to(jnp.asarray(init), (E, model.dynamics.num_states))
         law = lambda x: dist.Delta(x, event_dim=1)  # noqa: E731
 
-    def one(x, start, y, msk, k):
+    def one(x, start, y, msk, k, u):
         inputs = FilterInputs(times=jnp.maximum(grid.times, start), t0=start, values=y, mask=msk,
                               observe=h, log_density=log_density)
-        return lik.run(model.dynamics, theta, law(x), inputs, model.solver, k, smooth=smooth)
+        return lik.run(model.dynamics, theta, law(x), inputs, model.solver,
+                       k if u is None else (k, u), smooth=smooth)
 
-    return jax.vmap(one)(x0, starts, grid.raw, grid.mask, keys)
+    return jax.vmap(one)(x0, starts, grid.raw, grid.mask, keys, normals)
+
+
+def _common_normals(model, theta, grid: _Grid):
+    """The standard normals a correlated pseudo-marginal sampler supplies for every
+    experiment's filter run (leading experiment dimension), or None: the filter asks for
+    none, or no sampler answers (`auxiliary.auxiliary_normals`)."""
+    E, T = grid.raw.shape[0], grid.times.shape[0]
+    dtype, S = grid.times.dtype, model.dynamics.num_states
+    W = jax.eval_shape(lambda: model.dynamics.noise_matrix(
+        grid.times[0], jnp.zeros(S, dtype), theta)).shape[1]
+    spec = model.likelihood.noise_spec(model.dynamics, T, W, dtype)
+    if spec is None:
+        return None
+    return auxiliary.auxiliary_normals(
+        jax.tree.map(lambda s: jax.ShapeDtypeStruct((E,) + tuple(s.shape), s.dtype), spec))
 
 
 def _gaussian_filters(model, theta, hyper, init, h, grid: _Grid, starts, keys, smooth):
