@@ -23,6 +23,16 @@ def integer_at_least(name: str, value, least: int = 1) -> int:
     return int(value)
 
 
+def correlation(value) -> float:
+    """`value` as a `float` if it is a real number in [0, 1) (the Crank-Nicolson correlation
+    of correlated pseudo-marginal MCMC); otherwise a `ValueError` naming `correlation`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(
+            f"correlation must be a number in [0, 1) (0: independent estimates, about "
+            f"0.99: correlated pseudo-marginal MCMC); got {value!r}")
+    return float(value)
+
+
 def check_number_or_distribution(name: str, value, *, positive: bool = True,
                                  function: bool = False):
     """Accept a fixed positive number or a numpyro distribution (or, with `function=True`,

@@ -158,6 +158,52 @@ def test_correlation_needs_a_model_that_asks_for_common_random_numbers():
         probde.infer(noisy_model(1.0), jnp.asarray(Y), method, seed=0, num_prior_samples=0)
 
 
+# -------------------------------------------------------- starts from an earlier fit
+def positive_model(data):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    scale = numpyro.sample("scale", dist.LogNormal(0.0, 1.0))
+    numpyro.sample("y", dist.Normal(mu, scale), obs=data)
+
+
+def test_start_from_earlier_draws_sets_the_points_and_the_proposal_covariance():
+    rng = np.random.default_rng(5)
+    draws = {"mu": rng.normal(0.9, 0.2, (2, 500)),
+             "scale": np.exp(rng.normal(-1.0, 0.5, (2, 500)))}
+    method = probde.RandomWalkMetropolis(num_chains=3, start=draws)
+    kernel = method.kernel(positive_model)
+    kernel.find_initial_params(jax.random.split(jax.random.PRNGKey(0), 3),
+                               model_kwargs={"data": jnp.asarray(Y)})
+    starts = kernel.start_from(draws, jax.random.PRNGKey(1), 3)
+    # Each chain starts at one of the draws, in the unconstrained space (log of scale).
+    flat = np.stack([draws["mu"].ravel(), np.log(draws["scale"].ravel())], axis=1)
+    for c in range(3):
+        row = np.array([float(starts["mu"][c]), float(starts["scale"][c])])
+        assert np.min(np.abs(flat - row).sum(axis=1)) < 1e-12
+    # The proposal covariance is the draws' (sd 0.2 and 0.5, uncorrelated), not the identity.
+    cov = kernel._initial_chol @ kernel._initial_chol.T
+    np.testing.assert_allclose(np.sqrt(np.diag(cov)), [0.2, 0.5], rtol=0.1)
+    assert abs(cov[0, 1]) < 0.01
+
+
+def test_start_from_a_result_gives_the_exact_posterior():
+    earlier = probde.infer(normal_model, jnp.asarray(Y), probde.Laplace(), seed=0,
+                           num_prior_samples=0)
+    method = probde.RandomWalkMetropolis(num_chains=4, num_warmup=300, num_samples=2000,
+                                         start=earlier)
+    result = probde.infer(normal_model, jnp.asarray(Y), method, seed=0, num_prior_samples=0)
+    assert_matches(result.idata["posterior"]["mu"], POST_MEAN, POST_SD, "mu")
+
+
+def test_start_must_hold_every_parameter():
+    method = probde.RandomWalkMetropolis(num_chains=1, num_warmup=5, num_samples=5,
+                                         start={"mu": np.zeros((1, 10))})
+    with pytest.raises(ValueError, match=r"start must hold posterior draws of every parameter "
+                                         r"of this model; missing \['scale'\]"):
+        probde.infer(positive_model, jnp.asarray(Y), method, seed=0, num_prior_samples=0)
+    with pytest.raises(TypeError, match="start must be a probde.InferenceResult, .* got str"):
+        probde.RandomWalkMetropolis(start="laplace")
+
+
 # ------------------------------------------------------------- adapted proposal covariance
 # A strongly correlated, badly scaled 2-D Gaussian: an isotropic random walk mixes slowly
 # along the long axis; the adapted proposal follows the target's covariance.

@@ -143,6 +143,10 @@ SLOW: dict[str, str] = {
         "24 s",
     "tests/test_particle.py::test_linear_sde_transitions_are_exact_whatever_num_steps": "9 s",
     "tests/test_particle.py::test_default_steps_follow_the_drift_time_scale_and_the_gaps": "7 s",
+    "tests/test_particle.py::test_common_random_numbers_keep_the_estimate_unbiased_and_correlate_it":
+        "10 s; the one-state correlation test stays",
+    "tests/test_particle.py::test_check_noise_measures_the_spread_and_suggests_particles":
+        "10 s: 90 filter runs",
     "tests/test_particle.py::test_discretisation_check_warns_when_the_step_is_too_coarse":
         "14 s",
     # deep GPs: fits by SVI and NUTS

@@ -68,7 +68,7 @@ def main():
                 "ode": (build_ode_model(), nuts)}
     else:
         pf = probde.ParticleFilter(num_particles=NUM_PARTICLES, num_steps=PF_STEPS)
-        report_particle_noise(build_model, data, TRUE, probde, jax, jnp, np)
+        report_particle_noise(build_model, data, TRUE, probde, jnp)
         nuts = probde.NUTS(num_chains=4, num_warmup=300, num_samples=300)
         # --8<-- [start:rwm]
         rwm = probde.RandomWalkMetropolis(num_chains=4, num_warmup=1000, num_samples=1000,
@@ -110,18 +110,17 @@ def main():
 
 
 # --8<-- [start:particles]
-def report_particle_noise(build_model, data, truth, probde, jax, jnp, np, num_seeds=20):
+def report_particle_noise(build_model, data, truth, probde, jnp, num_seeds=20):
     """The sd of the particle filter's log-likelihood estimate at the true parameters, over
     `num_seeds` seeds, for a few particle numbers (pseudo-marginal MCMC mixes well when it
     is about 1-2 near the posterior mode: Doucet et al. 2015)."""
     params = {k: jnp.asarray(v) for k, v in truth.items()}
-    keys = jax.random.split(jax.random.PRNGKey(2015), num_seeds)
     for n in (NUM_PARTICLES // 2, NUM_PARTICLES, 2 * NUM_PARTICLES):
-        model = build_model(probde.ParticleFilter(num_particles=n, num_steps=PF_STEPS))
-        ll = jax.jit(lambda k: probde.log_likelihood(model, data, params, seed=k))
-        est = np.array([float(ll(k)) for k in keys])
+        pf = probde.ParticleFilter(num_particles=n, num_steps=PF_STEPS)
+        check = pf.check_noise(build_model(pf), data, params, num_seeds=num_seeds, seed=2015)
         print(f"particle filter, {n} particles: log-likelihood at the truth "
-              f"{est.mean():.2f} +- {est.std(ddof=1):.2f} (sd over {num_seeds} seeds)")
+              f"{check.log_lik.mean():.2f} +- {check.sd:.2f} (sd over {num_seeds} seeds; "
+              f"{check.particles_for(1.2)} particles for an sd of 1.2)")
     ekf = float(probde.log_likelihood(build_model(probde.EKF()), data, params))
     ukf = float(probde.log_likelihood(build_model(probde.UKF()), data, params))
     print(f"EKF log-likelihood at the truth {ekf:.2f}, UKF {ukf:.2f}", flush=True)

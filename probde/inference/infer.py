@@ -248,7 +248,9 @@ def _check_particle_steps(model, data, prepared, latent, idata):
     idata["posterior"].attrs["particle_steps_check"] = (
         f"step halved at the posterior median: difference {check.difference:.3g} nats, "
         f"standard error {check.standard_error:.2g}, "
-        f"{'agrees' if check.agrees else 'DISAGREES'}")
+        f"{'agrees' if check.agrees else 'DISAGREES'}; the log-likelihood estimate's sd over "
+        f"{check.log_lik.size} seeds {np.std(check.log_lik, ddof=1):.2g} (aim for about 1-1.5 "
+        "without correlation: ParticleFilter.check_noise)")
 
 
 def _posterior_predictive(model, fn, flat, key, active, num_chains):

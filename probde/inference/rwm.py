@@ -12,13 +12,16 @@ import jax.numpy as jnp
 from jax import lax, random
 from jax.flatten_util import ravel_pytree
 
+import numpy as np
 from numpyro import handlers
+from numpyro.distributions.transforms import biject_to
 from numpyro.infer import MCMC, init_to_uniform
 from numpyro.infer.hmc_util import build_adaptation_schedule
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.infer.util import initialize_model, potential_energy
 from numpyro.util import is_prng_key
 
+from .._checks import correlation as check_correlation
 from ..model import auxiliary
 from .initialisation import init_strategy
 from .methods import AbstractMethod, _ChainOptions
@@ -92,6 +95,8 @@ class RandomWalkMetropolisKernel(MCMCKernel):
         self._target_accept = float(target_accept)
         self._correlation = float(correlation)
         self._aux_spec = None
+        self._supports = {}
+        self._initial_chol = None
         self._init_strategy = init_to_uniform() if init_strategy is None else init_strategy
         self._sample_fn = None
         self._postprocess_fn = None
@@ -152,6 +157,10 @@ class RandomWalkMetropolisKernel(MCMCKernel):
                     f"{name!r} is a discrete latent variable"
                 )
         self._postprocess_fn = info.postprocess_fn
+        self._supports = {
+            name: site["fn"].support for name, site in info.model_trace.items()
+            if site["type"] == "sample" and not site["is_observed"]
+            and name in info.param_info.z}
         self._param_values = {
             k: site["value"]
             for k, site in info.model_trace.items()
@@ -159,6 +168,48 @@ class RandomWalkMetropolisKernel(MCMCKernel):
         }
         self._aux_spec = self._requested_normals(rng_key, model_args, model_kwargs)
         return info.param_info.z
+
+    def start_from(self, posterior, key, num_chains: int):
+        """Starting points and the initial proposal covariance from earlier posterior draws
+        (`posterior`: a mapping from this model's latent site names to draws
+        `(chain, draw, ...)` on the constrained scale, e.g. `result.idata.posterior` of a
+        cheap fit), after `find_initial_params` prepared the kernel: one random draw per
+        chain (leading chain dimension when `num_chains > 1`), and the regularised
+        covariance of all draws in the unconstrained space becomes the proposal's, in
+        place of the identity."""
+        names = sorted(self._supports)
+        missing = [n for n in names if n not in posterior]
+        if missing:
+            raise ValueError(
+                f"start must hold posterior draws of every parameter of this model; missing "
+                f"{missing} (it has {sorted(posterior)})")
+        flat, shapes = [], {}
+        for name in names:
+            x = jnp.asarray(posterior[name])
+            x = jnp.reshape(x, (-1,) + tuple(x.shape[2:]))  # (chain * draw, ...)
+            u = biject_to(self._supports[name]).inv(x)
+            shapes[name] = tuple(u.shape[1:])
+            flat.append(jnp.reshape(u, (u.shape[0], -1)))
+        flat = np.asarray(jnp.concatenate(flat, axis=1), dtype=float)
+        flat = flat[np.all(np.isfinite(flat), axis=1)]
+        if flat.shape[0] < 2:
+            raise ValueError("start has fewer than 2 finite posterior draws")
+        d = flat.shape[1]
+        n = float(flat.shape[0])
+        cov = np.atleast_2d(np.cov(flat.T))
+        cov = (n / (n + _SHRINK_N)) * cov + (_SHRINK_TARGET * _SHRINK_N / (n + _SHRINK_N)) * np.eye(d)
+        self._initial_chol = np.linalg.cholesky(cov)
+        rows = flat[np.asarray(random.choice(key, flat.shape[0], (num_chains,)))]
+        dtype = jnp.result_type(float)
+        starts, at = {}, 0
+        for name in names:
+            size = int(np.prod(shapes[name], dtype=int))
+            starts[name] = jnp.asarray(
+                rows[:, at:at + size].reshape((num_chains,) + shapes[name]), dtype)
+            at += size
+        if num_chains == 1:
+            starts = {k: v[0] for k, v in starts.items()}
+        return starts
 
     def _requested_normals(self, rng_key, model_args, model_kwargs):
         """The common random numbers the model asks for (traced abstractly, nothing runs),
@@ -203,10 +254,12 @@ class RandomWalkMetropolisKernel(MCMCKernel):
         adapt = _adaptation(num_warmup, self._target_accept, int(x_proto.size), x_proto.dtype)
 
         spec, rho = self._aux_spec, self._correlation
+        chol0 = None if self._initial_chol is None else jnp.asarray(self._initial_chol,
+                                                                     x_proto.dtype)
 
         def init_one(z, key):
             potential = lambda x, k, u: self._potential(x, k, u, model_args, model_kwargs)  # noqa: E731
-            return _initial_state(z, key, potential, adapt, spec)
+            return _initial_state(z, key, potential, adapt, spec, chol0)
 
         def transition(state, model_args, model_kwargs):
             potential = lambda x, k, u: self._potential(x, k, u, model_args, model_kwargs)  # noqa: E731
@@ -260,10 +313,11 @@ def _adaptation(num_warmup, target, dim, dtype) -> _Adaptation:
     )
 
 
-def _initial_state(z, key, potential, adapt: _Adaptation, spec=None) -> RWMState:
+def _initial_state(z, key, potential, adapt: _Adaptation, spec=None, chol=None) -> RWMState:
     """The state of one chain at unconstrained `z`; `potential(x, key, aux)` is -log
     density at flat `x` with common random numbers `aux` (standard normals for `spec`, a
-    pytree of `jax.ShapeDtypeStruct`; `()` when None)."""
+    pytree of `jax.ShapeDtypeStruct`; `()` when None). The proposal covariance starts at
+    `chol @ chol.T` (the identity when None)."""
     dtype, dim = adapt.dtype, adapt.dim
     key, key_pe, key_aux = random.split(key, 3)
     x, _ = ravel_pytree(z)
@@ -280,7 +334,7 @@ def _initial_state(z, key, potential, adapt: _Adaptation, spec=None) -> RWMState
         log_scale=jnp.asarray(adapt.init_log_scale, dtype),
         log_scale_avg=jnp.asarray(adapt.init_log_scale, dtype),
         rm_count=jnp.zeros((), jnp.int32),
-        cov_chol=jnp.eye(dim, dtype=dtype),
+        cov_chol=jnp.eye(dim, dtype=dtype) if chol is None else chol,
         wf_mean=jnp.zeros((dim,), dtype),
         wf_m2=jnp.zeros((dim, dim), dtype),
         wf_n=jnp.zeros((), jnp.int32),
@@ -397,6 +451,24 @@ def _end_window(carry, adapt: _Adaptation):
             ls0, ls0, jnp.zeros((), jnp.int32))
 
 
+def _start_draws(start):
+    """The posterior draws of `RandomWalkMetropolis(start=...)`: a mapping from names to
+    arrays `(chain, draw, ...)`, from a result, a DataTree or a mapping."""
+    idata = getattr(start, "idata", start)
+    try:
+        posterior = idata["posterior"]
+    except (KeyError, TypeError, IndexError):
+        posterior = None
+    if posterior is not None and hasattr(posterior, "data_vars"):
+        return {name: np.asarray(posterior[name].values) for name in posterior.data_vars}
+    if isinstance(start, dict) and all(hasattr(v, "shape") or isinstance(v, (list, float))
+                                       for v in start.values()):
+        return {k: np.asarray(v) for k, v in start.items()}
+    raise TypeError(
+        "start must be a probde.InferenceResult, an ArviZ DataTree with a posterior group, or "
+        f"a dict of posterior draws (chain, draw, ...); got {type(start).__name__}")
+
+
 @dataclasses.dataclass(frozen=True)
 class RandomWalkMetropolis(_ChainOptions, AbstractMethod):
     """Adaptive random-walk Metropolis: gradient-free, and exact with a noisy likelihood.
@@ -436,6 +508,13 @@ class RandomWalkMetropolis(_ChainOptions, AbstractMethod):
       space; infeasible points are redrawn.
     - `correlation`: `rho` of correlated pseudo-marginal MCMC (below); 0 (default): a fresh,
       independent estimate at every proposal.
+    - `start`: the result of a cheap fit of a model with the same parameters (a
+      `probde.InferenceResult`, its `idata`, or a mapping from parameter names to draws
+      `(chain, draw, ...)`), e.g. the EKF version of a particle-filter model fitted by
+      `probde.Laplace()` or NUTS: the chains start at random draws of it, and the proposal
+      covariance at their covariance in the unconstrained space instead of the identity
+      (warmup then adapts it as usual). Saves the warmup's first windows; a fit that is
+      wrong (a Gaussian filter on sparse data) still only sets the start.
 
     **Correlated pseudo-marginal MCMC** (`correlation > 0`; Deligiannidis, Doucet & Pitt
     2018). With a particle filter an independent estimate at each proposal makes the log of
@@ -485,14 +564,13 @@ class RandomWalkMetropolis(_ChainOptions, AbstractMethod):
     chain_method: str = "auto"
     init_radius: float = 2.0
     correlation: float = 0.0
+    start: Any = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self):
         self._check_chain_options()
-        rho = self.correlation
-        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 <= rho < 1.0:
-            raise ValueError(
-                f"correlation must be a number in [0, 1) (0: independent estimates, about "
-                f"0.99: correlated pseudo-marginal MCMC); got {rho!r}")
+        check_correlation(self.correlation)
+        if self.start is not None:
+            _start_draws(self.start)  # fail here, not after the first trace
 
     def kernel(self, model_fn) -> RandomWalkMetropolisKernel:
         """The numpyro kernel these options describe, for `model_fn`."""
@@ -546,6 +624,9 @@ class RandomWalkMetropolis(_ChainOptions, AbstractMethod):
         # infeasible model is a clear error with every chain method (under pmap numpyro
         # cannot check); this also prepares the kernel, so chains do not trace the model again.
         init_params = self._initial_points(kernel, key_init, model_kwargs)
+        if self.start is not None:
+            init_params = kernel.start_from(_start_draws(self.start), random.fold_in(key_init, 1),
+                                            self.num_chains)
         mcmc = self._mcmc(kernel, progress_bar)
         mcmc.run(
             key_run, init_params=init_params, extra_fields=tuple(_EXTRA_FIELDS), **model_kwargs
