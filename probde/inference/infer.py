@@ -234,8 +234,8 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
 
 def _check_particle_steps(model, data, prepared, latent, idata):
     """After a fit whose likelihood is a `ParticleFilter` on a nonlinear SDE: its
-    discretisation check (`ParticleFilter.check_discretisation`, 10 estimates with the
-    filter's steps and 10 with half the step) at the posterior median of every latent
+    discretisation check (`ParticleFilter.check_discretisation`, 20 estimates with the
+    filter's steps and 20 with half the step) at the posterior median of every latent
     variable; it warns when the two disagree. The outcome is kept in the posterior's
     attributes (`particle_steps_check`: the difference in nats and its standard error).
     A linear SDE's transitions are exact: no check."""
