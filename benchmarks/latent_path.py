@@ -33,8 +33,6 @@ import json
 import os
 import pathlib
 import sys
-import time
-import warnings
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != HERE]
@@ -48,10 +46,9 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
-import arviz as az  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from model import TRUE, build_model, load_data  # noqa: E402
+from model import TRUE, build_model, load_data, parameter_summary, print_run, timed_fit  # noqa: E402
 
 import probde  # noqa: E402
 
@@ -68,30 +65,14 @@ def at_truth(data):
 
 
 def run(name, likelihood, method, data, seed):
-    start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", probde.ConvergenceWarning)
-        result = probde.infer(build_model(likelihood), data, method, seed=seed,
-                              num_prior_samples=0)
-    wall = time.perf_counter() - start
-    post, stats = result.idata.posterior, result.idata.sample_stats
-    params = {}
-    for par, true in TRUE.items():
-        x = post[par]
-        q = np.quantile(x.values, [0.05, 0.95])
-        ess = float(az.ess(x, method="bulk"))
-        params[par] = {"mean": float(x.mean()), "sd": float(x.std()), "q5": float(q[0]),
-                       "q95": float(q[1]), "truth": true, "covered": bool(q[0] <= true <= q[1]),
-                       "r_hat": float(az.rhat(x)), "ess_bulk": ess, "ess_per_s": ess / wall}
-    out = {"method": name, "seed": seed, "init": method.init, "wall_s": wall, "params": params,
+    result, wall, warned = timed_fit(build_model(likelihood), data, method, seed)
+    stats = result.idata.sample_stats
+    out = {"method": name, "seed": seed, "init": method.init, "wall_s": wall,
+           "params": parameter_summary(result.idata.posterior, TRUE, wall),
            "divergences": int(stats["diverging"].sum()),
            "tree_depth": float(stats["tree_depth"].mean()),
-           "convergence_warning": bool(caught)}
-    print(json.dumps({k: v for k, v in out.items() if k != "params"}), flush=True)
-    for par, row in params.items():
-        print(f"  {par:6s} mean {row['mean']:.3g} sd {row['sd']:.2g} 90% [{row['q5']:.3g}, "
-              f"{row['q95']:.3g}] truth {row['truth']} r_hat {row['r_hat']:.3f} "
-              f"ess {row['ess_bulk']:.0f} ({row['ess_per_s']:.2f}/s)", flush=True)
+           "convergence_warning": warned}
+    print_run(out)
     return out
 
 

@@ -31,8 +31,6 @@ import math
 import os
 import pathlib
 import sys
-import time
-import warnings
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != HERE]
@@ -42,10 +40,9 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
-import arviz as az  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from model import TRUE, build_model, load_data  # noqa: E402
+from model import TRUE, build_model, load_data, parameter_summary, print_run, timed_fit  # noqa: E402
 
 import probde  # noqa: E402
 from probde.model import auxiliary  # noqa: E402
@@ -89,28 +86,12 @@ def noise_at_truth(model, data, correlations, num_sets=16):
 
 
 def run(model, data, method, seed, rho):
-    start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", probde.ConvergenceWarning)
-        result = probde.infer(model, data, method, seed=seed, num_prior_samples=0)
-    wall = time.perf_counter() - start
-    post, stats = result.idata.posterior, result.idata.sample_stats
-    params = {}
-    for par, true in TRUE.items():
-        x = post[par]
-        q = np.quantile(x.values, [0.05, 0.95])
-        ess = float(az.ess(x, method="bulk"))
-        params[par] = {"mean": float(x.mean()), "sd": float(x.std()), "q5": float(q[0]),
-                       "q95": float(q[1]), "truth": true, "covered": bool(q[0] <= true <= q[1]),
-                       "r_hat": float(az.rhat(x)), "ess_bulk": ess, "ess_per_s": ess / wall}
-    out = {"correlation": rho, "seed": seed, "wall_s": wall, "params": params,
-           "acceptance": float(stats["acceptance_rate"].mean()),
-           "convergence_warning": bool(caught)}
-    print(json.dumps({k: v for k, v in out.items() if k != "params"}), flush=True)
-    for par, row in params.items():
-        print(f"  {par:6s} mean {row['mean']:.3g} sd {row['sd']:.2g} 90% [{row['q5']:.3g}, "
-              f"{row['q95']:.3g}] truth {row['truth']} r_hat {row['r_hat']:.3f} "
-              f"ess {row['ess_bulk']:.0f} ({row['ess_per_s']:.3f}/s)", flush=True)
+    result, wall, warned = timed_fit(model, data, method, seed)
+    out = {"correlation": rho, "seed": seed, "wall_s": wall,
+           "params": parameter_summary(result.idata.posterior, TRUE, wall),
+           "acceptance": float(result.idata.sample_stats["acceptance_rate"].mean()),
+           "convergence_warning": warned}
+    print_run(out)
     return out
 
 

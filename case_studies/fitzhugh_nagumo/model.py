@@ -163,3 +163,53 @@ def build_ode_model() -> probde.Model:
         t0=0.0,
     )
 # --8<-- [end:ode]
+
+
+def parameter_summary(posterior, truth, wall):
+    """Per parameter of `truth` that `posterior` holds: posterior mean, sd, 90% interval,
+    the truth and whether the interval covers it, R-hat, bulk ESS and bulk ESS per second
+    of `wall` (for run.py and the benchmarks)."""
+    import arviz as az
+
+    out = {}
+    for par, true in truth.items():
+        if par not in posterior:
+            continue
+        x = posterior[par]
+        q = np.quantile(x.values, [0.05, 0.95])
+        ess = float(az.ess(x, method="bulk"))
+        out[par] = {"mean": float(x.mean()), "sd": float(x.std()), "q5": float(q[0]),
+                    "q95": float(q[1]), "truth": true, "covered": bool(q[0] <= true <= q[1]),
+                    "r_hat": float(az.rhat(x)), "ess_bulk": ess, "ess_per_s": ess / wall}
+    return out
+
+
+def format_summary(summary) -> str:
+    """`parameter_summary`'s result, a line per parameter."""
+    return "\n".join(
+        f"  {par:6s} mean {row['mean']:.3g} sd {row['sd']:.2g} 90% [{row['q5']:.3g}, "
+        f"{row['q95']:.3g}] truth {row['truth']} r_hat {row['r_hat']:.3f} "
+        f"ess {row['ess_bulk']:.0f} ({row['ess_per_s']:.3f}/s)" for par, row in summary.items())
+
+
+def timed_fit(model, data, method, seed):
+    """`probde.infer` as users call it (compilation included): `(result, wall seconds,
+    whether it warned that the chains failed a convergence check)`."""
+    import time
+    import warnings
+
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", probde.ConvergenceWarning)
+        result = probde.infer(model, data, method, seed=seed, num_prior_samples=0)
+    return result, time.perf_counter() - start, any(
+        issubclass(w.category, probde.ConvergenceWarning) for w in caught)
+
+
+def print_run(out) -> None:
+    """One benchmark run's record: its fields but the parameters as JSON, then a line per
+    parameter (`format_summary`)."""
+    import json
+
+    print(json.dumps({k: v for k, v in out.items() if k != "params"}), flush=True)
+    print(format_summary(out["params"]), flush=True)

@@ -92,7 +92,7 @@ def main():
               f"rejected proposals {result.solver_failures}", flush=True)
         result.to_netcdf(args.out / f"idata_{name}.nc")
         results[name] = result
-        rows += parameter_rows(name, result, TRUE, wall, az, np)
+        rows += parameter_rows(name, result, TRUE, wall)
         extra.append(method_row(name, result, grid, path, times, wall, az, np))
 
     table = pd.DataFrame(rows).set_index(["method", "parameter"])
@@ -127,22 +127,12 @@ def report_particle_noise(build_model, data, truth, probde, jnp, num_seeds=20):
 # --8<-- [end:particles]
 
 
-def parameter_rows(name, result, truth, wall, az, np):
+def parameter_rows(name, result, truth, wall):
     """One row per parameter: posterior mean, sd, 90% interval, truth, R-hat, ESS, ESS/s."""
-    post = result.idata["posterior"]
-    rows = []
-    for par, true in truth.items():
-        if par not in post:
-            continue
-        x = post[par]
-        q = np.quantile(x.values, [0.05, 0.95])
-        ess = float(az.ess(x, method="bulk"))
-        rows.append({
-            "method": name, "parameter": par, "mean": float(x.mean()), "sd": float(x.std()),
-            "q5": q[0], "q95": q[1], "truth": true, "covered": bool(q[0] <= true <= q[1]),
-            "r_hat": float(az.rhat(x)), "ess_bulk": ess, "ess_per_s": ess / wall,
-        })
-    return rows
+    from model import parameter_summary
+
+    summary = parameter_summary(result.idata["posterior"], truth, wall)
+    return [{"method": name, "parameter": par, **row} for par, row in summary.items()]
 
 
 def state_bands(result, times, np, interval=0.9):
