@@ -197,7 +197,8 @@ class ParticleFilter(AbstractLikelihood):
 
     - `num_particles`: particles; the variance of the log-likelihood estimate falls like
       `1 / num_particles`. For pseudo-marginal MCMC aim for a standard deviation of the
-      log-likelihood estimate of about 1-1.5 at the posterior mean (Doucet et al. 2015).
+      log-likelihood estimate of about 1-1.5 at the posterior mean (Doucet et al. 2015):
+      `pf.check_noise(model, data, params)` measures it and suggests a count.
     - `num_steps`: SDE steps between consecutive observation times. `None` (default):
       chosen per interval by the step rule below; an integer: that many steps in every
       interval. Unused for a linear SDE.
@@ -239,6 +240,13 @@ class ParticleFilter(AbstractLikelihood):
     whose SDE is not declared linear, at the posterior median, and keeps the outcome in
     `idata.posterior.attrs["particle_steps_check"]`; run it yourself at a typical
     parameter value (the prior mean, a MAP estimate) before a long run.
+
+    **Common random numbers.** With a linear SDE or a fixed `num_steps`, every draw of a
+    run (initial particles from a Normal or MultivariateNormal law, Brownian increments,
+    resampling uniforms) can come from standard normals that a sampler supplies
+    (`noise_spec`); the particles are then sorted before resampling.
+    `probde.RandomWalkMetropolis(correlation=...)` uses this (correlated pseudo-marginal
+    MCMC).
 
     Any noise model and any initial-state distribution work. Use it with
     `probde.RandomWalkMetropolis` (pseudo-marginal MCMC), to check the Gaussian filters on
