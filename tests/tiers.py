@@ -101,6 +101,16 @@ SLOW: dict[str, str] = {
     "tests/test_emulator.py::test_full_kennedy_ohagan_log_density_is_differentiable": "6 s",
     # NUTS runs other than the exact-Gaussian one, whose result the DataTree tests share
     "tests/test_inference.py::test_same_seed_same_draws": "44 s",
+    "tests/test_inference.py::test_laplace_and_map_starts_with_an_implicit_solver":
+        "54 s: mode searches and NUTS through an implicit solver",
+    "tests/test_sbc.py::test_lanes_run_one_after_another_or_vmapped_give_the_same_fits":
+        "20 s: the SBC fits twice",
+    "tests/test_population.py::test_per_experiment_parameters_are_labelled_by_experiment_in_the_results":
+        "19 s: a NUTS fit for the labels",
+    "tests/test_sensitivity.py::test_hessian_through_a_reverse_adjoint_falls_back_to_differences_of_the_gradient":
+        "15 s",
+    "tests/test_svi.py::test_map_starts_keep_the_best_of_several_mode_searches": "13 s",
+    "tests/test_convergence.py::test_a_converged_run_is_quiet": "9 s: a NUTS fit",
     "tests/test_inference.py::test_run_with_many_max_steps_failures_finishes_and_counts_them":
         "21 s",
     "tests/test_inference.py::test_several_experiments_with_missing_values": "30 s",
