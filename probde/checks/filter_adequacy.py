@@ -52,7 +52,8 @@ from scipy.special import logsumexp
 
 from .._checks import describe, integer_at_least
 from ..inference.likelihood import _latent_names, log_likelihood
-from ..inference.particle import ParticleFilter, _with_likelihood
+from ..inference.particle import ParticleFilter
+from ..inference.particle_checks import _with_likelihood
 from ._lfo_density import psis
 
 VERDICTS = ("adequate", "inadequate", "inconclusive")

@@ -14,7 +14,6 @@ from jax.flatten_util import ravel_pytree
 
 import numpy as np
 from numpyro import handlers
-from numpyro.distributions.transforms import biject_to
 from numpyro.infer import MCMC, init_to_uniform
 from numpyro.infer.hmc_util import build_adaptation_schedule
 from numpyro.infer.mcmc import MCMCKernel
@@ -24,6 +23,7 @@ from numpyro.util import is_prng_key
 from .._checks import correlation as check_correlation
 from ..model import auxiliary
 from .initialisation import init_strategy
+from .rwm_start import _start_draws, start_points
 from .methods import AbstractMethod, _ChainOptions
 
 # numpyro state fields collected per transition and the ArviZ sample_stats names they become.
@@ -170,45 +170,14 @@ class RandomWalkMetropolisKernel(MCMCKernel):
         return info.param_info.z
 
     def start_from(self, posterior, key, num_chains: int):
-        """Starting points and the initial proposal covariance from earlier posterior draws
-        (`posterior`: a mapping from this model's latent site names to draws
-        `(chain, draw, ...)` on the constrained scale, e.g. `result.idata.posterior` of a
-        cheap fit), after `find_initial_params` prepared the kernel: one random draw per
-        chain (leading chain dimension when `num_chains > 1`), and the regularised
-        covariance of all draws in the unconstrained space becomes the proposal's, in
-        place of the identity."""
-        names = sorted(self._supports)
-        missing = [n for n in names if n not in posterior]
-        if missing:
-            raise ValueError(
-                f"start must hold posterior draws of every parameter of this model; missing "
-                f"{missing} (it has {sorted(posterior)})")
-        flat, shapes = [], {}
-        for name in names:
-            x = jnp.asarray(posterior[name])
-            x = jnp.reshape(x, (-1,) + tuple(x.shape[2:]))  # (chain * draw, ...)
-            u = biject_to(self._supports[name]).inv(x)
-            shapes[name] = tuple(u.shape[1:])
-            flat.append(jnp.reshape(u, (u.shape[0], -1)))
-        flat = np.asarray(jnp.concatenate(flat, axis=1), dtype=float)
-        flat = flat[np.all(np.isfinite(flat), axis=1)]
-        if flat.shape[0] < 2:
-            raise ValueError("start has fewer than 2 finite posterior draws")
-        d = flat.shape[1]
-        n = float(flat.shape[0])
-        cov = np.atleast_2d(np.cov(flat.T))
-        cov = (n / (n + _SHRINK_N)) * cov + (_SHRINK_TARGET * _SHRINK_N / (n + _SHRINK_N)) * np.eye(d)
-        self._initial_chol = np.linalg.cholesky(cov)
-        rows = flat[np.asarray(random.choice(key, flat.shape[0], (num_chains,)))]
-        dtype = jnp.result_type(float)
-        starts, at = {}, 0
-        for name in names:
-            size = int(np.prod(shapes[name], dtype=int))
-            starts[name] = jnp.asarray(
-                rows[:, at:at + size].reshape((num_chains,) + shapes[name]), dtype)
-            at += size
-        if num_chains == 1:
-            starts = {k: v[0] for k, v in starts.items()}
+        """Starting points from earlier posterior draws (`posterior`: a mapping from this
+        model's latent site names to draws `(chain, draw, ...)` on the constrained scale,
+        e.g. `result.idata.posterior` of a cheap fit), after `find_initial_params` prepared
+        the kernel: one random draw per chain (leading chain dimension when
+        `num_chains > 1`); the regularised covariance of all draws in the unconstrained
+        space becomes the initial proposal covariance, in place of the identity."""
+        starts, cov, n = start_points(self._supports, posterior, key, num_chains)
+        self._initial_chol = np.linalg.cholesky(np.asarray(_regularised(cov, n)))
         return starts
 
     def _requested_normals(self, rng_key, model_args, model_kwargs):
@@ -433,6 +402,13 @@ def _adapt(state: RWMState, x_new, accept_prob, adapt: _Adaptation):
     return jax.tree.map(lambda a, b: jnp.where(warm, a, b), adapted, frozen)
 
 
+def _regularised(cov, n):
+    """Stan's regularisation of a covariance estimated from `n` draws:
+    `n/(n+5) cov + 1e-3 * 5/(n+5) I`."""
+    eye = jnp.eye(cov.shape[0], dtype=jnp.result_type(cov))
+    return (n / (n + _SHRINK_N)) * cov + (_SHRINK_TARGET * _SHRINK_N / (n + _SHRINK_N)) * eye
+
+
 def _end_window(carry, adapt: _Adaptation):
     """At the end of a slow window: the proposal covariance from the window's draws
     (regularised; kept as it was if its Cholesky factor is not finite), the Welford
@@ -440,33 +416,12 @@ def _end_window(carry, adapt: _Adaptation):
     chol, mean, m2, n, _, _, _ = carry
     dtype = adapt.dtype
     nf = n.astype(dtype)
-    cov = m2 / jnp.maximum(nf - 1.0, 1.0)
-    cov = (nf / (nf + _SHRINK_N)) * cov + (
-        _SHRINK_TARGET * _SHRINK_N / (nf + _SHRINK_N)
-    ) * jnp.eye(adapt.dim, dtype=dtype)
+    cov = _regularised(m2 / jnp.maximum(nf - 1.0, 1.0), nf)
     new_chol = jnp.linalg.cholesky(cov)
     new_chol = jnp.where(jnp.all(jnp.isfinite(new_chol)), new_chol, chol)
     ls0 = jnp.asarray(adapt.init_log_scale, dtype)
     return (new_chol, jnp.zeros_like(mean), jnp.zeros_like(m2), jnp.zeros_like(n),
             ls0, ls0, jnp.zeros((), jnp.int32))
-
-
-def _start_draws(start):
-    """The posterior draws of `RandomWalkMetropolis(start=...)`: a mapping from names to
-    arrays `(chain, draw, ...)`, from a result, a DataTree or a mapping."""
-    idata = getattr(start, "idata", start)
-    try:
-        posterior = idata["posterior"]
-    except (KeyError, TypeError, IndexError):
-        posterior = None
-    if posterior is not None and hasattr(posterior, "data_vars"):
-        return {name: np.asarray(posterior[name].values) for name in posterior.data_vars}
-    if isinstance(start, dict) and all(hasattr(v, "shape") or isinstance(v, (list, float))
-                                       for v in start.values()):
-        return {k: np.asarray(v) for k, v in start.items()}
-    raise TypeError(
-        "start must be a probde.InferenceResult, an ArviZ DataTree with a posterior group, or "
-        f"a dict of posterior draws (chain, draw, ...); got {type(start).__name__}")
 
 
 @dataclasses.dataclass(frozen=True)
