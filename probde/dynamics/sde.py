@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from ._checks import check_vector_field
+from ._diffeqsolve import diffeqsolve
 from .ode import ODE
 from .solve import Trajectory
 
@@ -184,7 +185,7 @@ def _sde_step_counted(sde: SDE, theta, x, t_start, t_end, key, num_steps: int, s
         diffrax.ODETerm(lambda t, y, args: sde.drift(t, y, args)),
         diffrax.ControlTerm(lambda t, y, args: sde.noise_matrix(t, y, args), brownian),
     )
-    sol = diffrax.diffeqsolve(
+    sol = diffeqsolve(
         terms,
         solver,
         t_start,

@@ -16,6 +16,7 @@ from . import _unrolled
 from . import doses as _doses
 from . import events as _events
 from ._checks import check_vector_field
+from ._diffeqsolve import diffeqsolve
 from .ode import ODE
 from .solver import ForwardSensitivity, Solver
 
@@ -85,7 +86,7 @@ def _check_inputs(dynamics, y0, times, t0, solver):
 def _run_diffeqsolve(vector_field, stepper, controller, adjoint, solver, t0, times, y0, args):
     """One diffrax solve saved at `times`, failures as values: `(ys, (ok, num_steps,
     num_accepted_steps, num_rejected_steps))`."""
-    sol = diffrax.diffeqsolve(
+    sol = diffeqsolve(
         diffrax.ODETerm(vector_field),
         stepper,
         t0,

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
+from ..dynamics._diffeqsolve import diffeqsolve
 from ..dynamics.sde import SDE
 from ..dynamics.solver import ForwardSensitivity
 from . import small_linalg
@@ -100,7 +101,7 @@ def _ukf_rhs(sde: SDE, theta, rule: _SigmaRule, with_phi: bool):
 
 
 def _solve_moments(rhs, state, t_start, t_end, solver, adjoint):
-    sol = diffrax.diffeqsolve(
+    sol = diffeqsolve(
         diffrax.ODETerm(rhs),
         solver.solver,
         t_start,

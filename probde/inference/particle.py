@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
+from ..dynamics._diffeqsolve import diffeqsolve
 from ..dynamics.sde import AbstractLikelihood, FilterOutput, path_from_increments
 from ..model.initial import _unwrap
 from .moments import linear_transition
@@ -123,7 +124,7 @@ def _path_move(sde, theta, x, ta, tb, key, n, max_steps: int, solver):
         diffrax.ODETerm(lambda t, y, args: sde.drift(t, y, args)),
         diffrax.ControlTerm(lambda t, y, args: sde.noise_matrix(t, y, args), brownian),
     )
-    sol = diffrax.diffeqsolve(
+    sol = diffeqsolve(
         terms, solver, ta, tb, (tb - ta) / n, x, args=theta,
         stepsize_controller=diffrax.ConstantStepSize(),
         saveat=diffrax.SaveAt(t1=True),

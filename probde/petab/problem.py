@@ -29,6 +29,7 @@ import pandas as pd
 import sympy as sp
 
 from ..dynamics import ODE, Solver
+from ..dynamics._diffeqsolve import diffeqsolve
 from ..model import Model
 from ..observations import TimeSeries
 from . import events, priors, sbml
@@ -335,7 +336,7 @@ class Problem:
     def _steady_state(self, x0, c):
         s = self.solver
         term = diffrax.ODETerm(lambda t, y, args: jnp.stack(self._rhs(t, sbml.unstack(y), args)))
-        sol = diffrax.diffeqsolve(
+        sol = diffeqsolve(
             term, s.solver, 0.0, jnp.inf, s.dt0, x0, args=c,
             saveat=diffrax.SaveAt(t1=True), stepsize_controller=s.controller(),
             event=diffrax.Event(diffrax.steady_state_event(rtol=s.rtol, atol=s.atol)),
