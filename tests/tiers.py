@@ -49,7 +49,15 @@ SLOW: dict[str, str] = {
         "two fresh processes (12 s)",
     "tests/test_compile_cache.py::test_a_cache_folder_the_user_set_stands": "a fresh process (7 s)",
     "tests/test_compile_cache.py::test_a_second_process_loads_the_sampler_from_the_cache":
-        "two fresh processes that run NUTS",
+        "four fresh processes that run NUTS (60 s)",
+    "tests/test_compile_cache.py::test_probde_keeps_every_program_unless_the_user_chose":
+        "two fresh processes (12 s)",
+    "tests/test_no_callbacks.py::test_every_chain_method_counts_the_same":
+        "six NUTS runs (23 s)",
+    "tests/test_no_callbacks.py::test_svi_counts_the_rejections_of_every_particle":
+        "two SVI fits (21 s)",
+    "tests/test_no_callbacks.py::test_counting_nuts_draws_numpyros_chains":
+        "two NUTS runs (7 s)",
     "tests/test_compile_cache.py::test_infer_without_failure_count_gives_the_same_draws":
         "two NUTS runs",
     # simulation-based calibration: the exact case and the likelihood bug stay

@@ -19,8 +19,10 @@ from numpyro.infer.util import log_density
 from numpyro.optim import optax_to_numpyro
 
 from .._optim import default_optimizer, svi_step
+from ..model.report import count_rejections, vmap_counted
 from . import stationarity
 from .guide_draws import draws, flat_labels, unconstrained_shapes
+from .failures import REJECTED_TOTAL
 from .guides import guide_moments, location_units
 from .loss_trace import TRACE_GROUP, ParameterWindows, check_fit, trace_group, window_size
 
@@ -52,7 +54,7 @@ class StickingTheLandingELBO(ELBO):
                                    kwargs, param_map)
             return log_q - log_p
 
-        losses = jax.vmap(one)(random.split(rng_key, self.num_particles))
+        losses = vmap_counted(one, random.split(rng_key, self.num_particles))
         return {"loss": jnp.mean(losses), "mutable_state": None}
 
 
@@ -67,11 +69,12 @@ def fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar,
     enough: it looks at the gradient only, and the model's `-inf` factor for a failed
     solve, `jnp.where(rejected, -inf, 0)`, has a finite, zero gradient under an infinite
     loss; and after `max_consecutive_errors` it applies the bad update.) Returns
-    `(params, losses, skipped, start_losses, windows)`:
+    `(params, losses, skipped, start_losses, windows, rejected)`:
     the constrained guide parameters, the loss at every step (inf/NaN where skipped), a
-    boolean per step, the score of every start (empty without `starts`), and the guide's
+    boolean per step, the score of every start (empty without `starts`), the guide's
     location and scale over the last two windows (`loss_trace.ParameterWindows`, `None`
-    without `moments`).
+    without `moments`), and the number of model evaluations rejected (a failed solve, an
+    impossible prediction) over every step of every start (`failures.py`).
 
     `init_params`: a function from the guide's default initial parameters (constrained)
     to the ones to start from (`guides.GuideStart.params`); the first start only. With
@@ -103,14 +106,17 @@ def fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar,
         holder = {}
         optimizer = scaled_location_steps(optimizer, units,
                                           lambda p: holder["svi"].constrain_fn(p))
-    svi = _NumpyroSVI(model_fn, guide, optax_to_numpyro(optimizer), elbo(num_particles))
+    # the particles' evaluations are vmapped; `vmap_counted` keeps their rejections counted
+    svi = _NumpyroSVI(model_fn, guide, optax_to_numpyro(optimizer),
+                      elbo(num_particles, vectorize_particles=vmap_counted))
     if units is not None:
         holder["svi"] = svi
     body = _body(svi_step(svi, model_kwargs), svi, moments, num_steps)
     start_losses = np.zeros((0,))
     head_losses = head_skipped = np.zeros((0,))
+    head_rejected = 0
     if starts:
-        carry, head_losses, head_skipped, start_losses = _best_start(
+        carry, head_losses, head_skipped, start_losses, head_rejected = _best_start(
             svi, model_fn, optimizer, num_particles, key, model_kwargs, starts, body,
             init_params, moments,
         )
@@ -120,9 +126,11 @@ def fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar,
         done = 0
     steps = jnp.arange(done, num_steps)
     if not progress_bar:
-        carry, (losses, skipped) = jax.jit(lambda c, i: lax.scan(body, c, i))(carry, steps)
+        carry, (losses, skipped, counts) = jax.jit(lambda c, i: lax.scan(body, c, i))(carry,
+                                                                                     steps)
     else:
-        carry, losses, skipped = _scan_with_progress(body, carry, steps)
+        carry, losses, skipped, counts = _scan_with_progress(body, carry, steps)
+    rejected = head_rejected + int(np.sum(counts))
     losses = np.concatenate([head_losses, np.asarray(losses)])
     skipped = np.concatenate([head_skipped.astype(bool), np.asarray(skipped)])
     state, sums = carry
@@ -137,7 +145,7 @@ def fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar,
         windows = ParameterWindows.from_sums(np.asarray(loc), np.asarray(scale),
                                              *(np.asarray(x) for x in sums),
                                              window_size(num_steps))
-    return params, losses, skipped, start_losses, windows
+    return params, losses, skipped, start_losses, windows, rejected
 
 
 def _init(svi, key, model_kwargs, init_params):
@@ -166,11 +174,17 @@ def _initial_carry(state, moments, svi):
 def _body(step, svi, moments, num_steps):
     """The scan body over step indices: one SVI step and, with `moments`, the guide's
     location and log scale added to the sums of the window the step falls in (previous
-    or last, `window_size(num_steps)` steps each)."""
+    or last, `window_size(num_steps)` steps each). Its output per step: the loss, whether
+    the step was skipped, and the model evaluations rejected in it (`failures.py`)."""
+
+    def counted(state):
+        (state, (loss, skipped)), rejected = count_rejections(step, state, None)
+        return state, (loss, skipped, rejected)
+
     if moments is None:
         def plain(carry, i):
             state, sums = carry
-            state, out = step(state, None)
+            state, out = counted(state)
             return (state, sums), out
 
         return plain
@@ -178,7 +192,7 @@ def _body(step, svi, moments, num_steps):
 
     def tracked(carry, i):
         (state, (shift, s1, s2, count, total)) = carry
-        state, out = step(state, None)
+        state, out = counted(state)
         loc, scale = moments(svi.get_params(state))
         x = jnp.stack([loc, jnp.log(scale)]) - shift
         which = jnp.stack([(i >= num_steps - 2 * w) & (i < num_steps - w), i >= num_steps - w])
@@ -195,8 +209,9 @@ def _body(step, svi, moments, num_steps):
 def _best_start(svi, model_fn, optimizer, num_particles, key, model_kwargs, starts, body,
                 init_params, moments):
     """The first phase of `fit` with several starts: every guide optimised for
-    `start_steps` steps; `(carry, losses, skipped, start_losses)` of the best one (lowest
-    mean finite loss over its last fifth) and every start's score."""
+    `start_steps` steps; `(carry, losses, skipped, start_losses, rejected)`: those of the
+    best one (lowest mean finite loss over its last fifth), every start's score, and the
+    rejected evaluations of all starts."""
     guides, start_steps = starts
     keys = random.split(key, len(guides))
     scan = jax.jit(lambda c: lax.scan(body, c, jnp.arange(start_steps)))
@@ -209,20 +224,21 @@ def _best_start(svi, model_fn, optimizer, num_particles, key, model_kwargs, star
             state = _init(svi, k, model_kwargs, init_params)
         else:
             other = _NumpyroSVI(model_fn, g, optax_to_numpyro(optimizer),
-                                type(svi.loss)(num_particles))
+                                type(svi.loss)(num_particles, vectorize_particles=vmap_counted))
             state = other.init(k, **model_kwargs)
         runs.append(scan(_initial_carry(state, moments, svi)))
     tail = max(1, start_steps // 5)
     start_losses = np.array([_mean_finite(np.asarray(out[0])[-tail:]) for _, out in runs])
     best = int(np.argmin(np.where(np.isnan(start_losses), np.inf, start_losses)))
-    carry, (losses, skipped) = runs[best]
-    return carry, np.asarray(losses), np.asarray(skipped), start_losses
+    carry, (losses, skipped, _) = runs[best]
+    rejected = sum(int(np.sum(out[2])) for _, out in runs)
+    return carry, np.asarray(losses), np.asarray(skipped), start_losses, rejected
 
 
 def _scan_with_progress(body, carry, steps):
     """The scan of `body` over `steps` in compiled chunks of about a twentieth each, with
     a tqdm bar updated between chunks (no host callback in the compiled program);
-    `(carry, losses, skipped)`."""
+    `(carry, losses, skipped, rejected)`, the last three per step."""
     from tqdm.auto import tqdm
 
     num_steps = steps.shape[0]
@@ -238,9 +254,8 @@ def _scan_with_progress(body, carry, steps):
             done += n
             bar.update(n)
             bar.set_postfix_str(f"loss {float(out[0][-1]):.4g}", refresh=False)
-    losses = jnp.concatenate([p[0] for p in parts])
-    skipped = jnp.concatenate([p[1] for p in parts])
-    return carry, losses, skipped
+    losses, skipped, rejected = (jnp.concatenate([p[j] for p in parts]) for j in range(3))
+    return carry, losses, skipped, rejected
 
 
 def _mean_finite(x):
@@ -296,7 +311,7 @@ def fit_and_draw(method, name, guide, model_fn, key, progress_bar, model_kwargs,
             optimizer = default_optimizer(method.learning_rate, method.num_steps)
             if guide_start is not None and not starts:
                 units = location_units(guide)
-        params, losses, skipped, start_losses, windows = fit(
+        params, losses, skipped, start_losses, windows, rejected = fit(
             model_fn, guide, optimizer, num_particles, method.num_steps, key_fit,
             progress_bar, model_kwargs if fit_kwargs is None else fit_kwargs, starts,
             None if guide_start is None else guide_start.params, moments, units,
@@ -319,6 +334,7 @@ def fit_and_draw(method, name, guide, model_fn, key, progress_bar, model_kwargs,
                                       random.fold_in(key_fit, 2), model_kwargs)
     check_fit(name, losses, skipped, method.num_steps, windows, labels, gradient)
     samples, stats = draws(model_fn, guide, params, method.num_draws, key_draw, model_kwargs)
+    stats[REJECTED_TOTAL] = np.array([rejected])
     trace = trace_group(losses, skipped, start_losses, windows, labels, init, gradient)
     if guide_start is not None and guide_start.mode_energies:
         trace["mode_energy"] = ("start", np.asarray(guide_start.mode_energies, dtype=float))

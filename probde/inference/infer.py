@@ -34,7 +34,7 @@ from ..model.sites import (
 )
 from . import convergence
 from .convergence import check_convergence
-from .failures import FailureCounter
+from .failures import REJECTED_TOTAL
 from .likelihood import _latent_names
 from .methods import NUTS, AbstractMethod
 from .particle import ParticleFilter
@@ -81,19 +81,19 @@ def infer(
 
     - `num_prior_samples`: draws for the `prior` and `prior_predictive` groups (0 skips).
     - `progress_bar`: show a progress bar; default: when stderr is a terminal.
-    - `count_failures`: count the rejected proposals (below). The count reaches Python
-      through a host callback, and JAX does not keep programs with host callbacks in its
-      persistent compilation cache (`probde.compilation_cache`); with `False` (and no
-      progress bar) a second run of the same model in a new process can reuse the
-      compiled sampler. `result.solver_failures` is then `None`.
+    - `count_failures`: report the rejected proposals (below); with `False`,
+      `result.solver_failures` is `None` and there is no warning about them. The count is
+      carried in the sampler's state (no callback into Python, so the compiled sampler
+      is kept in the persistent compilation cache, `probde.compilation_cache`).
 
     **Returns:** a `probde.InferenceResult`; its `idata` is an ArviZ `DataTree` with groups
     posterior, sample_stats, log_likelihood, posterior_predictive, observed_data, prior and
     prior_predictive.
 
     Proposals whose solve fails (or that predict an impossible mean, e.g. a negative count
-    rate) are rejected, counted (`idata.sample_stats.attrs["solver_failures"]`) and
-    reported with a warning; they never stop the run.
+    rate) are rejected, counted (`idata.sample_stats.attrs["solver_failures"]` for the
+    whole run, warmup included; per draw, the variable `rejected` of `sample_stats` for
+    MCMC) and reported with a warning; they never stop the run.
 
     **Example:**
 
@@ -142,13 +142,16 @@ def _by_chain(samples, num_chains):
 
 
 def _run_method(method, model_fn, key, progress_bar, model_kwargs):
-    """`method.run`: `(samples, stats, extra_groups)`; a method may return only the first
-    two (then there are no extra DataTree groups)."""
+    """`method.run`: `(samples, stats, extra_groups, rejected)`; a method may return only
+    the first two (then there are no extra DataTree groups). `rejected`: the run's count
+    of rejected model evaluations, which the method passes in `stats` (`REJECTED_TOTAL`,
+    per chain), or `None` when it does not count them."""
     out = method.run(model_fn, key, progress_bar=progress_bar, model_kwargs=model_kwargs)
-    if len(out) == 2:
-        return out[0], out[1], {}
-    samples, stats, extra = out
-    return samples, stats, dict(extra or {})
+    samples, stats, extra = (out[0], out[1], {}) if len(out) == 2 else out
+    stats = dict(stats)
+    totals = stats.pop(REJECTED_TOTAL, None)
+    rejected = None if totals is None else int(np.sum(np.asarray(totals)))
+    return samples, stats, dict(extra or {}), rejected
 
 
 def _add_groups(idata, extra):
@@ -184,15 +187,15 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
     method.check_model(model, prepared)
     if not isinstance(count_failures, bool):
         raise TypeError(f"count_failures must be True or False; got {count_failures!r}")
-    counter = FailureCounter()
     fn = model.numpyro_model(prepared)
-    fn_count = model.numpyro_model(prepared, on_failure=counter) if count_failures else fn
-    samples, stats, extra = _run_method(method, fn_count, key_run, progress_bar,
-                                        {"observed": True})
-    failures = counter.reset() if count_failures else None
+    samples, stats, extra, rejected = _run_method(method, fn, key_run, progress_bar,
+                                                  {"observed": True})
     samples = {k: np.asarray(v) for k, v in samples.items()}
     num_chains = next(iter(samples.values())).shape[0]
     stats = {k: np.asarray(v) for k, v in stats.items()}
+    failures = rejected if count_failures else None
+    if not count_failures:
+        stats.pop("rejected", None)
     stats["solver_steps"] = samples[SOLVER_STEPS]
     latent = {k: v for k, v in samples.items() if not sites.is_bookkeeping(k)}
     # A latent path (probde.LatentPath) is sampled with the parameters but kept out of
@@ -405,11 +408,12 @@ def report_convergence(idata, method, stacklevel):
 
 def _infer_function(model_fn, data, method, key_run, key_post, key_prior, num_prior, progress_bar):
     method.check_model(None, None)
-    samples, stats, extra = _run_method(method, model_fn, key_run, progress_bar,
-                                        {"data": data} if data is not None else {})
+    samples, stats, extra, _ = _run_method(method, model_fn, key_run, progress_bar,
+                                           {"data": data} if data is not None else {})
     samples = {k: np.asarray(v) for k, v in samples.items()}
     num_chains = next(iter(samples.values())).shape[0]
-    stats = {k: np.asarray(v) for k, v in stats.items()}
+    # a numpyro model function rejects nothing through probde: no count
+    stats = {k: np.asarray(v) for k, v in stats.items() if k != "rejected"}
     flat = _flatten(samples)
     args = () if data is None else (data,)
     # Seeded, so that a model drawing randomness with numpyro.prng_key() (e.g. a particle

@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 
 from numpyro.infer import MCMC, init_to_median
-from numpyro.infer import NUTS as _NumpyroNUTS
 
 from ._options import check_init_radius, is_real, positive_int
 from .convergence import ALL_CHECKS
+from .failures import REJECTED_TOTAL, CountingNUTS, run_total
 from .initialisation import init_strategy
 from .mode import laplace_starts
 
@@ -63,6 +63,7 @@ _EXTRA_FIELDS = {
     "accept_prob": "acceptance_rate",
     "energy": "energy",
     "adapt_state.step_size": "step_size",
+    "rejected": "rejected",
 }
 
 
@@ -85,7 +86,11 @@ class AbstractMethod(abc.ABC):
     @abc.abstractmethod
     def run(self, model_fn, key, *, progress_bar: bool, model_kwargs: dict):
         """Run inference; return `(samples, sample_stats)`, both dicts of arrays with
-        leading dims `(chain, draw)`."""
+        leading dims `(chain, draw)`, or `(samples, sample_stats, groups)` with more
+        DataTree groups. A method that counts the model evaluations it rejected
+        (`failures.py`) puts the run's totals in `sample_stats["rejected_total"]`, one per
+        chain (`probde.infer` reads and removes it); without it `solver_failures` is
+        `None`."""
 
 
 def numpyro_chain_method(name: str, num_chains: int):
@@ -206,9 +211,10 @@ class NUTS(_ChainOptions, AbstractMethod):
         if not isinstance(self.dense_mass, bool):
             raise TypeError(f"dense_mass must be True or False; got {self.dense_mass!r}")
 
-    def kernel(self, model_fn) -> _NumpyroNUTS:
-        """The numpyro NUTS kernel these options describe, for `model_fn`."""
-        return _NumpyroNUTS(
+    def kernel(self, model_fn) -> CountingNUTS:
+        """The numpyro NUTS kernel these options describe, for `model_fn` (numpyro's NUTS,
+        counting rejected evaluations: `failures.CountingNUTS`)."""
+        return CountingNUTS(
             model_fn,
             target_accept_prob=self.target_accept,
             dense_mass=self.dense_mass,
@@ -281,6 +287,7 @@ class NUTS(_ChainOptions, AbstractMethod):
         # numpyro reports leapfrog steps; a tree of depth d has at most 2**d - 1 of them.
         stats["tree_depth"] = jnp.ceil(jnp.log2(stats["n_steps"] + 1)).astype(jnp.int32)
         stats["reached_max_treedepth"] = stats["n_steps"] >= 2**self.max_tree_depth - 1
+        stats[REJECTED_TOTAL] = run_total(mcmc.last_state)
         return samples, stats
 
 

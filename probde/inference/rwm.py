@@ -22,6 +22,8 @@ from numpyro.util import is_prng_key
 
 from .._checks import correlation as check_correlation
 from ..model import auxiliary
+from ..model.report import count_rejections
+from .failures import REJECTED_TOTAL, run_total
 from .initialisation import init_strategy
 from .rwm_start import _start_draws, start_points
 from .methods import AbstractMethod, _ChainOptions
@@ -31,6 +33,7 @@ _EXTRA_FIELDS = {
     "potential_energy": "lp",
     "accept_prob": "acceptance_rate",
     "step_size": "step_size",
+    "rejected": "rejected",
 }
 # Robbins-Monro gain (t + 1)^-RM_DECAY for log(scale); 1/2 < RM_DECAY <= 1.
 _RM_DECAY = 0.6
@@ -57,6 +60,9 @@ class RWMState(NamedTuple):
     - `wf_mean`, `wf_m2`, `wf_n`: Welford accumulators of the current adaptation window.
     - `aux`: the common random numbers of the kept estimate (correlated pseudo-marginal
       MCMC: a pytree of standard normals the model's particle filter runs on), or `()`.
+    - `rejected`, `rejected_total`: the model evaluations rejected (a failed solve or
+      filter, an impossible prediction) in this transition, and in the chain so far
+      (`failures.py`).
     - `rng_key`: the chain's key.
     """
 
@@ -74,6 +80,8 @@ class RWMState(NamedTuple):
     wf_m2: Any
     wf_n: Any
     aux: Any
+    rejected: Any
+    rejected_total: Any
     rng_key: Any
 
 
@@ -232,7 +240,8 @@ class RandomWalkMetropolisKernel(MCMCKernel):
 
         def transition(state, model_args, model_kwargs):
             potential = lambda x, k, u: self._potential(x, k, u, model_args, model_kwargs)  # noqa: E731
-            return _transition(state, potential, self._unravel, adapt, rho)
+            new, n = count_rejections(_transition, state, potential, self._unravel, adapt, rho)
+            return new._replace(rejected=n, rejected_total=state.rejected_total + n)
 
         if vectorized:
             state = jax.jit(jax.vmap(init_one))(z0, key_state)
@@ -308,6 +317,8 @@ def _initial_state(z, key, potential, adapt: _Adaptation, spec=None, chol=None) 
         wf_m2=jnp.zeros((dim, dim), dtype),
         wf_n=jnp.zeros((), jnp.int32),
         aux=aux,
+        rejected=jnp.zeros((), jnp.int32),
+        rejected_total=jnp.zeros((), jnp.int32),
         rng_key=key,
     )
 
@@ -363,6 +374,8 @@ def _transition(state: RWMState, potential, unravel, adapt: _Adaptation,
         wf_m2=wf_m2,
         wf_n=wf_n,
         aux=aux_new,
+        rejected=state.rejected,
+        rejected_total=state.rejected_total,
         rng_key=key,
     )
 
@@ -593,4 +606,5 @@ class RandomWalkMetropolis(_ChainOptions, AbstractMethod):
         shape = stats["lp"].shape
         stats["diverging"] = jnp.zeros(shape, dtype=bool)
         stats["n_steps"] = jnp.ones(shape, dtype=jnp.int32)
+        stats[REJECTED_TOTAL] = run_total(mcmc.last_state)
         return samples, stats

@@ -10,7 +10,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from . import initial, population, sites
-from .report import report
+from .report import note_rejection, report
 
 
 def sample_parameters(model, num_experiments: int = 1, inputs=None,
@@ -98,9 +98,11 @@ def checked_mean(model, ys, ok, theta, mask=None):
 
 
 def reject_invalid(valid, on_failure) -> None:
-    """Log density -inf where any experiment is invalid; reported to `on_failure`."""
+    """Log density -inf where any experiment is invalid; counted (`report.py`), and
+    reported to `on_failure` if given."""
     rejected = ~jnp.all(valid)
     penalty = jnp.where(rejected, -jnp.inf, 0.0)
+    note_rejection(rejected)
     if on_failure is not None:
         penalty = penalty + report(on_failure, rejected)
     numpyro.factor(sites.REJECTED, penalty)
