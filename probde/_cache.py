@@ -10,9 +10,20 @@ when it is imported, in `~/.cache/probde/jax` (or `$XDG_CACHE_HOME/probde/jax`),
 - JAX's cache folder was already set (`jax_compilation_cache_dir`): then the user's
   choice stands.
 
-`probde.compilation_cache(path)` changes or turns it off at run time. JAX does not store
-programs that call back into Python (progress bars, probde's count of rejected proposals):
-those are compiled anew in every process.
+`probde.compilation_cache(path)` changes or turns it off at run time.
+
+When probde turns the cache on, it also has JAX keep every program, not only those that
+took a second or more to compile (`jax_persistent_cache_min_compile_time_secs` 0 instead
+of 1, unless the user set it): a run compiles a few big programs (the sampler) and
+hundreds of small ones (initialisation, predictive draws, eager steps), which on the
+lynx-hare case took 7 of the 18 s of compiling together. Reading one back takes a few
+milliseconds; the entries are small (the whole lynx-hare run: about 2 MB).
+
+JAX does not store programs that call back into Python. probde's compiled programs have
+none: its count of rejected proposals is carried in the sampler's state, its solves turn
+equinox's runtime checks into NaNs (`dynamics/_diffeqsolve.py`), and its progress bars
+update between compiled chunks. (numpyro's own progress bar for several chains run in
+parallel or vectorized does call back.)
 """
 
 from __future__ import annotations
@@ -23,6 +34,8 @@ import pathlib
 import jax
 
 _OFF = ("0", "false", "off", "no")
+_MIN_TIME_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
+_JAX_MIN_TIME = 1.0  # JAX's default; another value was the user's choice
 
 
 def default_folder() -> pathlib.Path:
@@ -38,6 +51,9 @@ def compilation_cache(path: str | os.PathLike | None | bool = None) -> pathlib.P
 
     - `path`: a folder; `None` or `True`: probde's default folder (`default_folder()`);
       `False`: off (programs are compiled anew in every process).
+
+    Turned on, every compiled program is kept, however quickly it compiled (module
+    docstring), unless `jax_persistent_cache_min_compile_time_secs` was set otherwise.
 
     **Returns:** the folder in use, or `None` when off.
 
@@ -63,6 +79,9 @@ def compilation_cache(path: str | os.PathLike | None | bool = None) -> pathlib.P
         raise TypeError(f"path must be a folder, None, True or False; got {path!r}")
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_enable_compilation_cache", True)
+    if (_MIN_TIME_ENV not in os.environ
+            and jax.config.jax_persistent_cache_min_compile_time_secs == _JAX_MIN_TIME):
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     try:  # JAX reads the folder when it first compiles; later changes need a reset.
         from jax.experimental.compilation_cache import compilation_cache as _cc
 

@@ -1,7 +1,7 @@
 """The persistent compilation cache probde configures, by what it does: compiled programs
 are written to the folder probde (or the user) chose, nowhere when it is off, and a second
-process loads the sampler from it instead of compiling it (docs/guide/speed.md); and runs
-without the failure count.
+process loads the sampler from it instead of compiling it, with default settings
+(docs/guide/speed.md); and runs without reporting the failure count.
 
 JAX writes a program to the cache only if it took at least
 `jax_persistent_cache_min_compile_time_secs` (1 s) to compile; the tests set that to 0, so
@@ -157,60 +157,88 @@ SAMPLER_RUN = textwrap.dedent(
     logger.setLevel(logging.DEBUG)
     logger.addHandler(Record())
 
-    import jax.numpy as jnp, numpyro.distributions as dist, probde
+    import jax.numpy as jnp, numpy as np, numpyro.distributions as dist, probde
 
-    decay = probde.ODE(lambda t, y, th: -th["k"] * y, state_names=("x",))
-    model = probde.Model(decay, {"k": dist.LogNormal(0.0, 0.5)}, jnp.array([1.0]),
-                         probde.noise.Normal(sigma=0.05))
-    data = probde.TimeSeries([0.0, 1.0, 2.0], [1.0, 0.6, 0.37], observables=("x",))
-    method = probde.NUTS(num_chains=1, num_warmup=100, num_samples=100)
-    out = {}
-    for counted in [c == "counted" for c in sys.argv[1:]]:
-        for key in log:
-            log[key].clear()
-        result = probde.infer(model, data, method, seed=3, num_prior_samples=0,
-                              progress_bar=False, count_failures=counted)
-        out["counted" if counted else "uncounted"] = dict(
-            {key: list(names) for key, names in log.items()},
-            k=result.idata.posterior["k"].values.ravel().tolist())
+    # exponential decay at the edge of its solver's max_steps (tests/conftest.py's
+    # decay_at_failure_edge): many failed solves, so the count is not zero
+    ode = probde.ODE(lambda t, y, th: -th["k"] * y, state_names=("x",))
+    model = probde.Model(ode, {"k": dist.LogNormal(1.0, 1.0)}, initial_state=jnp.array([2.0]),
+                         observation=probde.noise.Normal(sigma=0.05),
+                         solver=probde.Solver(max_steps=24), t0=0.0)
+    t = np.linspace(0.25, 5.0, 8)
+    data = probde.TimeSeries(t, 2.0 * np.exp(-2.9 * t), observables=("x",))
+    method = probde.NUTS(num_chains=2, num_warmup=100, num_samples=100)
+    bar = sys.argv[1] == "bar"
+    kwargs = {"progress_bar": True} if bar else {}  # else the default (off: not a terminal)
+    result = probde.infer(model, data, method, seed=3, num_prior_samples=0, **kwargs)
+    out = dict(log, k=result.idata.posterior["k"].values.ravel().tolist(),
+               failures=result.solver_failures)
     print("RESULT", json.dumps(out))
     """
 )
 SAMPLER = "jit__fori_collect_loop"  # numpyro's program for warmup and sampling
+SAMPLER_STEP = "jit__body_fn"  # with a progress bar: one iteration, run from Python
 
 
-def _sampler_run(xdg, *runs):
-    env = _fresh_env({"XDG_CACHE_HOME": str(xdg), "EQX_ON_ERROR": "nan"})
-    proc = subprocess.run([sys.executable, "-c", SAMPLER_RUN, *runs], env=env,
-                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+def _sampler_run(xdg, variant):
+    """`probde.infer` in a fresh process with default settings (equinox's and JAX's
+    included: only the cache's folder and the test's minimum compile time are set; one
+    CPU device, so the chains run one after the other)."""
+    env = _fresh_env({"XDG_CACHE_HOME": str(xdg)})
+    for name in ("EQX_ON_ERROR", "XLA_FLAGS"):  # as a user's process: one CPU device
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", SAMPLER_RUN, variant],
+                          env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
 
-def _sampler_entries(folder):
-    return {name: (folder / name).stat().st_mtime_ns for name in _entries(folder)
-            if name.startswith(SAMPLER + "-")}
+def _named(folder, name):
+    return {entry: (folder / entry).stat().st_mtime_ns for entry in _entries(folder)
+            if entry.startswith(name + "-")}
 
 
-def test_a_second_process_loads_the_sampler_from_the_cache(tmp_path):
-    # As docs/guide/speed.md says: without the progress bar, the failure count and
-    # equinox's runtime checks, the sampler has no callbacks and is cached, so a second
-    # process loads it; with the failure count it cannot be stored.
+@pytest.mark.parametrize("variant, program", [("default", SAMPLER), ("bar", SAMPLER_STEP)])
+def test_a_second_process_loads_the_sampler_from_the_cache(tmp_path, variant, program):
+    # With default settings nothing in the run calls back into Python (the failure count
+    # is carried in the sampler's state; equinox's checks inside diffrax are NaNs in
+    # probde's solves; sequential chains' progress bar is a Python loop), so every program
+    # is written, and a second process loads the sampler instead of compiling it.
     folder = tmp_path / "probde" / "jax"
-    first = _sampler_run(tmp_path, "uncounted")["uncounted"]
-    assert SAMPLER in first["miss"] and SAMPLER not in first["not_written_callbacks"], first
-    written = _sampler_entries(folder)
+    first = _sampler_run(tmp_path, variant)
+    assert first["not_written_callbacks"] == [], first["not_written_callbacks"]
+    assert program in first["miss"], first["miss"]
+    written = _named(folder, program)
     assert len(written) == 1, _entries(folder)
+    assert first["failures"] > 0  # rejected proposals are counted all the same
 
-    second = _sampler_run(tmp_path, "uncounted", "counted")
-    again, counted = second["uncounted"], second["counted"]
-    assert SAMPLER in again["hit"] and SAMPLER not in again["miss"], again
-    assert _sampler_entries(folder) == written  # read, neither rewritten nor added to
-    assert again["k"] == first["k"]  # the loaded program draws the same chain
-    # The failure count calls back into Python: compiled anew, and not written.
-    assert SAMPLER in counted["miss"] and SAMPLER in counted["not_written_callbacks"], counted
-    assert counted["k"] == first["k"]
+    second = _sampler_run(tmp_path, variant)
+    assert program in second["hit"] and program not in second["miss"], second
+    assert _named(folder, program) == written  # read, neither rewritten nor added to
+    assert second["k"] == first["k"]  # the loaded program draws the same chains
+    assert second["failures"] == first["failures"]
+
+
+def test_probde_keeps_every_program_unless_the_user_chose(tmp_path):
+    # JAX keeps only programs that took a second or more to compile; probde's cache keeps
+    # all of them (most of a run's programs are small), unless the user set the minimum.
+    env = {k: v for k, v in _fresh_env({"XDG_CACHE_HOME": str(tmp_path / "a")}).items()
+           if k != "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"}
+    code = ("import jax, probde; jax.jit(lambda x: 3.0 * x + 1.0)(2.0).block_until_ready(); "
+            "print('MIN', jax.config.jax_persistent_cache_min_compile_time_secs)")
+
+    def run(env):
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True, cwd=ROOT).stdout
+        return float(next(x for x in out.splitlines() if x.startswith("MIN ")).split()[1])
+
+    assert run(env) == 0.0
+    assert _has_the_jitted_lambda(tmp_path / "a" / "probde" / "jax")  # a tiny program
+    chosen = dict(env, XDG_CACHE_HOME=str(tmp_path / "b"),
+                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="30")
+    assert run(chosen) == 30.0
+    assert not _has_the_jitted_lambda(tmp_path / "b" / "probde" / "jax")
 
 
 # ------------------------------------------------------------- without the failure count
