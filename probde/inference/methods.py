@@ -171,7 +171,13 @@ class NUTS(_ChainOptions, AbstractMethod):
       dispersed, so R-hat has less to go on (a mode the optimiser did not find stays
       unexplored). On a posterior with a minor mode that uniform starts may fall into
       (the flip-flop of absorption and elimination rates in the theophylline tutorial),
-      it starts every chain in the major one.
+      it starts every chain in the major one. On lynx-hare, over ten seeds, uniform starts
+      left a chain in a minor mode (39 nats below the main one) through sampling once
+      (R-hat 1.6); with `"map"` all ten runs converged, for about 5 s more a run
+      (`benchmarks/RESULTS.md`). It is not the default because a mode can mislead: a
+      hierarchical model's density has no maximum (it grows without bound as a group
+      scale shrinks), and on a latent path the Laplace approximation's Hessian spans
+      thousands of increments.
       `"median"`: at the prior median of every latent variable (numpyro's
       `init_to_median`, the median of 15 prior draws per chain): for priors far from the
       unconstrained space's origin (a noise sd of 0.01 is e^-4.6 there; uniform draws
