@@ -52,6 +52,10 @@ SLOW: dict[str, str] = {
         "four fresh processes that run NUTS (60 s)",
     "tests/test_compile_cache.py::test_probde_keeps_every_program_unless_the_user_chose":
         "two fresh processes (12 s)",
+    "tests/test_population_plots.py":
+        "plots of a population fit: a NUTS fit and predictions on a grid (14 s of fixtures)",
+    "tests/test_petab.py::test_steady_state_measurement":
+        "pre-equilibration to a steady state, compiled for one problem (10 s)",
     "tests/test_no_callbacks.py::test_every_chain_method_counts_the_same":
         "six NUTS runs (23 s)",
     "tests/test_no_callbacks.py::test_svi_counts_the_rejections_of_every_particle":
