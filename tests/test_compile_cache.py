@@ -185,7 +185,10 @@ def _sampler_run(xdg, variant):
     included: only the cache's folder and the test's minimum compile time are set; one
     CPU device, so the chains run one after the other)."""
     env = _fresh_env({"XDG_CACHE_HOME": str(xdg)})
-    for name in ("EQX_ON_ERROR", "XLA_FLAGS"):  # as a user's process: one CPU device
+    # As a user's process: one CPU device, and not under CI (numpyro turns its progress
+    # bar off when `CI` or `PYTEST_XDIST_WORKER` is set, which would leave the "bar" run
+    # without its one-iteration program).
+    for name in ("EQX_ON_ERROR", "XLA_FLAGS", "CI", "PYTEST_XDIST_WORKER"):
         env.pop(name, None)
     proc = subprocess.run([sys.executable, "-W", "ignore", "-c", SAMPLER_RUN, variant],
                           env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
