@@ -35,6 +35,7 @@ from ..model.sites import (
 from . import convergence
 from .convergence import check_convergence
 from .failures import REJECTED_TOTAL
+from .restart import NOTES
 from .likelihood import _latent_names
 from .methods import NUTS, AbstractMethod
 from .particle import ParticleFilter
@@ -142,16 +143,18 @@ def _by_chain(samples, num_chains):
 
 
 def _run_method(method, model_fn, key, progress_bar, model_kwargs):
-    """`method.run`: `(samples, stats, extra_groups, rejected)`; a method may return only
-    the first two (then there are no extra DataTree groups). `rejected`: the run's count
-    of rejected model evaluations, which the method passes in `stats` (`REJECTED_TOTAL`,
-    per chain), or `None` when it does not count them."""
+    """`method.run`: `(samples, stats, extra_groups, rejected, notes)`; a method may
+    return only the first two (then there are no extra DataTree groups). `rejected`: the
+    run's count of rejected model evaluations, which the method passes in `stats`
+    (`REJECTED_TOTAL`, per chain), or `None` when it does not count them. `notes`: text
+    attributes for `sample_stats`, passed in `stats` under `restart.NOTES`."""
     out = method.run(model_fn, key, progress_bar=progress_bar, model_kwargs=model_kwargs)
     samples, stats, extra = (out[0], out[1], {}) if len(out) == 2 else out
     stats = dict(stats)
     totals = stats.pop(REJECTED_TOTAL, None)
     rejected = None if totals is None else int(np.sum(np.asarray(totals)))
-    return samples, stats, dict(extra or {}), rejected
+    notes = dict(stats.pop(NOTES, None) or {})
+    return samples, stats, dict(extra or {}), rejected, notes
 
 
 def _add_groups(idata, extra):
@@ -188,8 +191,8 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
     if not isinstance(count_failures, bool):
         raise TypeError(f"count_failures must be True or False; got {count_failures!r}")
     fn = model.numpyro_model(prepared)
-    samples, stats, extra, rejected = _run_method(method, fn, key_run, progress_bar,
-                                                  {"observed": True})
+    samples, stats, extra, rejected, notes = _run_method(method, fn, key_run, progress_bar,
+                                                         {"observed": True})
     samples = {k: np.asarray(v) for k, v in samples.items()}
     num_chains = next(iter(samples.values())).shape[0]
     stats = {k: np.asarray(v) for k, v in stats.items()}
@@ -227,6 +230,7 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
         solver_failures=failures,
         states=states,
     )
+    idata["sample_stats"].attrs.update(notes)
     _add_groups(idata, extra)
     if path:
         idata["latent_path"] = _path_group(model, prepared, path)
@@ -408,8 +412,8 @@ def report_convergence(idata, method, stacklevel):
 
 def _infer_function(model_fn, data, method, key_run, key_post, key_prior, num_prior, progress_bar):
     method.check_model(None, None)
-    samples, stats, extra, _ = _run_method(method, model_fn, key_run, progress_bar,
-                                           {"data": data} if data is not None else {})
+    samples, stats, extra, _, notes = _run_method(method, model_fn, key_run, progress_bar,
+                                               {"data": data} if data is not None else {})
     samples = {k: np.asarray(v) for k, v in samples.items()}
     num_chains = next(iter(samples.values())).shape[0]
     # a numpyro model function rejects nothing through probde: no count
@@ -439,6 +443,7 @@ def _infer_function(model_fn, data, method, key_run, key_post, key_prior, num_pr
         prior_predictive=prior_pred or None,
         solver_failures=None,
     )
+    idata["sample_stats"].attrs.update(notes)
     _add_groups(idata, extra)
     report_convergence(idata, method, stacklevel=3)
     return InferenceResult(idata)

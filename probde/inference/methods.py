@@ -10,11 +10,13 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from numpyro.infer import MCMC, init_to_median
 
 from ._options import check_init_radius, is_real, positive_int
-from .convergence import ALL_CHECKS
+from . import restart
+from .convergence import ALL_CHECKS, ConvergenceWarning
 from .failures import REJECTED_TOTAL, CountingNUTS, run_total
 from .initialisation import init_strategy
 from .mode import laplace_starts
@@ -90,7 +92,8 @@ class AbstractMethod(abc.ABC):
         DataTree groups. A method that counts the model evaluations it rejected
         (`failures.py`) puts the run's totals in `sample_stats["rejected_total"]`, one per
         chain (`probde.infer` reads and removes it); without it `solver_failures` is
-        `None`."""
+        `None`. Text notes for `idata.sample_stats.attrs` go in
+        `sample_stats["run_notes"]` (`restart.NOTES`), a dict, also removed."""
 
 
 def numpyro_chain_method(name: str, num_chains: int):
@@ -172,9 +175,9 @@ class NUTS(_ChainOptions, AbstractMethod):
       unexplored). On a posterior with a minor mode that uniform starts may fall into
       (the flip-flop of absorption and elimination rates in the theophylline tutorial),
       it starts every chain in the major one. On lynx-hare, over ten seeds, uniform starts
-      left a chain in a minor mode (39 nats below the main one) through sampling once
-      (R-hat 1.6); with `"map"` all ten runs converged, for about 5 s more a run
-      (`benchmarks/RESULTS.md`). It is not the default because a mode can mislead: a
+      left a chain far below the others through sampling once (R-hat 1.6, before
+      `restart_stuck` below); with `"map"` all ten runs converged, for about 5 s more a
+      run (`benchmarks/RESULTS.md`). It is not the default because a mode can mislead: a
       hierarchical model's density has no maximum (it grows without bound as a group
       scale shrinks), and on a latent path the Laplace approximation's Hessian spans
       thousands of increments.
@@ -185,6 +188,21 @@ class NUTS(_ChainOptions, AbstractMethod):
       on the drift's own path (increments 0). The chains start close together, so R-hat
       has less to go on.
     - `init_radius`: the half-width of the uniform draws.
+    - `restart_stuck`: after sampling, a chain whose mean log density is far below the
+      best chain's (by more than 10 nats and 5 within-chain sds: `probde.inference.
+      restart.far_below`) sits in a mode the other chains found far less probable, or has
+      not converged. With `True` (default) NUTS then runs warmup and sampling once more,
+      every chain starting from its own final point and each such chain from another
+      chain's, keeps only the second run, warns (`probde.ConvergenceWarning`), and records
+      what it saw in `idata.sample_stats.attrs["restarted"]`. Runs whose chains agree are
+      untouched and cost nothing more. On lynx-hare, over ten seeds, one first run left a
+      chain at a mean log density of -61,330 (the others at -137); restarted, it converged
+      (R-hat 1.003), but the call took 162 s instead of 15-18 s: the stuck chain's trees at
+      the maximum depth are paid before the restart (`benchmarks/RESULTS.md`). The check
+      cannot come sooner because numpyro runs warmup as one compiled loop. It trusts
+      density: a minor mode holding real
+      probability at a much lower density (far wider than the main one) would lose its
+      chain; set `False` to keep the first run and see every chain where it settled.
 
     **Example:**
 
@@ -206,6 +224,7 @@ class NUTS(_ChainOptions, AbstractMethod):
     thinning: int = 1
     init_radius: float = 2.0
     init: str = "uniform"
+    restart_stuck: bool = True
 
     _POSITIVE_INTS = ("num_chains", "num_samples", "max_tree_depth", "thinning")
     convergence_checks = ALL_CHECKS
@@ -216,6 +235,8 @@ class NUTS(_ChainOptions, AbstractMethod):
             raise ValueError(f"init must be 'uniform', 'median' or 'map'; got {self.init!r}")
         if not isinstance(self.dense_mass, bool):
             raise TypeError(f"dense_mass must be True or False; got {self.dense_mass!r}")
+        if not isinstance(self.restart_stuck, bool):
+            raise TypeError(f"restart_stuck must be True or False; got {self.restart_stuck!r}")
 
     def kernel(self, model_fn) -> CountingNUTS:
         """The numpyro NUTS kernel these options describe, for `model_fn` (numpyro's NUTS,
@@ -250,6 +271,36 @@ class NUTS(_ChainOptions, AbstractMethod):
             key, key_map = jax.random.split(key)
             init_params = laplace_starts(model_fn, key_map, self.num_chains, model_kwargs,
                                          self.init_radius, num_searches=self.num_chains)
+        mcmc = self._sample(mcmc, model_fn, key, init_params, chain_method, progress_bar,
+                            model_kwargs)
+        rejected, notes = run_total(mcmc.last_state), {}
+        lp = -np.asarray(mcmc.get_extra_fields(group_by_chain=True)["potential_energy"])
+        below = restart.far_below(lp) if self.restart_stuck else np.zeros(1, dtype=bool)
+        if below.any():
+            source = restart.donors(below)
+            notes["restarted"] = restart.note(lp, below, source)
+            warnings.warn(notes["restarted"], ConvergenceWarning, stacklevel=5)  # the caller of infer
+            # on the host: the last state of parallel chains is laid out over the devices,
+            # and numpyro's pmap refuses an argument gathered from it
+            starts = jax.tree.map(lambda z: np.asarray(z)[source], mcmc.last_state.z)
+            mcmc = self._sample(mcmc, model_fn, jax.random.fold_in(key, 1), starts,
+                                chain_method, progress_bar, model_kwargs)
+            rejected = rejected + run_total(mcmc.last_state)
+        samples = mcmc.get_samples(group_by_chain=True)
+        extra = mcmc.get_extra_fields(group_by_chain=True)
+        stats = {_EXTRA_FIELDS[k]: v for k, v in extra.items()}
+        stats["lp"] = -stats["lp"]
+        # numpyro reports leapfrog steps; a tree of depth d has at most 2**d - 1 of them.
+        stats["tree_depth"] = jnp.ceil(jnp.log2(stats["n_steps"] + 1)).astype(jnp.int32)
+        stats["reached_max_treedepth"] = stats["n_steps"] >= 2**self.max_tree_depth - 1
+        stats[REJECTED_TOTAL] = rejected
+        stats[restart.NOTES] = notes
+        return samples, stats
+
+    def _sample(self, mcmc, model_fn, key, init_params, chain_method, progress_bar,
+                model_kwargs) -> MCMC:
+        """`mcmc.run`, with clear errors; the `MCMC` that ran (a sequential one when
+        parallel chains could not compile, see below)."""
         try:
             mcmc.run(key, extra_fields=tuple(_EXTRA_FIELDS), init_params=init_params,
                      **model_kwargs)
@@ -281,19 +332,11 @@ class NUTS(_ChainOptions, AbstractMethod):
                 "Use probde.Solver(adjoint=probde.ForwardSensitivity()) to run them in parallel "
                 "(with an implicit solver that costs several times more per gradient), or "
                 "NUTS(chain_method='sequential') to skip this attempt",
-                stacklevel=4,
+                stacklevel=6,  # the caller of infer,
             )
             mcmc = self.mcmc(model_fn, progress_bar=progress_bar, chain_method="sequential")
             mcmc.run(key, extra_fields=tuple(_EXTRA_FIELDS), init_params=init_params,
                      **model_kwargs)
-        samples = mcmc.get_samples(group_by_chain=True)
-        extra = mcmc.get_extra_fields(group_by_chain=True)
-        stats = {_EXTRA_FIELDS[k]: v for k, v in extra.items()}
-        stats["lp"] = -stats["lp"]
-        # numpyro reports leapfrog steps; a tree of depth d has at most 2**d - 1 of them.
-        stats["tree_depth"] = jnp.ceil(jnp.log2(stats["n_steps"] + 1)).astype(jnp.int32)
-        stats["reached_max_treedepth"] = stats["n_steps"] >= 2**self.max_tree_depth - 1
-        stats[REJECTED_TOTAL] = run_total(mcmc.last_state)
-        return samples, stats
+        return mcmc
 
 

@@ -1,0 +1,64 @@
+"""Chains that sampled far below the others, and where to restart them (`NUTS(restart_stuck=
+True)`).
+
+A chain started at a random point can settle in a minor mode during warmup and stay there
+through sampling (lynx-hare: one seed in ten kept a chain at a mean log density of -61,330,
+the others at -137; `benchmarks/RESULTS.md`). numpyro's `MCMC` runs warmup in one
+compiled loop, so a chain cannot be dropped part-way through it; what can be done cheaply
+is to look at the finished run and, when a chain is far below, run the whole thing once
+more from the other chains' final points. The common case costs nothing: the decision
+reads the log densities the run already recorded, and runs whose chains agree are
+returned untouched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+GAP_NATS = 10.0  # the smallest gap in mean log density that counts as "far below"
+GAP_SDS = 5.0  # ... and at least this many within-chain sds of the log density
+NOTES = "run_notes"  # the key of a method's `stats` that carries notes for the DataTree
+
+
+def far_below(lp) -> np.ndarray:
+    """Which chains' mean log density (`lp`: chain x draw) is below the best chain's by
+    more than `max(GAP_NATS, GAP_SDS * median within-chain sd)`.
+
+    Within one mode every chain has the same expected mean log density, and the mean of
+    hundreds of draws is known to a fraction of a nat, so a gap of 10 nats or more is a
+    chain in another mode, or one not yet converged. A chain whose mean is not finite is
+    below too. One chain: nothing to compare.
+    """
+    lp = np.asarray(lp, dtype=float)
+    if lp.shape[0] < 2:
+        return np.zeros(lp.shape[0], dtype=bool)
+    means = lp.mean(axis=1)
+    finite = np.isfinite(means)
+    if not finite.any():
+        return np.zeros(lp.shape[0], dtype=bool)
+    spread = float(np.median(lp[finite].std(axis=1, ddof=1)))
+    gap = max(GAP_NATS, GAP_SDS * spread)
+    return ~finite | (means < means[finite].max() - gap)
+
+
+def donors(below) -> np.ndarray:
+    """`source[c]`: the chain whose final point chain c restarts from: itself when it was
+    not below, else the chains that were not, in turn (so that restarted chains start from
+    different points when there are several donors)."""
+    below = np.asarray(below, dtype=bool)
+    good = np.flatnonzero(~below)
+    source = np.arange(below.size)
+    source[below] = good[np.arange(int(below.sum())) % good.size]
+    return source
+
+
+def note(lp, below, source) -> str:
+    """What the first run saw and what was done, for the warning and the DataTree."""
+    means = np.asarray(lp, dtype=float).mean(axis=1)
+    stuck = ", ".join(f"chain {c} (mean log density {means[c]:.4g}; restarted from chain "
+                      f"{source[c]}'s final point)" for c in np.flatnonzero(below))
+    best = float(np.nanmax(np.where(np.isfinite(means), means, np.nan)))
+    return (f"the first run left {stuck} far below the best chain ({best:.4g}); NUTS ran "
+            "warmup and sampling once more with every chain starting from its own final "
+            "point or, for these, another chain's, and kept only the second run. "
+            "NUTS(restart_stuck=False) keeps the first run")
