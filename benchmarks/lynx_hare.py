@@ -166,7 +166,8 @@ def lotka_volterra_rhs(t, z, theta):
     return jnp.stack([(alpha - beta * v) * u, (-gamma + delta * u) * v])
 
 
-def solve_handwritten(z_init, theta, times):
+def solve_handwritten(z_init, theta, times, adjoint=None):
+    """`adjoint=None`: diffrax's default (`RecursiveCheckpointAdjoint`, reverse mode)."""
     return diffrax.diffeqsolve(
         diffrax.ODETerm(lotka_volterra_rhs),
         diffrax.Tsit5(),
@@ -179,17 +180,19 @@ def solve_handwritten(z_init, theta, times):
         stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-6),
         max_steps=4096,
         throw=False,
+        adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
     )
 
 
-def handwritten_model(times, y=None):
-    """The lynx-hare model as a numpyro user writes it by hand; the first time is t0."""
+def handwritten_model(times, y=None, adjoint=None):
+    """The lynx-hare model as a numpyro user writes it by hand; the first time is t0.
+    `adjoint` goes to `diffrax.diffeqsolve` (None: diffrax's default)."""
     alpha = numpyro.sample("alpha", dist.TruncatedNormal(1.0, 0.5, low=0.0))
     beta = numpyro.sample("beta", dist.TruncatedNormal(0.05, 0.05, low=0.0))
     gamma = numpyro.sample("gamma", dist.TruncatedNormal(1.0, 0.5, low=0.0))
     delta = numpyro.sample("delta", dist.TruncatedNormal(0.05, 0.05, low=0.0))
     z_init = numpyro.sample("z_init", dist.LogNormal(jnp.log(10.0), 1.0).expand([2]))
-    sol = solve_handwritten(z_init, (alpha, beta, gamma, delta), times)
+    sol = solve_handwritten(z_init, (alpha, beta, gamma, delta), times, adjoint)
     # A careful user also rejects non-positive populations: log(z) would be NaN there (and
     # numpyro raises on it while searching for a starting point).
     ok = (sol.result == diffrax.RESULTS.successful) & jnp.all(sol.ys > 0)

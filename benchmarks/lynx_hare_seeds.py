@@ -9,7 +9,8 @@ probde.NUTS(num_chains=4, num_warmup=1000, num_samples=1000), seed=seed)` on the
 `--init` picks `probde.NUTS(init=...)` (default "uniform", probde's default).
 Per seed: wall time of the call, max R-hat and min bulk ESS over the parameters (ArviZ),
 min bulk ESS per second of the call, divergences, and whether a chain sat apart (probde's
-stuck-chain check). Writes `benchmarks/results_lynx_hare_seeds.json`.
+stuck-chain check), and whether NUTS restarted the run (`restart_stuck`, on by default;
+`--no-restart` turns it off). Writes `benchmarks/results_lynx_hare_seeds.json`.
 """
 
 from __future__ import annotations
@@ -43,16 +44,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--init", default="uniform", choices=["uniform", "median", "map"],
                         help="probde.NUTS(init=...)")
+    parser.add_argument("--no-restart", action="store_true",
+                        help="probde.NUTS(restart_stuck=False)")
     parser.add_argument("--out", type=pathlib.Path, default=None,
-                        help="default benchmarks/results_lynx_hare_seeds[_INIT].json")
+                        help="default benchmarks/results_lynx_hare_seeds[_INIT][_norestart].json")
     args = parser.parse_args()
     if args.out is None:
-        suffix = "" if args.init == "uniform" else f"_{args.init}"
+        suffix = ("" if args.init == "uniform" else f"_{args.init}") + (
+            "_norestart" if args.no_restart else "")
         args.out = HERE / f"results_lynx_hare_seeds{suffix}.json"
     model, data = build_model(), probde.datasets.lynx_hare()
     runs = []
     for seed in args.seeds:
-        method = probde.NUTS(num_chains=4, num_warmup=1000, num_samples=1000, init=args.init)
+        method = probde.NUTS(num_chains=4, num_warmup=1000, num_samples=1000, init=args.init,
+                             restart_stuck=not args.no_restart)
         t0 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -68,11 +73,14 @@ def main() -> None:
                "divergences": int(stats["diverging"].sum()),
                "gradients": int(stats["n_steps"].sum()),
                "solver_failures": result.solver_failures,
+               "restarted": stats.attrs.get("restarted"),  # NUTS(restart_stuck=True)
                "warnings": [str(w.message).splitlines()[0][:200] for w in caught]}
         runs.append(run)
         print(f"seed {seed}: {wall:.1f} s, max R-hat {rhat:.3f}, min bulk ESS {ess:.0f}, "
               f"ESS/s {ess / wall:.1f}, divergences {run['divergences']}", flush=True)
-        args.out.write_text(json.dumps({"init": args.init, "load_average": os.getloadavg(),
+        args.out.write_text(json.dumps({"init": args.init,
+                                        "restart_stuck": not args.no_restart,
+                                        "load_average": os.getloadavg(),
                                         "runs": runs}, indent=1))
 
 

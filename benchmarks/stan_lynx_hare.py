@@ -303,6 +303,7 @@ def run_stan(seed: int = 0, num_chains: int = 4, num_warmup: int = 1000,
         "httpstan_workers": workers,
         "fit_cache_cleared": cleared,
         "chain_elapsed_s": elapsed if len(elapsed) == num_chains else None,
+        "chain_logs": logs,  # per chain: its own warmup and sampling seconds
         "gradients_warmup": grads_warmup,
         "gradients_sampling": grads_sampling,
         "us_per_gradient_run": sample_s * 1e6 / total_grads,
