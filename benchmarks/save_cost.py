@@ -6,7 +6,8 @@ probde's gradient solves the augmented system (2 states and their sensitivities 
 inputs: 18 numbers) once, saved at the 21 observation times. This script times one jitted
 solve of that system, and of the plain 2-state system, at the reference point of
 `benchmarks/lynx_hare.py` (Tsit5, rtol = atol = 1e-6, the step size controlled on the
-states), with different ways of saving:
+states; the augmented system with diffrax's `ForwardMode` adjoint, as probde solves it,
+the plain one with diffrax's default), with different ways of saving:
 
 - `SaveAt(ts=times)`: what probde does (diffrax interpolates inside the steps);
 - `SaveAt(ts=...)` at only the first and last time: the cost of the machinery, not of the
@@ -77,13 +78,16 @@ def _setup(unrolled):
 
 
 def one_solve(field, y0, times, saveat, unrolled=True):
+    """The augmented system with diffrax's `ForwardMode` adjoint, as probde solves it (its
+    loops are plain `lax.while_loop`s); the plain system with the default adjoint."""
     stepper, ctrl = _setup(unrolled)
+    adjoint = diffrax.ForwardMode() if field is augmented else diffrax.RecursiveCheckpointAdjoint()
 
     @jax.jit
     def run(th):
         sol = diffrax.diffeqsolve(diffrax.ODETerm(field), stepper, times[0], times[-1], None,
                                   y0, args=th, saveat=saveat, stepsize_controller=ctrl,
-                                  max_steps=4096, throw=False)
+                                  max_steps=4096, throw=False, adjoint=adjoint)
         return sol.ys, sol.stats["num_steps"]
 
     return run
@@ -94,6 +98,7 @@ def segments(field, y0, times):
     stepper, ctrl = _setup(True)
     term = diffrax.ODETerm(field)
     save = diffrax.SaveAt(t1=True, solver_state=True, controller_state=True)
+    adjoint = diffrax.ForwardMode() if field is augmented else diffrax.RecursiveCheckpointAdjoint()
 
     @jax.jit
     def run(th):
@@ -102,7 +107,7 @@ def segments(field, y0, times):
                                               "controller_state": state[1]}
             return diffrax.diffeqsolve(term, stepper, ta, tb, None, y, args=th, saveat=save,
                                        stepsize_controller=ctrl, max_steps=4096, throw=False,
-                                       **extra)
+                                       adjoint=adjoint, **extra)
 
         first = solve(y0, times[0], times[1])
 
