@@ -98,42 +98,23 @@ def one_solve(field, y0, times, saveat, unrolled=True):
     return run
 
 
-class SavingSolver(diffrax.AbstractAdaptiveSolver):
-    """`solver`, saving its dense output at `ts` into its own state (`mode` "save"), or
-    one of two ablations ("interpolate": one interpolation a step, no loop; "loop": the
-    loop over the save times in the step, writing the step's end)."""
+class SavingSolver(_unrolled.Unrolled):
+    """probde's unrolled `solver`, saving its dense output at `ts` into its own state
+    (`mode` "save"), or one of two ablations ("interpolate": one interpolation a step, no
+    loop; "loop": the loop over the save times in the step, writing the step's end)."""
 
-    solver: diffrax.AbstractAdaptiveSolver
-    ts: jax.Array
+    ts: jax.Array = None
     mode: str = eqx.field(static=True, default="save")
-
-    @property
-    def term_structure(self):
-        return self.solver.term_structure
-
-    @property
-    def interpolation_cls(self):
-        return self.solver.interpolation_cls
-
-    def order(self, terms):
-        return self.solver.order(terms)
-
-    def error_order(self, terms):
-        return self.solver.error_order(terms)
-
-    def func(self, terms, t0, y0, args):
-        return self.solver.func(terms, t0, y0, args)
 
     def init(self, terms, t0, t1, y0, args):
         first = self.ts[0] <= t0
         buf = jnp.zeros((self.ts.shape[0],) + y0.shape, y0.dtype)
-        return (self.solver.init(terms, t0, t1, y0, args),
+        return (super().init(terms, t0, t1, y0, args),
                 jnp.where(first, buf.at[0].set(y0), buf), jnp.where(first, 1, 0))
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         inner, buf, idx = solver_state
-        y1, err, dense, inner, result = self.solver.step(terms, t0, t1, y0, args, inner,
-                                                         made_jump)
+        y1, err, dense, inner, result = super().step(terms, t0, t1, y0, args, inner, made_jump)
         interp = self.solver.interpolation_cls(t0=t0, t1=t1, **dense)
         n = self.ts.shape[0]
 
@@ -141,7 +122,7 @@ class SavingSolver(diffrax.AbstractAdaptiveSolver):
             return (c[0] < n) & (self.ts[jnp.minimum(c[0], n - 1)] <= t1)
 
         if self.mode == "interpolate":
-            idx, buf = idx, buf.at[0].add(interp.evaluate(0.5 * (t0 + t1)))
+            buf = buf.at[0].add(interp.evaluate(0.5 * (t0 + t1)))
         else:
             value = (lambda i: interp.evaluate(self.ts[i])) if self.mode == "save" else (
                 lambda i: y1)
@@ -151,8 +132,8 @@ class SavingSolver(diffrax.AbstractAdaptiveSolver):
 
 
 def wrapped(field, y0, times, mode):
-    stepper, ctrl = _setup(True)
-    solver = SavingSolver(stepper, times, mode)
+    _, ctrl = _setup(True)
+    solver = SavingSolver(diffrax.Tsit5(), times, mode)
 
     @jax.jit
     def run(th):
