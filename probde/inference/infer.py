@@ -35,10 +35,10 @@ from ..model.sites import (
 from . import convergence
 from .convergence import check_convergence
 from .failures import REJECTED_TOTAL
-from .restart import NOTES
 from .likelihood import _latent_names
 from .methods import NUTS, AbstractMethod
 from .particle import ParticleFilter
+from .restart import NOTES
 from .result import InferenceResult, build_datatree
 
 # Warn about rejected proposals when they exceed this fraction of the sampling phase's

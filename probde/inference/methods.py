@@ -200,9 +200,9 @@ class NUTS(_ChainOptions, AbstractMethod):
       (R-hat 1.003), but the call took 162 s instead of 15-18 s: the stuck chain's trees at
       the maximum depth are paid before the restart (`benchmarks/RESULTS.md`). The check
       cannot come sooner because numpyro runs warmup as one compiled loop. It trusts
-      density: a minor mode holding real
-      probability at a much lower density (far wider than the main one) would lose its
-      chain; set `False` to keep the first run and see every chain where it settled.
+      density: a minor mode holding real probability at a much lower density (far wider
+      than the main one) would lose its chain; set `False` to keep the first run and see
+      every chain where it settled.
 
     **Example:**
 
@@ -274,20 +274,22 @@ class NUTS(_ChainOptions, AbstractMethod):
         mcmc = self._sample(mcmc, model_fn, key, init_params, chain_method, progress_bar,
                             model_kwargs)
         rejected, notes = run_total(mcmc.last_state), {}
-        lp = -np.asarray(mcmc.get_extra_fields(group_by_chain=True)["potential_energy"])
+        extra = mcmc.get_extra_fields(group_by_chain=True)
+        lp = -np.asarray(extra["potential_energy"])
         below = restart.far_below(lp) if self.restart_stuck else np.zeros(1, dtype=bool)
         if below.any():
             source = restart.donors(below)
             notes["restarted"] = restart.note(lp, below, source)
-            warnings.warn(notes["restarted"], ConvergenceWarning, stacklevel=5)  # the caller of infer
+            warnings.warn(notes["restarted"], ConvergenceWarning,
+                          stacklevel=5)  # the caller of infer
             # on the host: the last state of parallel chains is laid out over the devices,
             # and numpyro's pmap refuses an argument gathered from it
             starts = jax.tree.map(lambda z: np.asarray(z)[source], mcmc.last_state.z)
             mcmc = self._sample(mcmc, model_fn, jax.random.fold_in(key, 1), starts,
                                 chain_method, progress_bar, model_kwargs)
             rejected = rejected + run_total(mcmc.last_state)
+            extra = mcmc.get_extra_fields(group_by_chain=True)
         samples = mcmc.get_samples(group_by_chain=True)
-        extra = mcmc.get_extra_fields(group_by_chain=True)
         stats = {_EXTRA_FIELDS[k]: v for k, v in extra.items()}
         stats["lp"] = -stats["lp"]
         # numpyro reports leapfrog steps; a tree of depth d has at most 2**d - 1 of them.
@@ -332,7 +334,7 @@ class NUTS(_ChainOptions, AbstractMethod):
                 "Use probde.Solver(adjoint=probde.ForwardSensitivity()) to run them in parallel "
                 "(with an implicit solver that costs several times more per gradient), or "
                 "NUTS(chain_method='sequential') to skip this attempt",
-                stacklevel=6,  # the caller of infer,
+                stacklevel=6,  # the caller of infer
             )
             mcmc = self.mcmc(model_fn, progress_bar=progress_bar, chain_method="sequential")
             mcmc.run(key, extra_fields=tuple(_EXTRA_FIELDS), init_params=init_params,
