@@ -6,7 +6,8 @@ For each seed, in one process (the compiled programs are reused from the second 
 as in a user's session or from the persistent cache): `probde.infer(model, data,
 probde.NUTS(num_chains=4, num_warmup=1000, num_samples=1000), seed=seed)` on the model of
 `case_studies/lynx_hare/model.py`, 4 chains in parallel on 4 CPU devices (as `run.py`);
-`--init` picks `probde.NUTS(init=...)` (default "uniform", probde's default).
+`--init` picks `probde.NUTS(init=...)` (default "uniform", probde's default) and
+`--init-candidates` `probde.NUTS(init_candidates=...)` (default probde's, 8).
 Per seed: wall time of the call, max R-hat and min bulk ESS over the parameters (ArviZ),
 min bulk ESS per second of the call, divergences, and whether a chain sat apart (probde's
 stuck-chain check), and whether NUTS restarted the run (`restart_stuck`, on by default;
@@ -44,20 +45,25 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--init", default="uniform", choices=["uniform", "median", "map"],
                         help="probde.NUTS(init=...)")
+    parser.add_argument("--init-candidates", type=int, default=None,
+                        help="probde.NUTS(init_candidates=...); default probde's")
     parser.add_argument("--no-restart", action="store_true",
                         help="probde.NUTS(restart_stuck=False)")
     parser.add_argument("--out", type=pathlib.Path, default=None,
-                        help="default benchmarks/results_lynx_hare_seeds[_INIT][_norestart].json")
+                        help="default benchmarks/results_lynx_hare_seeds[_INIT][_candidatesK][_norestart].json")
     args = parser.parse_args()
     if args.out is None:
         suffix = ("" if args.init == "uniform" else f"_{args.init}") + (
+            "" if args.init_candidates is None else f"_candidates{args.init_candidates}") + (
             "_norestart" if args.no_restart else "")
         args.out = HERE / f"results_lynx_hare_seeds{suffix}.json"
     model, data = build_model(), probde.datasets.lynx_hare()
     runs = []
     for seed in args.seeds:
+        options = {} if args.init_candidates is None else {
+            "init_candidates": args.init_candidates}
         method = probde.NUTS(num_chains=4, num_warmup=1000, num_samples=1000, init=args.init,
-                             restart_stuck=not args.no_restart)
+                             restart_stuck=not args.no_restart, **options)
         t0 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -79,6 +85,7 @@ def main() -> None:
         print(f"seed {seed}: {wall:.1f} s, max R-hat {rhat:.3f}, min bulk ESS {ess:.0f}, "
               f"ESS/s {ess / wall:.1f}, divergences {run['divergences']}", flush=True)
         args.out.write_text(json.dumps({"init": args.init,
+                                        "init_candidates": method.init_candidates,
                                         "restart_stuck": not args.no_restart,
                                         "load_average": os.getloadavg(),
                                         "runs": runs}, indent=1))

@@ -1,7 +1,10 @@
-"""NUTS(restart_stuck=True): a chain that sampled far below the others is found from the
-run's log densities, and the run is repeated once with every chain starting in the best
-chains' region (probde/inference/restart.py)."""
+"""NUTS(restart_stuck=True): a chain far below the others at the end of a short screening
+warmup is moved to another chain's position; one that sampled far below them is found from
+the run's log densities, and the run is repeated once with every chain starting in the best
+chains' region (probde/inference/restart.py). And NUTS(init_candidates=k): each chain starts
+at the best of k uniform draws (probde/inference/initialisation.py)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -56,28 +59,75 @@ def _lopsided():
                                           dist.Normal(10.0, 0.5).log_prob(x) - 40.0))
 
 
-def _fit(restart_stuck):
-    method = probde.NUTS(num_chains=4, num_warmup=300, num_samples=500,
-                         restart_stuck=restart_stuck)
-    return probde.infer(_lopsided, None, method, seed=2, num_prior_samples=0)
+def _fit(restart_stuck, num_warmup=300, seed=2):
+    # one uniform draw per chain (numpyro's own start): with the best of 8, every chain
+    # starts left of 0, where the density is higher, and slides into the major mode
+    method = probde.NUTS(num_chains=4, num_warmup=num_warmup, num_samples=500,
+                         restart_stuck=restart_stuck, init_candidates=1)
+    return probde.infer(_lopsided, None, method, seed=seed, num_prior_samples=0)
 
 
 @pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")
 def test_without_restart_a_chain_stays_in_the_minor_mode():
-    # The scenario of the next test: with this seed, uniform starts leave a chain in the
+    # The scenario of the next tests: with this seed, uniform starts leave a chain in the
     # mode e^-40 times less probable, and nothing moves it.
     result = _fit(False)
     means = result.idata.posterior["x"].mean("draw").values
     assert (means > 8.0).any() and (means < -8.0).any(), means
-    assert "restarted" not in result.idata["sample_stats"].attrs
+    assert not {"restarted", "screened"} & set(result.idata["sample_stats"].attrs)
+
+
+def test_the_screening_warmup_moves_a_chain_that_ends_it_far_below():
+    result = _fit(True)  # no warning: the run that is kept never had a stuck chain
+    means = result.idata.posterior["x"].mean("draw").values
+    assert (means < -8.0).all(), means
+    attrs = result.idata["sample_stats"].attrs
+    assert "screening warmup (75 iterations)" in attrs["screened"], attrs["screened"]
+    assert "moved to chain" in attrs["screened"] and "restarted" not in attrs
+    assert result.diagnose(show=False).ok
+
+
+def test_screen_length_window_and_note():
+    assert restart.screen_length(1000, 4) == 75
+    assert restart.screen_length(200, 4) == 50  # at most a quarter of the warmup
+    assert restart.screen_length(99, 4) == 0 and restart.screen_length(1000, 1) == 0
+    lp = np.arange(2 * 75.0).reshape(2, 75)
+    assert restart.screen_window(lp).shape == (2, 25)
+    assert restart.screen_window(lp[:, :20]).shape == (2, 10)
+    text = restart.screen_note(_lp([-136.0, -755.0], draws=25), np.array([False, True]),
+                               np.array([0, 0]), 75)
+    assert "chain 1 (mean log density -75" in text and "moved to chain 0's position" in text
 
 
 def test_a_stuck_chain_is_restarted_from_another_chains_final_point():
+    # a warmup under 100 iterations is not screened, so the check after sampling acts
     with pytest.warns(probde.ConvergenceWarning, match="far below the best chain") as caught:
-        result = _fit(True)
+        result = _fit(True, num_warmup=90)
     assert caught[0].filename == __file__  # points at the caller's line
     means = result.idata.posterior["x"].mean("draw").values
     assert (means < -8.0).all(), means  # every chain now in the major mode
     attrs = result.idata["sample_stats"].attrs
     assert "restarted from chain" in attrs["restarted"]
     assert result.diagnose(show=False).ok
+
+
+def test_each_chain_starts_at_the_best_of_its_candidates():
+    from probde.inference.initialisation import best_uniform_starts
+
+    key = jax.random.PRNGKey(5)
+    starts = best_uniform_starts(_lopsided, key, 4, 8, {}, 2.0)
+    assert isinstance(starts["x"], np.ndarray) and starts["x"].shape == (4,)
+    # the same candidates, drawn by numpyro's initialisation with the same keys: on
+    # (-2, 2) the density falls from left to right, so each chain's best is its leftmost
+    from numpyro.infer.util import initialize_model
+
+    info, *_ = initialize_model(jax.random.split(key, 32), _lopsided)
+    candidates = np.asarray(info.z["x"]).reshape(4, 8)
+    np.testing.assert_array_equal(starts["x"], candidates.min(axis=1))
+    one = best_uniform_starts(_lopsided, key, 1, 3, {}, 2.0)
+    assert one["x"].shape == ()
+
+
+def test_init_candidates_must_be_a_positive_int():
+    with pytest.raises(ValueError, match="init_candidates must be a positive integer; got 0"):
+        probde.NUTS(init_candidates=0)

@@ -1,6 +1,7 @@
 """Where the samplers and optimisers start: numpyro init strategies, uniform in
 (-radius, radius) in the unconstrained space, with sites a model marks (a deep GP's weights)
-started near zero or at their prior median."""
+started near zero or at their prior median; and the best of several such draws per chain
+(`best_uniform_starts`, `NUTS(init_candidates=...)`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from numpyro import handlers
 from numpyro.infer import init_to_median, init_to_uniform
+from numpyro.infer.util import initialize_model
 
 from .._optim import SMALL_INIT, SMALL_INIT_RADIUS  # noqa: F401 (re-exported)
 
@@ -58,3 +61,37 @@ def _init_uniform_or_small(site=None, radius=2.0):
     if mark == "median":
         return init_to_median(site)
     return init_to_uniform(site, radius=SMALL_INIT_RADIUS if mark else radius)
+
+
+def best_uniform_starts(model_fn, key, num_chains: int, num_candidates: int, model_kwargs,
+                        radius: float):
+    """Starting points for `num_chains` MCMC chains, each the best (highest log density) of
+    `num_candidates` feasible draws of `init_strategy(radius, model_fn)`: unconstrained, as
+    numpyro's `MCMC.run(init_params=...)` takes them (leading chain dimension when
+    `num_chains > 1`), on the host (numpyro's `pmap` refuses arrays laid out over devices).
+
+    Why: a single uniform draw can land so deep in the prior's tail (lynx-hare: a log
+    density of -64,000 where the posterior sits at -137) that the first adaptation window
+    shrinks the step size to 1e-8 and the chain spends warmup and sampling in
+    maximum-depth trees without arriving. numpyro has no option for this; Stan neither.
+    The candidates are found together by numpyro's `initialize_model` (batched keys, each
+    redrawn until feasible, as numpyro does for one), so this costs one vectorised
+    feasibility search and no optimisation.
+    """
+    keys = jax.random.split(key, num_chains * num_candidates)
+    info, *_ = initialize_model(
+        keys, model_fn,
+        init_strategy=init_strategy(radius, model_fn, model_kwargs),
+        model_kwargs=model_kwargs,
+    )
+    energy = np.asarray(info.potential_energy, dtype=float).reshape(num_chains, num_candidates)
+    # a NaN energy cannot come back from numpyro's feasibility search; treat it as worst
+    best = np.argmin(np.where(np.isfinite(energy), energy, np.inf), axis=1)
+    rows = np.arange(num_chains)
+
+    def pick(z):
+        z = np.asarray(z)
+        z = z.reshape((num_chains, num_candidates) + z.shape[1:])[rows, best]
+        return z[0] if num_chains == 1 else z
+
+    return jax.tree.map(pick, info.z)

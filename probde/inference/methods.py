@@ -18,7 +18,7 @@ from ._options import check_init_radius, is_real, positive_int
 from . import restart
 from .convergence import ALL_CHECKS, ConvergenceWarning
 from .failures import REJECTED_TOTAL, CountingNUTS, run_total
-from .initialisation import init_strategy
+from .initialisation import best_uniform_starts, init_strategy
 from .mode import laplace_starts
 
 _CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized", "sharded")
@@ -224,9 +224,11 @@ class NUTS(_ChainOptions, AbstractMethod):
     thinning: int = 1
     init_radius: float = 2.0
     init: str = "uniform"
+    init_candidates: int = 8
     restart_stuck: bool = True
 
-    _POSITIVE_INTS = ("num_chains", "num_samples", "max_tree_depth", "thinning")
+    _POSITIVE_INTS = ("num_chains", "num_samples", "max_tree_depth", "thinning",
+                      "init_candidates")
     convergence_checks = ALL_CHECKS
 
     def __post_init__(self):
@@ -251,12 +253,14 @@ class NUTS(_ChainOptions, AbstractMethod):
         )
 
     def mcmc(
-        self, model_fn, *, progress_bar: bool = False, chain_method: str | None = None
+        self, model_fn, *, progress_bar: bool = False, chain_method: str | None = None,
+        num_warmup: int | None = None,
     ) -> MCMC:
-        """The numpyro `MCMC` object `run` uses (for users and benchmarks that need phases)."""
+        """The numpyro `MCMC` object `run` uses (for users and benchmarks that need phases);
+        `num_warmup` overrides the option's (`run` takes the screening warmup from it)."""
         return MCMC(
             self.kernel(model_fn),
-            num_warmup=self.num_warmup,
+            num_warmup=self.num_warmup if num_warmup is None else num_warmup,
             num_samples=self.num_samples,
             num_chains=self.num_chains,
             thinning=self.thinning,
@@ -265,15 +269,20 @@ class NUTS(_ChainOptions, AbstractMethod):
 
     def run(self, model_fn, key, *, progress_bar, model_kwargs):
         chain_method = self.resolved_chain_method()
-        mcmc = self.mcmc(model_fn, progress_bar=progress_bar, chain_method=chain_method)
-        init_params = None
-        if self.init == "map":
-            key, key_map = jax.random.split(key)
-            init_params = laplace_starts(model_fn, key_map, self.num_chains, model_kwargs,
-                                         self.init_radius, num_searches=self.num_chains)
+        key, init_params = self._starts(model_fn, key, model_kwargs)
+        rejected, notes = 0, {}
+        screen = self._screen_length()
+        if screen:
+            init_params, rejected, note = self._screen(
+                model_fn, jax.random.fold_in(key, 3), init_params, screen, chain_method,
+                progress_bar, model_kwargs)
+            if note:
+                notes["screened"] = note
+        mcmc = self.mcmc(model_fn, progress_bar=progress_bar, chain_method=chain_method,
+                         num_warmup=self.num_warmup - screen)
         mcmc = self._sample(mcmc, model_fn, key, init_params, chain_method, progress_bar,
                             model_kwargs)
-        rejected, notes = run_total(mcmc.last_state), {}
+        rejected = rejected + run_total(mcmc.last_state)
         extra = mcmc.get_extra_fields(group_by_chain=True)
         lp = -np.asarray(extra["potential_energy"])
         below = restart.far_below(lp) if self.restart_stuck else np.zeros(1, dtype=bool)
@@ -299,24 +308,68 @@ class NUTS(_ChainOptions, AbstractMethod):
         stats[restart.NOTES] = notes
         return samples, stats
 
+    def _starts(self, model_fn, key, model_kwargs):
+        """`(key, init_params)`: the key left for sampling and the chains' starting points
+        (`MCMC.run`'s `init_params`; `None` for numpyro's own, one draw of the init
+        strategy per chain)."""
+        if self.init == "map":
+            key, key_map = jax.random.split(key)
+            return key, laplace_starts(model_fn, key_map, self.num_chains, model_kwargs,
+                                       self.init_radius, num_searches=self.num_chains)
+        if self.init == "uniform" and self.init_candidates > 1:
+            try:
+                return key, best_uniform_starts(model_fn, jax.random.fold_in(key, 2),
+                                                self.num_chains, self.init_candidates,
+                                                model_kwargs, self.init_radius)
+            except RuntimeError as err:
+                _no_start(err, self.init_radius)
+        return key, None
+
+    def _screen_length(self) -> int:
+        """Iterations of the screening warmup (`restart.screen_length`): only for uniform
+        starts, which can land far from the posterior; `init="map"` and `"median"` start
+        every chain near its bulk or at one point."""
+        if not self.restart_stuck or self.init != "uniform":
+            return 0
+        return restart.screen_length(self.num_warmup, self.num_chains)
+
+    def _screen(self, model_fn, key, init_params, screen, chain_method, progress_bar,
+                model_kwargs):
+        """The screening warmup: `screen` iterations of NUTS with their own adaptation from
+        `init_params`; a chain that ends it far below the others (`restart.far_below` over
+        `restart.screen_window`) moves to another chain's position. `(positions, rejected,
+        note)`: where warmup starts, the rejected proposals, and what was moved ("" when
+        nothing was)."""
+        mcmc = MCMC(self.kernel(model_fn), num_warmup=screen, num_samples=1,
+                    num_chains=self.num_chains, **self._placement(chain_method, progress_bar))
+        mcmc = self._sample(mcmc, model_fn, key, init_params, chain_method, progress_bar,
+                            model_kwargs, screening=True)
+        lp = -np.asarray(mcmc.get_extra_fields(group_by_chain=True)["potential_energy"])
+        window = restart.screen_window(lp)
+        below = restart.far_below(window)
+        source = restart.donors(below) if below.any() else np.arange(self.num_chains)
+        # on the host: see run
+        positions = jax.tree.map(lambda z: np.asarray(z)[source], mcmc.last_state.z)
+        note = restart.screen_note(window, below, source, screen) if below.any() else ""
+        return positions, run_total(mcmc.last_state), note
+
     def _sample(self, mcmc, model_fn, key, init_params, chain_method, progress_bar,
-                model_kwargs) -> MCMC:
-        """`mcmc.run`, with clear errors; the `MCMC` that ran (a sequential one when
-        parallel chains could not compile, see below)."""
+                model_kwargs, screening=False) -> MCMC:
+        """`mcmc.run` (`mcmc.warmup`, collecting the log density, when `screening`), with
+        clear errors; the `MCMC` that ran (a sequential one when parallel chains could not
+        compile, see below)."""
+        def call(m):
+            if screening:
+                m.warmup(key, extra_fields=("potential_energy",),
+                         collect_warmup=True, init_params=init_params, **model_kwargs)
+            else:
+                m.run(key, extra_fields=tuple(_EXTRA_FIELDS), init_params=init_params,
+                      **model_kwargs)
+
         try:
-            mcmc.run(key, extra_fields=tuple(_EXTRA_FIELDS), init_params=init_params,
-                     **model_kwargs)
+            call(mcmc)
         except RuntimeError as err:
-            if "Cannot find valid initial parameters" not in str(err):
-                raise
-            raise RuntimeError(
-                "NUTS found no feasible starting point: at every one of 100 points drawn "
-                f"uniformly in (-{self.init_radius}, {self.init_radius}) in the unconstrained "
-                "space the solve failed, a prediction was impossible for the noise model, or "
-                "the log density or its gradient was not finite. Check the priors and "
-                "initial_state against the data's scale, raise Solver(max_steps=...), or use "
-                "a stiff solver such as diffrax.Kvaerno5()"
-            ) from err
+            _no_start(err, self.init_radius)
         except ValueError as err:
             # diffrax's reverse adjoint cannot be differentiated under pmap with some
             # jax/equinox versions (diffrax issue #765): "Closure-converted function ..."
@@ -336,9 +389,23 @@ class NUTS(_ChainOptions, AbstractMethod):
                 "NUTS(chain_method='sequential') to skip this attempt",
                 stacklevel=6,  # the caller of infer
             )
-            mcmc = self.mcmc(model_fn, progress_bar=progress_bar, chain_method="sequential")
-            mcmc.run(key, extra_fields=tuple(_EXTRA_FIELDS), init_params=init_params,
-                     **model_kwargs)
+            mcmc = MCMC(self.kernel(model_fn), num_warmup=mcmc.num_warmup,
+                        num_samples=mcmc.num_samples, num_chains=self.num_chains,
+                        thinning=mcmc.thinning,
+                        **self._placement("sequential", progress_bar))
+            call(mcmc)
         return mcmc
 
 
+def _no_start(err: RuntimeError, init_radius: float):
+    """Re-raise numpyro's "Cannot find valid initial parameters" with what to check."""
+    if "Cannot find valid initial parameters" not in str(err):
+        raise err
+    raise RuntimeError(
+        "NUTS found no feasible starting point: at every one of 100 points drawn "
+        f"uniformly in (-{init_radius}, {init_radius}) in the unconstrained "
+        "space the solve failed, a prediction was impossible for the noise model, or "
+        "the log density or its gradient was not finite. Check the priors and "
+        "initial_state against the data's scale, raise Solver(max_steps=...), or use "
+        "a stiff solver such as diffrax.Kvaerno5()"
+    ) from err

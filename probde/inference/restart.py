@@ -9,6 +9,12 @@ is to look at the finished run and, when a chain is far below, run the whole thi
 more from the other chains' final points. The common case costs nothing: the decision
 reads the log densities the run already recorded, and runs whose chains agree are
 returned untouched.
+
+That check comes late: a chain stuck from the start spends warmup and sampling in
+maximum-depth trees before it is seen (lynx-hare: 162 s instead of 16). So NUTS first runs
+a short screening warmup (`screen_length` iterations, taken from `num_warmup`) and moves a
+chain that ends it far below the others to another chain's position before the real
+warmup starts (`screen_note`).
 """
 
 from __future__ import annotations
@@ -39,6 +45,38 @@ def far_below(lp) -> np.ndarray:
     spread = float(np.median(lp[finite].std(axis=1, ddof=1)))
     gap = max(GAP_NATS, GAP_SDS * spread)
     return ~finite | (means < means[finite].max() - gap)
+
+
+SCREEN_ITERATIONS = 75  # Stan's and numpyro's first fast adaptation window
+SCREEN_MIN_WARMUP = 100  # shorter warmups are not screened
+
+
+def screen_length(num_warmup: int, num_chains: int) -> int:
+    """Iterations of the screening warmup: Stan's first fast window (75), at most a quarter
+    of `num_warmup`; 0 (no screen) for one chain or fewer than 100 warmup iterations."""
+    if num_chains < 2 or num_warmup < SCREEN_MIN_WARMUP:
+        return 0
+    return min(SCREEN_ITERATIONS, num_warmup // 4)
+
+
+def screen_window(lp) -> np.ndarray:
+    """The last third (at least 10 iterations) of the screening run's log densities
+    (`lp`: chain x iteration), where `far_below` judges it: the start of the run is the
+    chains' descent from their starting points."""
+    lp = np.asarray(lp, dtype=float)
+    return lp[:, -max(10, lp.shape[1] // 3):]
+
+
+def screen_note(window, below, source, iterations: int) -> str:
+    """What the screening warmup saw (`window`: its last log densities, chain x iteration)
+    and did, for the DataTree."""
+    means = np.asarray(window, dtype=float).mean(axis=1)
+    moved = ", ".join(f"chain {c} (mean log density {means[c]:.4g}; moved to chain "
+                      f"{source[c]}'s position)" for c in np.flatnonzero(below))
+    best = float(np.nanmax(np.where(np.isfinite(means), means, np.nan)))
+    return (f"the screening warmup ({iterations} iterations) left {moved} far below the "
+            f"best chain ({best:.4g}) over its last {np.shape(window)[1]} iterations; "
+            "warmup then started from these positions")
 
 
 def donors(below) -> np.ndarray:
