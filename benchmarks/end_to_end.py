@@ -41,7 +41,8 @@ Figures per seed and implementation:
   the smallest bulk ESS over every parameter component (ArviZ) by this time.
 - **us per gradient, core time, over identical windows**: each JAX process then re-runs
   the same seed's warmup (`MCMC.warmup`, same key: the same 4 x 1000 iterations as the
-  call; checked by comparing the adapted step sizes) and 1000 draws from the adapted state
+  call, for probde its best-of-8 starts and 75-iteration screening warmup included;
+  checked by comparing the adapted step sizes) and 1000 draws from the adapted state
   (`MCMC.run`), each timed with `time.process_time` (CPU time of all the process's threads)
   minus the time JAX spent tracing and compiling in it (`jax.monitoring` spans); divided by
   the window's gradients (leapfrog steps). Stan's is each chain's own "Elapsed Time"
@@ -109,8 +110,11 @@ def worker(impl: str, seed: int) -> dict:
         step_sizes = stats["step_size"].values[:, -1]
         divergences = int(stats["diverging"].sum())
         fn, kwargs = problem.model.numpyro_model(problem.prepared), {"observed": True}
-        mcmc = method.mcmc(fn)
         key = jax.random.split(jax.random.PRNGKey(seed), 3)[0]  # probde.infer's key_run
+        # NUTS.run's warmup: the best-of-8 starts, the screening warmup (its first 75
+        # iterations, with their own adaptation), then the rest of the warmup
+        screen = method._screen_length()
+        mcmc = method.mcmc(fn, num_warmup=NUM_WARMUP - screen)
     else:
         jax.config.update("jax_enable_compilation_cache", False)  # a plain numpyro process
         fn = lambda times, y=None: lh.handwritten_model(  # noqa: E731
@@ -137,9 +141,19 @@ def worker(impl: str, seed: int) -> dict:
         mcmc = new_mcmc()
 
     call_end = time.time()  # the user's process would end about here
-    warm, warm_t = _timed(clock, lambda: (
-        mcmc.warmup(key, extra_fields=fields, collect_warmup=True, **kwargs),
-        mcmc.get_extra_fields(group_by_chain=True))[1])
+
+    def warmup():
+        init, screen_steps = None, 0
+        if impl == "probde":
+            _, init = method._starts(fn, key, kwargs)
+            init, _, _, screened = method._screen(fn, jax.random.fold_in(key, 3), init,
+                                                  screen, "parallel", False, kwargs)
+            screen_steps = screened.get_extra_fields()["num_steps"]
+        mcmc.warmup(key, extra_fields=fields, collect_warmup=True, init_params=init,
+                    **kwargs)
+        return mcmc.get_extra_fields(group_by_chain=True), screen_steps
+
+    (warm, screen_steps), warm_t = _timed(clock, warmup)
     _, samp_t = _timed(clock, lambda: (
         mcmc.run(jax.random.fold_in(key, 1), extra_fields=fields, **kwargs),
         mcmc.get_extra_fields(group_by_chain=True))[1])
@@ -152,7 +166,8 @@ def worker(impl: str, seed: int) -> dict:
         "max_rhat": lh.max_rhat(samples),
         "divergences": divergences,
         "posterior_mean": lh.posterior_means(samples),
-        "warmup_window": _window(warm_t, int(np.asarray(warm["num_steps"]).sum())),
+        "warmup_window": _window(warm_t, int(np.asarray(warm["num_steps"]).sum()
+                                             + np.asarray(screen_steps).sum())),
         "sampling_window": _window(samp_t, int(np.asarray(sampled["num_steps"]).sum())),
         # the re-run warmup is the call's own: its adapted step sizes are the call's
         "warmup_is_the_calls": bool(np.allclose(warm_steps, step_sizes, rtol=1e-12)),

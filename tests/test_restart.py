@@ -88,9 +88,8 @@ def test_the_screening_warmup_moves_a_chain_that_ends_it_far_below():
 
 
 def test_screen_length_window_and_note():
-    assert restart.screen_length(1000, 4) == 75
-    assert restart.screen_length(200, 4) == 50  # at most a quarter of the warmup
-    assert restart.screen_length(99, 4) == 0 and restart.screen_length(1000, 1) == 0
+    assert restart.screen_length(1000, 4) == 75 and restart.screen_length(300, 2) == 75
+    assert restart.screen_length(299, 4) == 0 and restart.screen_length(1000, 1) == 0
     lp = np.arange(2 * 75.0).reshape(2, 75)
     assert restart.screen_window(lp).shape == (2, 25)
     assert restart.screen_window(lp[:, :20]).shape == (2, 10)
@@ -100,7 +99,7 @@ def test_screen_length_window_and_note():
 
 
 def test_a_stuck_chain_is_restarted_from_another_chains_final_point():
-    # a warmup under 100 iterations is not screened, so the check after sampling acts
+    # a warmup under 300 iterations is not screened, so the check after sampling acts
     with pytest.warns(probde.ConvergenceWarning, match="far below the best chain") as caught:
         result = _fit(True, num_warmup=90)
     assert caught[0].filename == __file__  # points at the caller's line

@@ -188,21 +188,34 @@ class NUTS(_ChainOptions, AbstractMethod):
       on the drift's own path (increments 0). The chains start close together, so R-hat
       has less to go on.
     - `init_radius`: the half-width of the uniform draws.
-    - `restart_stuck`: after sampling, a chain whose mean log density is far below the
-      best chain's (by more than 10 nats and 5 within-chain sds: `probde.inference.
-      restart.far_below`) sits in a mode the other chains found far less probable, or has
-      not converged. With `True` (default) NUTS then runs warmup and sampling once more,
+    - `init_candidates`: with `init="uniform"`, each chain starts at the best (highest log
+      density) of this many feasible uniform draws (default 8; 1 is numpyro's single
+      draw). One draw can land deep in the prior's tail, where warmup shrinks the step
+      size to nothing: on lynx-hare one chain in forty started at a log density of
+      -64,000 (the posterior sits at -137) and was still there after sampling. The best
+      of 8 costs one vectorised feasibility search. It favours the higher of several
+      modes at the start (the screen below does the same later).
+    - `restart_stuck`: guards against chains that stay far below the others, twice.
+      *Screen:* with uniform starts, at least 2 chains and 300 warmup iterations, the
+      first 75 of `num_warmup` run as a short warmup of their own;
+      a chain whose mean log density over its last 25 iterations is far below the best
+      chain's (by more than 10 nats and 5 within-chain sds: `probde.inference.restart.
+      far_below`) moves to another chain's position, and the rest of the warmup (fresh
+      adaptation) starts from the chains' positions; `idata.sample_stats.attrs
+      ["screened"]` records a move. Good starts are not enough: a chain that starts
+      where nearby solves fail sees every trajectory end in a rejected proposal, and its
+      step size shrinks to 1e-5 (lynx-hare, one seed in ten with the best-of-8 starts,
+      from a log density of -800; `benchmarks/RESULTS.md`). *Restart:* after sampling, when a chain's mean log density
+      is still far below the best chain's, NUTS runs warmup and sampling once more,
       every chain starting from its own final point and each such chain from another
-      chain's, keeps only the second run, warns (`probde.ConvergenceWarning`), and records
-      what it saw in `idata.sample_stats.attrs["restarted"]`. Runs whose chains agree are
-      untouched and cost nothing more. On lynx-hare, over ten seeds, one first run left a
-      chain at a mean log density of -61,330 (the others at -137); restarted, it converged
-      (R-hat 1.003), but the call took 162 s instead of 15-18 s: the stuck chain's trees at
-      the maximum depth are paid before the restart (`benchmarks/RESULTS.md`). The check
-      cannot come sooner because numpyro runs warmup as one compiled loop. It trusts
-      density: a minor mode holding real probability at a much lower density (far wider
-      than the main one) would lose its chain; set `False` to keep the first run and see
-      every chain where it settled.
+      chain's, keeps only the second run, warns (`probde.ConvergenceWarning`), and
+      records what it saw in `idata.sample_stats.attrs["restarted"]`. With `True`
+      (default) the ten lynx-hare seeds of `benchmarks/lynx_hare_seeds.py` all converged
+      in 17-21 s; without the screen or the best-of-8 starts one took 162 s, its stuck
+      chain's maximum-depth trees paid before the restart. Both trust density: a minor
+      mode holding real probability at a much lower density (far wider than the main
+      one) would lose its chain; set `False` (and `init_candidates=1`) to see every chain
+      where it settled.
 
     **Example:**
 
@@ -273,7 +286,7 @@ class NUTS(_ChainOptions, AbstractMethod):
         rejected, notes = 0, {}
         screen = self._screen_length()
         if screen:
-            init_params, rejected, note = self._screen(
+            init_params, rejected, note, _ = self._screen(
                 model_fn, jax.random.fold_in(key, 3), init_params, screen, chain_method,
                 progress_bar, model_kwargs)
             if note:
@@ -338,8 +351,9 @@ class NUTS(_ChainOptions, AbstractMethod):
         """The screening warmup: `screen` iterations of NUTS with their own adaptation from
         `init_params`; a chain that ends it far below the others (`restart.far_below` over
         `restart.screen_window`) moves to another chain's position. `(positions, rejected,
-        note)`: where warmup starts, the rejected proposals, and what was moved ("" when
-        nothing was)."""
+        note, mcmc)`: where warmup starts, the rejected proposals, what was moved ("" when
+        nothing was), and the screening `MCMC` (its extra fields: the log density and the
+        gradients, `num_steps`, per iteration)."""
         mcmc = MCMC(self.kernel(model_fn), num_warmup=screen, num_samples=1,
                     num_chains=self.num_chains, **self._placement(chain_method, progress_bar))
         mcmc = self._sample(mcmc, model_fn, key, init_params, chain_method, progress_bar,
@@ -351,7 +365,7 @@ class NUTS(_ChainOptions, AbstractMethod):
         # on the host: see run
         positions = jax.tree.map(lambda z: np.asarray(z)[source], mcmc.last_state.z)
         note = restart.screen_note(window, below, source, screen) if below.any() else ""
-        return positions, run_total(mcmc.last_state), note
+        return positions, run_total(mcmc.last_state), note, mcmc
 
     def _sample(self, mcmc, model_fn, key, init_params, chain_method, progress_bar,
                 model_kwargs, screening=False) -> MCMC:
@@ -360,7 +374,7 @@ class NUTS(_ChainOptions, AbstractMethod):
         compile, see below)."""
         def call(m):
             if screening:
-                m.warmup(key, extra_fields=("potential_energy",),
+                m.warmup(key, extra_fields=("potential_energy", "num_steps"),
                          collect_warmup=True, init_params=init_params, **model_kwargs)
             else:
                 m.run(key, extra_fields=tuple(_EXTRA_FIELDS), init_params=init_params,

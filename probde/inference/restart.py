@@ -48,15 +48,16 @@ def far_below(lp) -> np.ndarray:
 
 
 SCREEN_ITERATIONS = 75  # Stan's and numpyro's first fast adaptation window
-SCREEN_MIN_WARMUP = 100  # shorter warmups are not screened
+SCREEN_MIN_WARMUP = 300  # shorter warmups are not screened: they keep every iteration
 
 
 def screen_length(num_warmup: int, num_chains: int) -> int:
-    """Iterations of the screening warmup: Stan's first fast window (75), at most a quarter
-    of `num_warmup`; 0 (no screen) for one chain or fewer than 100 warmup iterations."""
+    """Iterations of the screening warmup: Stan's first fast window (75) of a warmup of at
+    least 300 iterations; 0 (no screen) for one chain or a shorter warmup, which needs its
+    iterations for adaptation (a smoke run, or a short run of a model known to be easy)."""
     if num_chains < 2 or num_warmup < SCREEN_MIN_WARMUP:
         return 0
-    return min(SCREEN_ITERATIONS, num_warmup // 4)
+    return SCREEN_ITERATIONS
 
 
 def screen_window(lp) -> np.ndarray:
