@@ -10,8 +10,9 @@ probde.NUTS(num_chains=4, num_warmup=1000, num_samples=1000), seed=seed)` on the
 `--init-candidates` `probde.NUTS(init_candidates=...)` (default probde's, 8).
 Per seed: wall time of the call, max R-hat and min bulk ESS over the parameters (ArviZ),
 min bulk ESS per second of the call, divergences, and whether a chain sat apart (probde's
-stuck-chain check), and whether NUTS restarted the run (`restart_stuck`, on by default;
-`--no-restart` turns it off). Writes `benchmarks/results_lynx_hare_seeds.json`.
+stuck-chain check), whether NUTS's screening warmup moved a chain and whether NUTS
+restarted the run (`restart_stuck`, on by default; `--no-restart` turns both off).
+Writes `benchmarks/results_lynx_hare_seeds.json`.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def main() -> None:
                "divergences": int(stats["diverging"].sum()),
                "gradients": int(stats["n_steps"].sum()),
                "solver_failures": result.solver_failures,
-               "restarted": stats.attrs.get("restarted"),  # NUTS(restart_stuck=True)
+               "screened": stats.attrs.get("screened"),  # NUTS(restart_stuck=True)
+               "restarted": stats.attrs.get("restarted"),
                "warnings": [str(w.message).splitlines()[0][:200] for w in caught]}
         runs.append(run)
         print(f"seed {seed}: {wall:.1f} s, max R-hat {rhat:.3f}, min bulk ESS {ess:.0f}, "
