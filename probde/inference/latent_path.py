@@ -87,10 +87,10 @@ class LatentPath(AbstractLikelihood):
     ...                      probde.noise.Normal(sigma=0.1),
     ...                      likelihood=probde.LatentPath(num_substeps=5))
     >>> data = probde.TimeSeries([0.0, 1.0, 2.0], [1.0, 0.4, 0.2], observables=("x",))
-    >>> result = probde.infer(model, data, probde.NUTS(num_chains=1, num_warmup=200,
-    ...                       num_samples=200), seed=0, num_prior_samples=0)
+    >>> result = probde.infer(model, data, probde.NUTS(num_chains=1, num_warmup=500,
+    ...                       num_samples=1000), seed=0, num_prior_samples=0)
     >>> dict(result.idata["latent_path"]["increments"].sizes)  # 2 intervals of 5 steps
-    {'chain': 1, 'draw': 200, 'path_step': 10, 'noise': 1}
+    {'chain': 1, 'draw': 1000, 'path_step': 10, 'noise': 1}
 
     ```
     """
