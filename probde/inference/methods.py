@@ -211,7 +211,7 @@ class NUTS(_ChainOptions, AbstractMethod):
       chain's, keeps only the second run, warns (`probde.ConvergenceWarning`), and
       records what it saw in `idata.sample_stats.attrs["restarted"]`. With `True`
       (default) the ten lynx-hare seeds of `benchmarks/lynx_hare_seeds.py` all converged
-      in 17-21 s; without the screen or the best-of-8 starts one took 162 s, its stuck
+      in 17-24 s; without the screen or the best-of-8 starts one took 162 s, its stuck
       chain's maximum-depth trees paid before the restart. Both trust density: a minor
       mode holding real probability at a much lower density (far wider than the main
       one) would lose its chain; set `False` (and `init_candidates=1`) to see every chain
