@@ -130,3 +130,24 @@ def test_each_chain_starts_at_the_best_of_its_candidates():
 def test_init_candidates_must_be_a_positive_int():
     with pytest.raises(ValueError, match="init_candidates must be a positive integer; got 0"):
         probde.NUTS(init_candidates=0)
+
+
+def test_a_screen_that_falls_back_to_sequential_chains_warns_once():
+    # An implicit solver's reverse adjoint cannot run under pmap (diffrax #765): the
+    # screening warmup falls back to sequential chains, and the main run follows it
+    # instead of failing and warning a second time.
+    import warnings
+
+    import diffrax
+
+    decay = probde.ODE(lambda t, y, th: -th["k"] * y, state_names=("x",))
+    model = probde.Model(decay, {"k": dist.LogNormal(0.0, 0.5)}, jnp.array([1.0]),
+                         probde.noise.Normal(sigma=0.05),
+                         solver=probde.Solver(diffrax.Kvaerno5()))
+    data = probde.TimeSeries([0.0, 1.0, 2.0], [1.0, 0.6, 0.37], observables=("x",))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        probde.infer(model, data, probde.NUTS(num_chains=2, num_warmup=300, num_samples=200),
+                     seed=0, num_prior_samples=0)
+    fallback = [w for w in caught if "running the chains sequentially" in str(w.message)]
+    assert len(fallback) == 1 and fallback[0].filename == __file__

@@ -286,11 +286,13 @@ class NUTS(_ChainOptions, AbstractMethod):
         rejected, notes = 0, {}
         screen = self._screen_length()
         if screen:
-            init_params, rejected, note, _ = self._screen(
+            init_params, rejected, note, screened = self._screen(
                 model_fn, jax.random.fold_in(key, 3), init_params, screen, chain_method,
                 progress_bar, model_kwargs)
             if note:
                 notes["screened"] = note
+            if screened.chain_method == "sequential":  # parallel could not compile (below)
+                chain_method = "sequential"
         mcmc = self.mcmc(model_fn, progress_bar=progress_bar, chain_method=chain_method,
                          num_warmup=self.num_warmup - screen)
         mcmc = self._sample(mcmc, model_fn, key, init_params, chain_method, progress_bar,
@@ -401,7 +403,7 @@ class NUTS(_ChainOptions, AbstractMethod):
                 "Use probde.Solver(adjoint=probde.ForwardSensitivity()) to run them in parallel "
                 "(with an implicit solver that costs several times more per gradient), or "
                 "NUTS(chain_method='sequential') to skip this attempt",
-                stacklevel=6,  # the caller of infer
+                stacklevel=7 if screening else 6,  # the caller of infer
             )
             mcmc = MCMC(self.kernel(model_fn), num_warmup=mcmc.num_warmup,
                         num_samples=mcmc.num_samples, num_chains=self.num_chains,
