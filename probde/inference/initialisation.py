@@ -24,6 +24,11 @@ from .._optim import SMALL_INIT, SMALL_INIT_RADIUS  # noqa: F401 (re-exported)
 # vanishes (SVI then ends with the discrepancy switched off).
 
 
+# The start of numpyro's error when no feasible initial point was found (initialize_model);
+# NUTS turns it into one that says what to check.
+NO_START = "Cannot find valid initial parameters"
+
+
 def init_strategy(radius: float, model_fn=None, model_kwargs=None):
     """numpyro init strategy: uniform in (-radius, radius) in the unconstrained space;
     for a model with sites marked `infer={SMALL_INIT: ...}` (a deep GP's weights and
@@ -77,8 +82,8 @@ def best_uniform_starts(model_fn, key, num_chains: int, num_candidates: int, mod
     The candidates are found together by numpyro's `initialize_model` (batched keys, each
     redrawn until its log density is finite, up to 100 times, as numpyro does for one) in
     one compiled program, which the persistent compilation cache keeps: no optimisation,
-    and a second process does not compile it again. A chain whose candidates all stayed infeasible
-    raises numpyro's "Cannot find valid initial parameters".
+    and a second process does not compile it again. A chain whose candidates all stayed
+    infeasible raises numpyro's error (`NO_START`).
     """
     keys = jax.random.split(key, num_chains * num_candidates)
     strategy = init_strategy(radius, model_fn, model_kwargs)
@@ -97,8 +102,8 @@ def best_uniform_starts(model_fn, key, num_chains: int, num_candidates: int, mod
     energy = np.asarray(energy, dtype=float).reshape(num_chains, num_candidates)
     energy = np.where(np.isfinite(energy), energy, np.inf)
     if not np.isfinite(energy).any(axis=1).all():
-        raise RuntimeError("Cannot find valid initial parameters. Please check your model "
-                           "again.")
+        raise RuntimeError(f"{NO_START} for every one of {num_candidates} candidates of "
+                           "some chain")
     best = np.argmin(energy, axis=1)
     rows = np.arange(num_chains)
 

@@ -18,7 +18,7 @@ from ._options import check_init_radius, is_real, positive_int
 from . import restart
 from .convergence import ALL_CHECKS, ConvergenceWarning
 from .failures import REJECTED_TOTAL, CountingNUTS, run_total
-from .initialisation import best_uniform_starts, init_strategy
+from .initialisation import NO_START, best_uniform_starts, init_strategy
 from .mode import laplace_starts
 
 _CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized", "sharded")
@@ -205,8 +205,9 @@ class NUTS(_ChainOptions, AbstractMethod):
       ["screened"]` records a move. Good starts are not enough: a chain that starts
       where nearby solves fail sees every trajectory end in a rejected proposal, and its
       step size shrinks to 1e-5 (lynx-hare, one seed in ten with the best-of-8 starts,
-      from a log density of -800; `benchmarks/RESULTS.md`). *Restart:* after sampling, when a chain's mean log density
-      is still far below the best chain's, NUTS runs warmup and sampling once more,
+      from a log density of -800; `benchmarks/RESULTS.md`). *Restart:* after sampling,
+      when a chain's mean log density is still far below the best chain's, NUTS runs
+      warmup and sampling once more,
       every chain starting from its own final point and each such chain from another
       chain's, keeps only the second run, warns (`probde.ConvergenceWarning`), and
       records what it saw in `idata.sample_stats.attrs["restarted"]`. With `True`
@@ -306,9 +307,7 @@ class NUTS(_ChainOptions, AbstractMethod):
             notes["restarted"] = restart.note(lp, below, source)
             warnings.warn(notes["restarted"], ConvergenceWarning,
                           stacklevel=5)  # the caller of infer
-            # on the host: the last state of parallel chains is laid out over the devices,
-            # and numpyro's pmap refuses an argument gathered from it
-            starts = jax.tree.map(lambda z: np.asarray(z)[source], mcmc.last_state.z)
+            starts = restart.positions(mcmc.last_state.z, source)
             mcmc = self._sample(mcmc, model_fn, jax.random.fold_in(key, 1), starts,
                                 chain_method, progress_bar, model_kwargs)
             rejected = rejected + run_total(mcmc.last_state)
@@ -364,10 +363,9 @@ class NUTS(_ChainOptions, AbstractMethod):
         window = restart.screen_window(lp)
         below = restart.far_below(window)
         source = restart.donors(below) if below.any() else np.arange(self.num_chains)
-        # on the host: see run
-        positions = jax.tree.map(lambda z: np.asarray(z)[source], mcmc.last_state.z)
         note = restart.screen_note(window, below, source, screen) if below.any() else ""
-        return positions, run_total(mcmc.last_state), note, mcmc
+        return (restart.positions(mcmc.last_state.z, source), run_total(mcmc.last_state),
+                note, mcmc)
 
     def _sample(self, mcmc, model_fn, key, init_params, chain_method, progress_bar,
                 model_kwargs, screening=False) -> MCMC:
@@ -415,7 +413,7 @@ class NUTS(_ChainOptions, AbstractMethod):
 
 def _no_start(err: RuntimeError, init_radius: float):
     """Re-raise numpyro's "Cannot find valid initial parameters" with what to check."""
-    if "Cannot find valid initial parameters" not in str(err):
+    if NO_START not in str(err):
         raise err
     raise RuntimeError(
         "NUTS found no feasible starting point: at every one of 100 points drawn "

@@ -19,6 +19,7 @@ warmup starts (`screen_note`).
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 GAP_NATS = 10.0  # the smallest gap in mean log density that counts as "far below"
@@ -68,13 +69,25 @@ def screen_window(lp) -> np.ndarray:
     return lp[:, -max(10, lp.shape[1] // 3):]
 
 
+def positions(z, source) -> dict:
+    """The positions (`z`, a pytree with a leading chain axis) of the chains `source`, in
+    that order, on the host: parallel chains' states are laid out over the devices, and
+    numpyro's `pmap` refuses an argument gathered from them."""
+    return jax.tree.map(lambda x: np.asarray(x)[source], z)
+
+
+def _means_and_best(lp):
+    """Each chain's mean log density (`lp`: chain x draw) and the best finite one."""
+    means = np.asarray(lp, dtype=float).mean(axis=1)
+    return means, float(np.nanmax(np.where(np.isfinite(means), means, np.nan)))
+
+
 def screen_note(window, below, source, iterations: int) -> str:
     """What the screening warmup saw (`window`: its last log densities, chain x iteration)
     and did, for the DataTree."""
-    means = np.asarray(window, dtype=float).mean(axis=1)
+    means, best = _means_and_best(window)
     moved = ", ".join(f"chain {c} (mean log density {means[c]:.4g}; moved to chain "
                       f"{source[c]}'s position)" for c in np.flatnonzero(below))
-    best = float(np.nanmax(np.where(np.isfinite(means), means, np.nan)))
     return (f"the screening warmup ({iterations} iterations) left {moved} far below the "
             f"best chain ({best:.4g}) over its last {np.shape(window)[1]} iterations; "
             "warmup then started from these positions")
@@ -93,10 +106,9 @@ def donors(below) -> np.ndarray:
 
 def note(lp, below, source) -> str:
     """What the first run saw and what was done, for the warning and the DataTree."""
-    means = np.asarray(lp, dtype=float).mean(axis=1)
+    means, best = _means_and_best(lp)
     stuck = ", ".join(f"chain {c} (mean log density {means[c]:.4g}; restarted from chain "
                       f"{source[c]}'s final point)" for c in np.flatnonzero(below))
-    best = float(np.nanmax(np.where(np.isfinite(means), means, np.nan)))
     return (f"the first run left {stuck} far below the best chain ({best:.4g}); NUTS ran "
             "warmup and sampling once more with every chain starting from its own final "
             "point or, for these, another chain's, and kept only the second run. "
