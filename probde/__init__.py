@@ -1,5 +1,7 @@
 """probde: Bayesian calibration of dynamical models."""
 
+# `_xla` first of all: it sets an XLA option that only counts before JAX's backends start.
+from . import _xla  # noqa: I001
 from . import _cache, _imports, datasets, noise
 from ._cache import compilation_cache
 from .checks import (

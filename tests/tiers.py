@@ -28,6 +28,8 @@ SLOW: dict[str, str] = {
     "probde/inference/svi.py::probde.inference.svi.SVI": "an SVI fit (7 s)",
     "probde/inference/latent_path.py::probde.inference.latent_path.LatentPath":
         "NUTS on a latent path (13 s)",
+    "tests/test_xla_option.py::test_the_users_xla_flags_stand": "a fresh process (5 s)",
+    "tests/test_xla_option.py::test_too_late_after_the_backend_started": "a fresh process (5 s)",
     "tests/test_restart.py::test_a_screen_that_falls_back_to_sequential_chains_warns_once":
         "compiles NUTS with an implicit solver twice, sequential chains (80 s)",
     "tests/test_latent_path.py::test_counts_several_experiments_and_a_non_gaussian_initial_state":
