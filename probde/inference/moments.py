@@ -12,6 +12,7 @@ filter draws its transitions of a linear SDE from the same discretisation
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import diffrax
@@ -22,7 +23,6 @@ import jax.scipy.linalg as jsl
 from ..dynamics._diffeqsolve import diffeqsolve
 from ..dynamics.sde import SDE
 from ..dynamics.solver import ForwardSensitivity
-from . import small_linalg
 
 
 def _sym(P):
@@ -200,36 +200,95 @@ def linear_transitions(sde: SDE, theta, dts, like):
 
     A linear SDE's drift `A x + b` and diffusion `L` depend on neither x nor t (checked
     when the model is built), so they are evaluated once. `F = expm(A dt)`, the offset
-    `int_0^dt expm(A s) b ds` from the augmented matrix `[[A, b], [0, 0]]`, and
-    `Q = int_0^dt expm(A s) L L' expm(A s)' ds` from Van Loan's block matrix
-    `[[-A, L L'], [0, A']]` (Van Loan 1978). The offset and Q are linear in b and L L':
-    both are scaled to unit size before the exponentials and back after, so that the
-    exponentials depend on A dt only, not on the units of x.
+    `int_0^dt expm(A s) b ds` and `Q = int_0^dt expm(A s) L L' expm(A s)' ds`, from one
+    block matrix exponential (`_matrix_transitions`; in closed form for one state).
+
+    Differentiated (either mode), the matrix route's derivatives are its Jacobian in the
+    parameters, computed once by forward mode with one tangent per parameter, times the
+    parameters' tangents (`_matrix_route`): the filter's forward-mode gradient pushes one
+    tangent per differentiated input (parameters, initial moments, noise variances), and
+    through the exponentials those tangents were most of its cost; reverse mode through
+    the doubling loop would need a loop of fixed length.
     """
+    like = jax.lax.stop_gradient(like)
+    dts = jnp.asarray(dts, like.dtype)
+    if like.shape[0] == 1:
+        A, b, QC = _linear_parts(sde, theta, like)
+        return _scalar_transitions(A[0, 0], b[0], QC[0, 0], dts)
+    leaves, treedef = jax.tree.flatten(theta)
+    real = [i for i, x in enumerate(leaves) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    fixed = [jax.lax.stop_gradient(x) for x in leaves]
+
+    def parts(xs):
+        full = list(fixed)
+        for i, x in zip(real, xs):
+            full[i] = x
+        return _linear_parts(sde, jax.tree.unflatten(treedef, full), like)
+
+    xs = [leaves[i] for i in real]
+    # Values the SDE's functions close over that may carry derivatives (traced) become
+    # inputs of the custom derivative too (`jax.closure_convert`), so none is lost.
+    converted, consts = jax.closure_convert(parts, xs)
+    n = len(xs)
+    return _matrix_route(lambda ins: converted(ins[:n], *ins[n:]), xs + list(consts), dts)
+
+
+def _linear_parts(sde: SDE, theta, like):
+    """`(A, b, L L')` of a linear SDE's drift `A x + b` and diffusion `L`."""
     zero = jnp.zeros_like(like)
     t = jnp.zeros((), like.dtype)
     A = jax.jacfwd(sde.drift, argnums=1)(t, zero, theta)
     b = sde.drift(t, zero, theta)
     L = sde.noise_matrix(t, zero, theta)
-    QC = L @ L.T
-    dts = jnp.asarray(dts, like.dtype)
-    if like.shape[0] == 1:
-        return _scalar_transitions(A[0, 0], b[0], QC[0, 0], dts)
+    return A, b, L @ L.T
+
+
+def _scaled_transitions(A, b, QC, dts):
+    """`_matrix_transitions` with `b` and `QC` scaled to unit size before and back after
+    (the offset and Q are linear in them), so that the exponential depends on A dt only,
+    not on the units of x."""
     b_scale = jax.lax.stop_gradient(_unit_scale(b))
     q_scale = jax.lax.stop_gradient(_unit_scale(QC))
-    b, QC = b / b_scale, QC / q_scale
-    norm = (jnp.max(jnp.sum(jnp.abs(A), axis=1)) + jnp.max(jnp.sum(jnp.abs(QC), axis=1))
-            + jnp.max(jnp.abs(b)))
-    n = jnp.ceil(jnp.log2(jnp.maximum(norm * jnp.abs(dts), jnp.finfo(dts.dtype).tiny) / 0.5))
-    n = jax.lax.stop_gradient(jnp.clip(n, 0, _MAX_HALVINGS))
-    # In chunks of CHUNK intervals (vmapped within a chunk): the block exponentials'
-    # intermediates of all intervals at once do not stay in the CPU's caches (on a
-    # Matern-3/2 SDE, 1,000 intervals at once cost 23 times 100; in chunks of 16, 6
-    # times, values and forward-mode Jacobians alike; chunks of 4 to 256 were tried).
-    n_max = jnp.max(n)
-    F, offset, Q = jax.lax.map(lambda a: _scaled_transition(A, b, QC, a[0], a[1], n_max),
-                               (dts, n), batch_size=min(CHUNK, dts.shape[0]))
+    F, offset, Q = _matrix_transitions(A, b / b_scale, QC / q_scale, dts)
     return F, offset * b_scale, Q * q_scale
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _matrix_route(parts, xs, dts):
+    return _scaled_transitions(*parts(xs), dts)
+
+
+@_matrix_route.defjvp
+def _matrix_route_jvp(parts, primals, tangents):
+    xs, dts = primals
+    t_xs, t_dts = tangents
+
+    def value(xs):
+        out = _scaled_transitions(*parts(xs), dts)
+        return out, out
+
+    jac, out = jax.jacfwd(value, has_aux=True)(xs)  # per output, a list over xs
+    F, offset, Q = out
+
+    def contract(js, like):
+        # scalar parameters as products, not `tensordot` (a dot kernel per leaf)
+        total = jnp.zeros_like(like)
+        for j, t in zip(js, t_xs):
+            total = total + (j * t if jnp.ndim(t) == 0 else
+                             jnp.tensordot(j, t, axes=jnp.ndim(t)))
+        return total
+
+    t_out = tuple(contract(js, o) for js, o in zip(jac, out))
+    # The intervals' lengths: d/d dt of (F, offset, Q) is (A F, F b, F L L' F').
+    A, b, QC = parts(xs)
+    A, b, QC = (jax.lax.stop_gradient(x) for x in (A, b, QC))
+    dF = _bmm(jnp.broadcast_to(A, F.shape), F)
+    d_offset = _bmv(F, jnp.broadcast_to(b, offset.shape))
+    dQ = _bmm_t(_bmm(F, jnp.broadcast_to(QC, F.shape)), F)
+    t_dts = t_dts[:, None]
+    t_out = (t_out[0] + dF * t_dts[:, :, None], t_out[1] + d_offset * t_dts,
+             t_out[2] + dQ * t_dts[:, :, None])
+    return out, t_out
 
 
 def _scalar_transitions(a, b, q, dts):
@@ -252,59 +311,88 @@ def _phi1(z):
 
 
 _MAX_HALVINGS = 40
-_TAYLOR_DEGREE = 18
-CHUNK = 16
+_TAYLOR_DEGREE = 16
 
 
-def _scaled_transition(A, b, QC, dt, n, n_max):
-    """`(F, offset, Q)` over `dt` for `|b|, |QC| <= 1`, by scaling and squaring.
+def _matrix_transitions(A, b, QC, dts):
+    """`(F, offset, Q)` over each interval of `dts` `(T,)` for `|b|, |QC| <= 1`, all
+    intervals at once, by scaling and squaring.
 
-    The interval is halved `n` times, to `h = dt / 2^n` with the block matrices' norms
-    times `h` at most 1/2 (`n_max`: the largest `n` of the batch of intervals); there
-    their exponentials are Taylor polynomials of degree 18
-    (truncation error below 0.5^19 / 19!, about 1e-23 relative), and the interval is
-    doubled back `n` times: `F(2h) = F(h)^2`, `offset(2h) = F(h) offset(h) + offset(h)`,
-    `Q(2h) = Q(h) + F(h) Q(h) F(h)'`. Van Loan's block matrix holds `expm(-A dt)`, which
+    One block matrix holds all three (Van Loan 1978, with a column for the offset),
+
+        M = [[A, QC,  b],        expm(M h) = [[F, G12, offset],
+             [0, -A', 0],                     [0,   .,      0],
+             [0,  0,  0]]                     [0,   0,      1]],
+
+    with `Q = G12 F'`; only its first block row is needed. All intervals are halved the
+    same number of times `n`, to `h = dt / 2^n` with `|M| h <= 1/2` for the longest,
+    where that row is the Taylor polynomial `sum_k h^k E' M^k / k!` (degree 16: truncation
+    error below 0.5^17 / 17!, about 2e-20 relative). The matrices `E' M^k / k!` do not
+    depend on the interval, so they are computed once and the polynomials of all
+    intervals are one matrix product `(T, 17) x (17, S (2S + 1))`. Then all intervals are
+    doubled back `n` times together, `F(2h) = F(h)^2`, `offset(2h) = F(h) offset(h) +
+    offset(h)`, `Q(2h) = Q(h) + F(h) Q(h) F(h)'`, elementwise: halving the short intervals
+    more than they need costs rounding errors of order `n` machine epsilons, and saves
+    masking each interval's own count. The loop has as many steps as `n`, so it
+    differentiates in forward mode only (`_matrix_route` sees to that). `expm(-A' dt)`
     overflows for a fast-decaying A (`k dt > 709`) although the transition is finite: at
     `h` it does not. Why not `jax.scipy.linalg.expm`: under `vmap` over intervals (and
-    under forward-mode tangents) its data-dependent choice of Padé degree and number of
+    under forward-mode tangents) its data-dependent choice of Pade degree and number of
     squarings becomes a select over all of them, every one computed; here the norm is
-    bounded by construction, so one polynomial serves. The doubling is a scan of
-    `_MAX_HALVINGS` steps (so it differentiates in both modes) whose steps past the
-    batch's `n_max` are skipped by a `cond` on that unbatched count, and masked per
-    interval below it.
+    bounded by construction, so one polynomial serves.
     """
     S = A.shape[0]
-    h = dt / 2.0**n
-    row = jnp.zeros((1, S + 1), A.dtype)
-    E = _expm_taylor(jnp.concatenate([jnp.concatenate([A, b[:, None]], axis=1), row]) * h)
-    F, offset = E[:S, :S], E[:S, S]
-    G = _expm_taylor(jnp.block([[-A, QC], [jnp.zeros_like(A), A.T]]) * h)
-    Q = _sym(small_linalg.matmul(G[S:, S:].T, G[:S, S:]))
+    dtype = A.dtype
+    M = jnp.concatenate([
+        jnp.concatenate([A, QC, b[:, None]], axis=1),
+        jnp.concatenate([jnp.zeros((S, S), dtype), -A.T, jnp.zeros((S, 1), dtype)], axis=1),
+        jnp.zeros((1, 2 * S + 1), dtype),
+    ])
+    norm = jnp.max(jnp.sum(jnp.abs(M), axis=1))
+    longest = jnp.max(jnp.abs(dts))
+    n = jnp.ceil(jnp.log2(jnp.maximum(norm * longest, jnp.finfo(dtype).tiny) / 0.5))
+    n = jax.lax.stop_gradient(jnp.clip(n, 0, _MAX_HALVINGS))
+    h = dts / 2.0**n
+    row = jnp.eye(2 * S + 1, dtype=dtype)[:S]  # E': the first block row
+    terms = [row]
+    for k in range(1, _TAYLOR_DEGREE + 1):
+        terms.append(terms[-1] @ M / k)
+    powers = jnp.stack(terms)  # (K + 1, S, 2S + 1)
+    hk = [jnp.ones_like(h)]
+    for _ in range(_TAYLOR_DEGREE):
+        hk.append(hk[-1] * h)
+    rows = jnp.einsum("tk,ksd->tsd", jnp.stack(hk, axis=1), powers)
+    F, G12, offset = rows[:, :, :S], rows[:, :, S:2 * S], rows[:, :, 2 * S]
+    Q = _sym(_bmm_t(G12, F))
 
-    mm = small_linalg.matmul
+    def double(_, carry):
+        F, offset, Q = carry
+        return _bmm(F, F), _bmv(F, offset) + offset, _sym(Q + _bmm_t(_bmm(F, Q), F))
 
-    def double(carry, i):
-        def step(carry):
-            F, offset, Q = carry
-            use = i < n
-            return (jnp.where(use, mm(F, F), F),
-                    jnp.where(use, mm(F, offset[:, None])[:, 0] + offset, offset),
-                    jnp.where(use, _sym(Q + mm(mm(F, Q), F.T)), Q))
-
-        return jax.lax.cond(i < n_max, step, lambda c: c, carry), None
-
-    steps = jnp.arange(_MAX_HALVINGS, dtype=n.dtype)
-    return jax.lax.scan(double, (F, offset, Q), steps)[0]
+    return jax.lax.fori_loop(0, n.astype(jnp.int32), double, (F, offset, Q))
 
 
-def _expm_taylor(M):
-    """`expm(M)` for `|M| <= 1/2` by Horner's rule on the degree-18 Taylor polynomial."""
-    eye = jnp.eye(M.shape[0], dtype=M.dtype)
-    E = eye + M / _TAYLOR_DEGREE
-    for k in range(_TAYLOR_DEGREE - 1, 0, -1):
-        E = eye + small_linalg.matmul(M, E) / k
-    return E
+def _bmm(a, b):
+    """Batched products of small matrices, `a` `(T, S, R)` times `b` `(T, R, U)`, as `R`
+    elementwise multiply-adds: a `sum` over the inner axis or an einsum is a reduction
+    kernel, which on a CPU costs tens of times more on such short axes."""
+    out = a[:, :, 0, None] * b[:, None, 0, :]
+    for k in range(1, a.shape[2]):
+        out = out + a[:, :, k, None] * b[:, None, k, :]
+    return out
+
+
+def _bmm_t(a, b):
+    """Batched `a @ b'` for `a` `(T, S, R)`, `b` `(T, U, R)` (as `_bmm`)."""
+    out = a[:, :, 0, None] * b[:, None, :, 0]
+    for k in range(1, a.shape[2]):
+        out = out + a[:, :, k, None] * b[:, None, :, k]
+    return out
+
+
+def _bmv(a, v):
+    """Batched `a @ v` for `a` `(T, S, R)`, `v` `(T, R)` (as `_bmm`)."""
+    return _bmm(a, v[:, :, None])[:, :, 0]
 
 
 def _unit_scale(x):
