@@ -8,9 +8,10 @@ single function ("small while loop hoisting"), with no dispatch inside; XLA's de
 is 1,024 bytes accessed per iteration. probde's loops are small but over that limit: an ODE
 step with its forward sensitivities, a Kalman filter step with its tangents, a
 leapfrog step. Measured on this project's benchmarks (`benchmarks/RESULTS.md`, "Small
-loops as one kernel"), raising the limit to 64 KiB made one lynx-hare solve 2.4 times
-faster and a Kalman filter's value and gradient on 10,000 observations 12 times faster,
-with identical results up to floating-point rounding.
+loops as one kernel"), raising the limit to 64 KiB made one lynx-hare solve and its
+gradient 2.1 times faster, a Kalman filter's value and gradient on 10,000 observations 11
+times, and a whole lynx-hare NUTS run's core time per gradient 4 times smaller, with the
+same results up to floating-point rounding.
 
 The option lives in `XLA_FLAGS` (as `--xla_backend_extra_options=...`), which XLA reads
 once, when JAX first starts its CPU backend; `jax.jit`'s `compiler_options` cannot set it.
