@@ -357,6 +357,49 @@ def test_matrix_route_is_the_closed_form_of_each_component(k, m, s, dt):
     np.testing.assert_allclose([F[0, 1], F[1, 0], P[0, 1]], 0.0, atol=1e-300)
 
 
+def _van_loan(A, b, QC, dt):
+    """One interval's `(F, offset, Q)` from `jax.scipy.linalg.expm` (Van Loan 1978)."""
+    S = A.shape[0]
+    G = jax.scipy.linalg.expm(jnp.block([[-A, QC], [jnp.zeros_like(A), A.T]]) * dt)
+    F = G[S:, S:].T
+    E = jax.scipy.linalg.expm(jnp.block([[A, b[:, None]], [jnp.zeros((1, S + 1))]]) * dt)
+    return F, E[:S, S], F @ G[:S, S:]
+
+
+def test_matrix_route_and_its_derivatives_are_van_loans():
+    # All intervals at once (moments.linear_transitions, custom derivative) against one
+    # `expm` per interval, differentiated by JAX: values, derivatives in a parameter (both
+    # modes) and in the intervals' lengths.
+    from probde.inference import moments
+
+    def drift(t, x, th):
+        return jnp.stack([x[1], -th["lam"] ** 2 * x[0] - 2.0 * th["lam"] * x[1] + 0.3])
+
+    sde = probde.SDE(drift, lambda t, x, th: jnp.stack([0.1 * th["lam"], 0.8]),
+                     state_names=("x1", "x2"), linear=True)
+    dts = jnp.array([1e-6, 0.05, 0.7, 3.0, 12.0])
+
+    def ours(lam, dts):
+        return moments.linear_transitions(sde, {"lam": lam}, dts, jnp.zeros(2))
+
+    def reference(lam, dts):
+        th = {"lam": lam}
+        A = jax.jacfwd(drift, argnums=1)(0.0, jnp.zeros(2), th)
+        b = drift(0.0, jnp.zeros(2), th)
+        L = sde.noise_matrix(0.0, jnp.zeros(2), th)
+        return jax.vmap(lambda dt: _van_loan(A, b, L @ L.T, dt))(dts)
+
+    lam = jnp.asarray(1.3)
+    for got, want in zip(ours(lam, dts), reference(lam, dts)):
+        np.testing.assert_allclose(got, want, rtol=DISCRETE, atol=1e-14)
+    for derivative in (jax.jacfwd, jax.jacrev):
+        for argnum in (0, 1):
+            got = derivative(ours, argnums=argnum)(lam, dts)
+            want = derivative(reference, argnums=argnum)(lam, dts)
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(g, w, rtol=1e-8, atol=1e-12)
+
+
 def test_one_state_closed_form_is_the_matrix_route():
     # The closed form for one state and the matrix route agree, values and gradients.
     from probde.inference import moments

@@ -211,7 +211,8 @@ class _GaussianFilter(AbstractLikelihood):
                 (th, init, var), data = a
                 inp = eqx.tree_at(lambda i: (i.times, i.t0, i.values, i.mask, i.noise_var),
                                   inputs, (*data, var))
-                out = self._run(sde, th, init, inp, solver, diffrax.ForwardMode(), smooth=False)
+                out = self._run(sde, th, init, inp, solver, diffrax.ForwardMode(), smooth=False,
+                                exact=False)
                 return (out.log_lik, out.ok, out.num_steps, out.filtered_mean, out.filtered_cov)
 
             log_lik, ok, steps, mf, Pf = _forward_gradient(fn, (args, data))
@@ -220,13 +221,14 @@ class _GaussianFilter(AbstractLikelihood):
         adjoint = solver.adjoint
         if not isinstance(adjoint, diffrax.AbstractAdjoint):
             adjoint = diffrax.RecursiveCheckpointAdjoint()
-        return self._run(sde, theta, initial, inputs, solver, adjoint, smooth=smooth)
+        return self._run(sde, theta, initial, inputs, solver, adjoint, smooth=smooth,
+                         exact=exact)
 
-    def _run(self, sde, theta, initial, inputs, solver, adjoint, *, smooth):
+    def _run(self, sde, theta, initial, inputs, solver, adjoint, *, smooth, exact):
         m0, P0 = initial
         with_phi = bool(smooth)
         per_step = None
-        if self.exact_linear and sde.is_linear(theta, m0):
+        if exact:
             # A linear SDE's drift and diffusion do not depend on x or t (declared and
             # checked on a prior draw, or read off the traced program), so every
             # interval's exact transition depends on its length only: all of them are

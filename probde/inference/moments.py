@@ -19,10 +19,12 @@ import diffrax
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
+from jax.custom_derivatives import SymbolicZero
 
 from ..dynamics._diffeqsolve import diffeqsolve
 from ..dynamics.sde import SDE
 from ..dynamics.solver import ForwardSensitivity
+from .small_linalg import batched_matmul, batched_matmul_t, batched_matvec
 
 
 def _sym(P):
@@ -258,7 +260,6 @@ def _matrix_route(parts, xs, dts):
     return _scaled_transitions(*parts(xs), dts)
 
 
-@_matrix_route.defjvp
 def _matrix_route_jvp(parts, primals, tangents):
     xs, dts = primals
     t_xs, t_dts = tangents
@@ -274,21 +275,28 @@ def _matrix_route_jvp(parts, primals, tangents):
         # scalar parameters as products, not `tensordot` (a dot kernel per leaf)
         total = jnp.zeros_like(like)
         for j, t in zip(js, t_xs):
-            total = total + (j * t if jnp.ndim(t) == 0 else
-                             jnp.tensordot(j, t, axes=jnp.ndim(t)))
+            if not isinstance(t, SymbolicZero):  # an input nobody differentiates
+                total = total + (j * t if jnp.ndim(t) == 0 else
+                                 jnp.tensordot(j, t, axes=jnp.ndim(t)))
         return total
 
     t_out = tuple(contract(js, o) for js, o in zip(jac, out))
+    if isinstance(t_dts, SymbolicZero):  # the usual case: the times are data
+        return out, t_out
     # The intervals' lengths: d/d dt of (F, offset, Q) is (A F, F b, F L L' F').
     A, b, QC = parts(xs)
     A, b, QC = (jax.lax.stop_gradient(x) for x in (A, b, QC))
-    dF = _bmm(jnp.broadcast_to(A, F.shape), F)
-    d_offset = _bmv(F, jnp.broadcast_to(b, offset.shape))
-    dQ = _bmm_t(_bmm(F, jnp.broadcast_to(QC, F.shape)), F)
+    dF = batched_matmul(jnp.broadcast_to(A, F.shape), F)
+    d_offset = batched_matvec(F, jnp.broadcast_to(b, offset.shape))
+    dQ = batched_matmul_t(batched_matmul(F, jnp.broadcast_to(QC, F.shape)), F)
     t_dts = t_dts[:, None]
     t_out = (t_out[0] + dF * t_dts[:, :, None], t_out[1] + d_offset * t_dts,
              t_out[2] + dQ * t_dts[:, :, None])
     return out, t_out
+
+
+# Symbolic zeros: no work for the tangents of inputs that are not differentiated.
+_matrix_route.defjvp(_matrix_route_jvp, symbolic_zeros=True)
 
 
 def _scalar_transitions(a, b, q, dts):
@@ -363,36 +371,13 @@ def _matrix_transitions(A, b, QC, dts):
         hk.append(hk[-1] * h)
     rows = jnp.einsum("tk,ksd->tsd", jnp.stack(hk, axis=1), powers)
     F, G12, offset = rows[:, :, :S], rows[:, :, S:2 * S], rows[:, :, 2 * S]
-    Q = _sym(_bmm_t(G12, F))
+    Q = _sym(batched_matmul_t(G12, F))
 
     def double(_, carry):
         F, offset, Q = carry
-        return _bmm(F, F), _bmv(F, offset) + offset, _sym(Q + _bmm_t(_bmm(F, Q), F))
+        return batched_matmul(F, F), batched_matvec(F, offset) + offset, _sym(Q + batched_matmul_t(batched_matmul(F, Q), F))
 
     return jax.lax.fori_loop(0, n.astype(jnp.int32), double, (F, offset, Q))
-
-
-def _bmm(a, b):
-    """Batched products of small matrices, `a` `(T, S, R)` times `b` `(T, R, U)`, as `R`
-    elementwise multiply-adds: a `sum` over the inner axis or an einsum is a reduction
-    kernel, which on a CPU costs tens of times more on such short axes."""
-    out = a[:, :, 0, None] * b[:, None, 0, :]
-    for k in range(1, a.shape[2]):
-        out = out + a[:, :, k, None] * b[:, None, k, :]
-    return out
-
-
-def _bmm_t(a, b):
-    """Batched `a @ b'` for `a` `(T, S, R)`, `b` `(T, U, R)` (as `_bmm`)."""
-    out = a[:, :, 0, None] * b[:, None, :, 0]
-    for k in range(1, a.shape[2]):
-        out = out + a[:, :, k, None] * b[:, None, :, k]
-    return out
-
-
-def _bmv(a, v):
-    """Batched `a @ v` for `a` `(T, S, R)`, `v` `(T, R)` (as `_bmm`)."""
-    return _bmm(a, v[:, :, None])[:, :, 0]
 
 
 def _unit_scale(x):
