@@ -71,7 +71,7 @@ def matern_diffusion(t, x, th):
     return jnp.stack([0.0 * th["lam"], jnp.sqrt(4.0 * th["lam"] ** 3 * th["sf"] ** 2)])
 
 
-def ou_problem(n, linear, seed=0):
+def ou_problem(n, linear, seed=0, likelihood=None):
     rng = np.random.default_rng(seed)
     times = np.cumsum(rng.exponential(0.5, n))
     k, m, s, sig = OU["k"], OU["m"], OU["s"], OU["sigma"]
@@ -89,11 +89,11 @@ def ou_problem(n, linear, seed=0):
         initial_state=lambda th: dist.MultivariateNormal(
             jnp.full(1, th["m"]), jnp.eye(1) * th["s"] ** 2 / (2 * th["k"])),
         observation=probde.noise.Normal(sigma=dist.HalfNormal(1.0)),
-        likelihood=probde.EKF(), t0=0.0)
+        likelihood=likelihood or probde.EKF(), t0=0.0)
     return model, probde.TimeSeries(times, values, observables=("x",)), times, values
 
 
-def matern_problem(n, seed=0):
+def matern_problem(n, seed=0, likelihood=None):
     rng = np.random.default_rng(seed)
     times = np.cumsum(rng.exponential(0.5, n))
     values = np.sin(times) + MATERN["sigma"] * rng.normal(size=n)
@@ -106,7 +106,7 @@ def matern_problem(n, seed=0):
         probde.SDE(matern_drift, matern_diffusion, state_names=("x1", "x2"), linear=True),
         {"lam": dist.LogNormal(0.0, 0.5), "sf": dist.LogNormal(0.0, 0.5)},
         initial_state=initial, observation=probde.noise.Normal(sigma=dist.HalfNormal(1.0)),
-        observe=("x1",), likelihood=probde.EKF(), t0=0.0)
+        observe=("x1",), likelihood=likelihood or probde.EKF(), t0=0.0)
     return model, probde.TimeSeries(times, values, observables=("x1",))
 
 
@@ -199,8 +199,14 @@ def main():
         got, want = float(exact(ou_p)[0]), float(floor(ou_p)[0])
         if abs(got - want) > 1e-8 * abs(want):
             raise SystemExit(f"N={n}: probde {got} differs from the floor {want}")
+        pmodel, pdata, _, _ = ou_problem(n, linear=True, likelihood=probde.EKF(parallel=True))
+        parallel = jax.jit(jax.value_and_grad(lambda p: probde.log_likelihood(pmodel, pdata, p)))
+        got = float(parallel(ou_p)[0])
+        if abs(got - want) > 1e-8 * abs(want):
+            raise SystemExit(f"N={n}: the parallel filter's {got} differs from the floor {want}")
         entry = {"floor": timed(floor, ou_p, args.repeats),
-                 "ou_exact": timed(exact, ou_p, args.repeats)}
+                 "ou_exact": timed(exact, ou_p, args.repeats),
+                 "ou_parallel": timed(parallel, ou_p, args.repeats)}
         if n <= args.moment_ode_max:
             mmodel, mdata, _, _ = ou_problem(n, linear=False)
             moment = jax.jit(jax.value_and_grad(
@@ -214,8 +220,15 @@ def main():
         got, want = float(matern(gp)[0]), float(gfloor(gp)[0])
         if abs(got - want) > 1e-8 * abs(want):
             raise SystemExit(f"N={n}: probde's Matern {got} differs from its floor {want}")
+        pmodel, pdata = matern_problem(n, likelihood=probde.EKF(parallel=True))
+        mparallel = jax.jit(jax.value_and_grad(
+            lambda p: probde.log_likelihood(pmodel, pdata, p)))
+        got = float(mparallel(gp)[0])
+        if abs(got - want) > 1e-8 * abs(want):
+            raise SystemExit(f"N={n}: the parallel Matern filter's {got} differs from {want}")
         entry["matern_floor"] = timed(gfloor, gp, args.repeats)
         entry["matern_exact"] = timed(matern, gp, args.repeats)
+        entry["matern_parallel"] = timed(mparallel, gp, args.repeats)
         results["sizes"][str(n)] = entry
         for name, ts in entry.items():
             base = np.median(entry["matern_floor" if name.startswith("matern") else "floor"])

@@ -161,6 +161,10 @@ SLOW: dict[str, str] = {
     "tests/test_sde.py::test_gradient_matches_finite_differences_and_dense_gradient":
         "10 s for the first case; the jit-compiled gradient test stays",
     "tests/test_sde.py::test_long_series_is_stable_and_exact": "4-6 s each",
+    "tests/test_parallel_kalman.py::test_parallel_filter_and_smoother_are_the_sequential_ones[2000]":
+        "2000 steps, both filters and smoothers compiled (32 s); the 7-step case stays",
+    "tests/test_parallel_kalman.py::test_parallel_gradient_is_the_sequential_one[2000]":
+        "shares the 2000-step compilation above",
     "tests/test_sde.py::test_matern32_model_log_likelihood_is_the_dense_gp":
         "5 s; the OU model's test stays",
     "tests/test_sde.py::test_particle_filter_through_model_log_likelihood":

@@ -65,3 +65,15 @@ def _reaches(jaxpr, marked) -> list[bool]:
         for v, d in zip(eqn.outvars, outs):
             dep[v] = d
     return [of(v) for v in jaxpr.outvars]
+
+
+def is_affine_map(fn, like) -> bool:
+    """True when `fn(x)` is affine in `x` for states like `like`: its Jacobian, traced, does
+    not depend on `x` (values `fn` closes over are constants of the trace). Conservative, as
+    `is_affine`."""
+    x = jnp.zeros(jnp.shape(like), jnp.result_type(like, float))
+    try:
+        closed = jax.make_jaxpr(jax.jacfwd(fn))(x)
+    except Exception:  # noqa: BLE001 (not traceable this way: not known to be affine)
+        return False
+    return not any(_reaches(closed.jaxpr, [True]))
