@@ -10,11 +10,11 @@ leapfrog step), for one series of N irregularly spaced times, in float64 on the 
 
 - **dense**: `probde.discrepancy.dense.gram` + `dense.log_marginal` (Cholesky, with its
   default jitter), O(N^3) time and O(N^2) memory;
-- **Markov**: `probde.discrepancy.markov.log_marginal` (gpjax's square-root Kalman filter on
-  the Matern-3/2 SDE, checkpointed in chunks of about sqrt(N) steps), O(N) time and, under
-  reverse mode, O(sqrt(N)) stored states;
-- **Markov, per-point noise**: the same with a `(N,)` noise variance, which runs probde's
-  own filter (gpjax's takes one noise variance).
+- **Markov**: `probde.discrepancy.markov.log_marginal` with a scalar noise variance (a
+  covariance-form Kalman filter on gpjax's discretisation of the Matern-3/2 SDE, every
+  interval's transition computed before the scan), O(N) time and memory;
+- **Markov, per-point noise**: the same with a `(N,)` noise variance (the same filter; before
+  it replaced gpjax's square-root filter, this row measured a different one).
 
 How each figure is measured
 

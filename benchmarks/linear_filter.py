@@ -44,11 +44,13 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
+import gpjax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import numpyro.distributions as dist  # noqa: E402
 
 import probde  # noqa: E402
+from probde.discrepancy import markov  # noqa: E402
 
 OU = {"k": 0.8, "m": 0.6, "s": 0.7, "sigma": 0.3}
 MATERN = {"lam": 1.3, "sf": 0.9, "sigma": 0.2}
@@ -229,9 +231,22 @@ def main():
         entry["matern_floor"] = timed(gfloor, gp, args.repeats)
         entry["matern_exact"] = timed(matern, gp, args.repeats)
         entry["matern_parallel"] = timed(mparallel, gp, args.repeats)
+        gtimes, gvalues = jnp.asarray(gdata.times), jnp.asarray(gdata.values)[:, 0]
+
+        def markov_gp(p):
+            kernel = gpjax.kernels.Matern32(lengthscale=jnp.sqrt(3.0) / p["lam"],
+                                            variance=p["sf"] ** 2)
+            return markov.log_marginal(kernel, gtimes, gvalues, p["sigma"] ** 2)
+
+        mgp = jax.jit(jax.value_and_grad(markov_gp))
+        got = float(mgp(gp)[0])
+        if abs(got - want) > 1e-8 * abs(want):
+            raise SystemExit(f"N={n}: the Markov GP's {got} differs from the Matern floor {want}")
+        entry["markov_gp"] = timed(mgp, gp, args.repeats)
         results["sizes"][str(n)] = entry
         for name, ts in entry.items():
-            base = np.median(entry["matern_floor" if name.startswith("matern") else "floor"])
+            base = np.median(entry["floor" if name.startswith(("floor", "ou_"))
+                                   else "matern_floor"])
             ts = np.asarray(ts) * 1e3
             rows.append(f"| {n} | {name} | {ts.min():.3f} | {np.median(ts):.3f} | "
                         f"{ts.max():.3f} | {np.median(ts) / (base * 1e3):.1f} |")

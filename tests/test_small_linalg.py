@@ -1,12 +1,12 @@
 """The unrolled small-matrix Cholesky and triangular solves of the Gaussian filters'
-update (`probde.inference.small_linalg`) against NumPy, at every size they unroll and one
+update (`probde._small_linalg`) against NumPy, at every size they unroll and one
 above (where they hand over to JAX's)."""
 
 import jax
 import numpy as np
 import pytest
 
-from probde.inference import small_linalg
+from probde import _small_linalg as small_linalg
 
 
 @pytest.mark.parametrize("n", range(1, small_linalg.UNROLL + 2))

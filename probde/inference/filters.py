@@ -36,9 +36,10 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jax.flatten_util import ravel_pytree
 
+from .. import _small_linalg as small_linalg
 from ..dynamics.affine import is_affine_map
 from ..dynamics.sde import AbstractLikelihood, FilterInputs, FilterOutput
-from . import parallel_kalman, small_linalg
+from . import parallel_kalman
 from .moments import (  # noqa: F401 (_exact_linear: tests compare with it)
     _ekf_rhs,
     _exact_linear,

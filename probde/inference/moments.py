@@ -24,7 +24,7 @@ from jax.custom_derivatives import SymbolicZero
 from ..dynamics._diffeqsolve import diffeqsolve
 from ..dynamics.sde import SDE
 from ..dynamics.solver import ForwardSensitivity
-from .small_linalg import batched_matmul, batched_matmul_t, batched_matvec
+from .._small_linalg import batched_matmul, batched_matmul_t, batched_matvec
 
 
 def _sym(P):

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
-from . import small_linalg
+from .. import _small_linalg as small_linalg
 from .moments import _jitter, _sym
 
 
