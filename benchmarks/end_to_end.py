@@ -111,10 +111,10 @@ def worker(impl: str, seed: int) -> dict:
         divergences = int(stats["diverging"].sum())
         fn, kwargs = problem.model.numpyro_model(problem.prepared), {"observed": True}
         key = jax.random.split(jax.random.PRNGKey(seed), 3)[0]  # probde.infer's key_run
-        # NUTS.run's warmup: the best-of-8 starts, the screening warmup (its first 75
-        # iterations, with their own adaptation), then the rest of the warmup
+        # NUTS.run's warmup: the best-of-8 starts, the screen (its first 75 iterations),
+        # then the rest of the warmup, resuming the screened chains' states
         screen = method._screen_length()
-        mcmc = method.mcmc(fn, num_warmup=NUM_WARMUP - screen)
+        mcmc = method.mcmc(fn, after_screen=screen)
     else:
         jax.config.update("jax_enable_compilation_cache", False)  # a plain numpyro process
         fn = lambda times, y=None: lh.handwritten_model(  # noqa: E731

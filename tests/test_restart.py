@@ -95,7 +95,7 @@ def test_screen_length_window_and_note():
     assert restart.screen_window(lp[:, :20]).shape == (2, 10)
     text = restart.screen_note(_lp([-136.0, -755.0], draws=25), np.array([False, True]),
                                np.array([0, 0]), 75)
-    assert "chain 1 (mean log density -75" in text and "moved to chain 0's position" in text
+    assert "chain 1 (mean log density -75" in text and "moved to chain 0's position and adaptation" in text
 
 
 def test_a_stuck_chain_is_restarted_from_another_chains_final_point():
@@ -151,3 +151,61 @@ def test_a_screen_that_falls_back_to_sequential_chains_warns_once():
                      seed=0, num_prior_samples=0)
     fallback = [w for w in caught if "running the chains sequentially" in str(w.message)]
     assert len(fallback) == 1 and fallback[0].filename == __file__
+
+
+# ------------------------------------------------------------ the warmup in two parts
+def _correlated():
+    numpyro.sample("x", dist.MultivariateNormal(jnp.zeros(2), jnp.array([[1.0, 0.0],
+                                                                          [0.0, 100.0]])))
+
+
+def _warmup(kernel, num_warmup, key, init_params):
+    mcmc = numpyro.infer.MCMC(kernel, num_warmup=num_warmup, num_samples=1, progress_bar=False)
+    mcmc.warmup(key, init_params=init_params, extra_fields=("adapt_state.step_size",),
+                collect_warmup=True)
+    return mcmc
+
+
+def test_a_warmup_resumed_after_its_first_75_iterations_is_the_whole_warmup():
+    # The screen runs the first 75 iterations of the warmup and the rest resumes the chains'
+    # states (failures.CountingNUTS, warmup_schedule): draw for draw what one warmup gives,
+    # so the adaptation (step size, the slow windows' mass matrix) is not restarted.
+    method = probde.NUTS(num_chains=1, num_warmup=300)
+    start = {"x": jnp.array([1.5, -1.0])}
+    key = jax.random.PRNGKey(0)
+    whole = _warmup(method.kernel(_correlated), 300, key, start)
+    screen = _warmup(method.kernel(_correlated, warmup_schedule=300), 75, key, start)
+    rest = _warmup(method.mcmc(_correlated, after_screen=75).sampler, 225,
+                   jax.random.PRNGKey(9), screen.last_state)  # resumed: its key is unused
+    a, b = whole.last_state, rest.last_state
+    assert int(b.i) == int(a.i) == 300
+    np.testing.assert_allclose(b.z["x"], a.z["x"], rtol=1e-12)
+    np.testing.assert_allclose(b.adapt_state.step_size, a.adapt_state.step_size, rtol=1e-12)
+    np.testing.assert_allclose(b.adapt_state.inverse_mass_matrix[("x",)],
+                               a.adapt_state.inverse_mass_matrix[("x",)], rtol=1e-12)
+    # the slow windows ran: the mass matrix follows the variances (1, 100), not the identity
+    assert a.adapt_state.inverse_mass_matrix[("x",)][1] > 20.0
+    steps = np.concatenate([screen.get_extra_fields()["adapt_state.step_size"],
+                            rest.get_extra_fields()["adapt_state.step_size"]])
+    np.testing.assert_allclose(steps, whole.get_extra_fields()["adapt_state.step_size"],
+                               rtol=1e-12)
+
+
+def test_a_moved_chain_takes_the_whole_state_and_a_key_of_its_own():
+    method = probde.NUTS(num_chains=3, num_warmup=300, chain_method="sequential")
+    mcmc = numpyro.infer.MCMC(method.kernel(_correlated, warmup_schedule=300), num_warmup=20,
+                              num_samples=1, num_chains=3, chain_method="sequential",
+                              progress_bar=False)
+    mcmc.warmup(jax.random.PRNGKey(1), init_params={"x": jnp.array([[0.1, 0.2], [1.0, -1.0],
+                                                                    [-0.5, 0.3]])})
+    state = mcmc.last_state
+    moved = restart.states(state, np.array([0, 1, 0]))
+    for name in ("i", "potential_energy", "z_grad", "adapt_state"):
+        for got, want in zip(jax.tree.leaves(getattr(moved, name)),
+                             jax.tree.leaves(getattr(state, name))):
+            np.testing.assert_array_equal(np.asarray(got)[2], np.asarray(want)[0])
+            np.testing.assert_array_equal(np.asarray(got)[:2], np.asarray(want)[:2])
+    np.testing.assert_array_equal(moved.z["x"][2], state.z["x"][0])
+    keys = np.asarray(moved.rng_key)
+    np.testing.assert_array_equal(keys[:2], np.asarray(state.rng_key)[:2])
+    assert not np.array_equal(keys[2], keys[0])  # the copy does not retrace chain 0's steps

@@ -47,7 +47,19 @@ def _counting(sample_fn):
 class CountingNUTS(_NumpyroNUTS):
     """numpyro's NUTS whose state (`CountedHMCState`) also counts the model evaluations
     rejected in each transition (`failures.py`). Draws are those of numpyro's NUTS with
-    the same key: the count is only read, never fed back."""
+    the same key: the count is only read, never fed back.
+
+    Two additions let one warmup run in two parts (`probde.NUTS`'s screen, then the rest):
+    `warmup_schedule` (keyword) builds the adaptation schedule for that many warmup
+    iterations whatever `MCMC`'s `num_warmup` (the part it runs), and `init` given a
+    `CountedHMCState` as `init_params` resumes that state (iteration counter, random key,
+    step size, dual averaging, mass-matrix windows) with its counts reset: a warmup run in
+    two parts is the warmup run at once, draw for draw. numpyro's
+    `post_warmup_state` resumes a state only to sample, never to go on adapting."""
+
+    def __init__(self, *args, warmup_schedule: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.warmup_schedule = warmup_schedule
 
     def _init_state(self, rng_key, model_args, model_kwargs, init_params):
         init_params = super()._init_state(rng_key, model_args, model_kwargs, init_params)
@@ -59,8 +71,17 @@ class CountingNUTS(_NumpyroNUTS):
         return init_params
 
     def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):  # noqa: B006 - numpyro's signature
+        resume = init_params if isinstance(init_params, CountedHMCState) else None
+        if resume is not None:
+            init_params = resume.z
+        if self.warmup_schedule is not None:
+            num_warmup = self.warmup_schedule
+        # Always numpyro's init: it sets up the transition (the potential, the adaptation
+        # schedule) that the resumed state then goes on with.
         state = super().init(rng_key, num_warmup, init_params, model_args, model_kwargs)
         zero = jnp.zeros(jnp.shape(state.i), jnp.int32)
+        if resume is not None:
+            return resume._replace(rejected=zero, rejected_total=zero)
         return CountedHMCState(*state, zero, zero)
 
 

@@ -148,8 +148,9 @@ class NUTS(_ChainOptions, AbstractMethod):
 
     - `num_chains`, `num_warmup`, `num_samples`: chains, warmup (adaptation) iterations
       and kept draws per chain.
-    - `target_accept`: target mean acceptance probability of the step-size adaptation;
-      raise it (0.9, 0.95) when there are divergences.
+    - `target_accept`: target mean acceptance probability of the step-size adaptation
+      (dual averaging from Stan's heuristic start, at the beginning of warmup and after
+      each mass-matrix update); raise it (0.9, 0.95) when there are divergences.
     - `dense_mass`: adapt a dense mass matrix (helps strongly correlated posteriors).
 
     **Other arguments:**
@@ -197,13 +198,15 @@ class NUTS(_ChainOptions, AbstractMethod):
       modes at the start (the screen below does the same later).
     - `restart_stuck`: guards against chains that stay far below the others, twice.
       *Screen:* with uniform starts, at least 2 chains and 300 warmup iterations, the
-      first 75 of `num_warmup` run as a short warmup of their own;
+      first 75 iterations of the warmup run on their own;
       a chain whose mean log density over its last 25 iterations is far below the best
       chain's (by more than 10 nats and 5 within-chain sds: `probde.inference.restart.
-      far_below`) moves to another chain's position, and the rest of the warmup (fresh
-      adaptation) starts from the chains' positions; `idata.sample_stats.attrs
-      ["screened"]` records a move. Good starts are not enough: a chain that starts
-      where nearby solves fail sees every trajectory end in a rejected proposal, and its
+      far_below`) takes another chain's state (position, step size, adaptation), and the
+      rest of the warmup goes on from the chains' states, its adaptation uninterrupted;
+      `idata.sample_stats.attrs["screened"]` records a move. (With Stan's step-size
+      heuristic, lynx-hare's warmup takes 0.99 times Stan's gradients at the median of ten
+      seeds; restarting the adaptation after the screen cost 4% more than Stan's.) Good
+      starts are not enough: a chain that starts where nearby solves fail sees every trajectory end in a rejected proposal, and its
       step size shrinks to 1e-5 (lynx-hare, one seed in ten with the best-of-8 starts,
       from a log density of -800; `benchmarks/RESULTS.md`). *Restart:* after sampling,
       when a chain's mean log density is still far below the best chain's, NUTS runs
@@ -254,11 +257,17 @@ class NUTS(_ChainOptions, AbstractMethod):
         if not isinstance(self.restart_stuck, bool):
             raise TypeError(f"restart_stuck must be True or False; got {self.restart_stuck!r}")
 
-    def kernel(self, model_fn) -> CountingNUTS:
+    def kernel(self, model_fn, warmup_schedule: int | None = None) -> CountingNUTS:
         """The numpyro NUTS kernel these options describe, for `model_fn` (numpyro's NUTS,
-        counting rejected evaluations: `failures.CountingNUTS`)."""
+        counting rejected evaluations: `failures.CountingNUTS`; `warmup_schedule`: the
+        whole warmup's length when an `MCMC` runs only part of it)."""
         return CountingNUTS(
             model_fn,
+            warmup_schedule=warmup_schedule,
+            # As Stan, at the start of warmup and after each mass-matrix update: double or
+            # halve the step size until one leapfrog step's acceptance crosses 0.8 (numpyro
+            # otherwise starts at 1.0 and keeps the last step size).
+            find_heuristic_step_size=True,
             target_accept_prob=self.target_accept,
             dense_mass=self.dense_mass,
             max_tree_depth=self.max_tree_depth,
@@ -268,13 +277,15 @@ class NUTS(_ChainOptions, AbstractMethod):
 
     def mcmc(
         self, model_fn, *, progress_bar: bool = False, chain_method: str | None = None,
-        num_warmup: int | None = None,
+        after_screen: int = 0,
     ) -> MCMC:
-        """The numpyro `MCMC` object `run` uses (for users and benchmarks that need phases);
-        `num_warmup` overrides the option's (`run` takes the screening warmup from it)."""
+        """The numpyro `MCMC` object `run` uses (for users and benchmarks that need phases).
+        `after_screen`: the warmup iterations the screen already ran (`_screen`); this
+        `MCMC` then runs the rest of the warmup, on the adaptation schedule of the whole
+        one, resuming the screened chains' states passed as `init_params`."""
         return MCMC(
-            self.kernel(model_fn),
-            num_warmup=self.num_warmup if num_warmup is None else num_warmup,
+            self.kernel(model_fn, warmup_schedule=self.num_warmup if after_screen else None),
+            num_warmup=self.num_warmup - after_screen,
             num_samples=self.num_samples,
             num_chains=self.num_chains,
             thinning=self.thinning,
@@ -287,6 +298,8 @@ class NUTS(_ChainOptions, AbstractMethod):
         rejected, notes = 0, {}
         screen = self._screen_length()
         if screen:
+            # `init_params` becomes the screened chains' states: the rest of the warmup
+            # resumes their adaptation rather than starting it again.
             init_params, rejected, note, screened = self._screen(
                 model_fn, jax.random.fold_in(key, 3), init_params, screen, chain_method,
                 progress_bar, model_kwargs)
@@ -295,7 +308,7 @@ class NUTS(_ChainOptions, AbstractMethod):
             if screened.chain_method == "sequential":  # parallel could not compile (below)
                 chain_method = "sequential"
         mcmc = self.mcmc(model_fn, progress_bar=progress_bar, chain_method=chain_method,
-                         num_warmup=self.num_warmup - screen)
+                         after_screen=screen)
         mcmc = self._sample(mcmc, model_fn, key, init_params, chain_method, progress_bar,
                             model_kwargs)
         rejected = rejected + run_total(mcmc.last_state)
@@ -308,6 +321,8 @@ class NUTS(_ChainOptions, AbstractMethod):
             warnings.warn(notes["restarted"], ConvergenceWarning,
                           stacklevel=5)  # the caller of infer
             starts = restart.positions(mcmc.last_state.z, source)
+            # a whole warmup again, from positions (no screen before it)
+            mcmc = self.mcmc(model_fn, progress_bar=progress_bar, chain_method=chain_method)
             mcmc = self._sample(mcmc, model_fn, jax.random.fold_in(key, 1), starts,
                                 chain_method, progress_bar, model_kwargs)
             rejected = rejected + run_total(mcmc.last_state)
@@ -349,14 +364,16 @@ class NUTS(_ChainOptions, AbstractMethod):
 
     def _screen(self, model_fn, key, init_params, screen, chain_method, progress_bar,
                 model_kwargs):
-        """The screening warmup: `screen` iterations of NUTS with their own adaptation from
-        `init_params`; a chain that ends it far below the others (`restart.far_below` over
-        `restart.screen_window`) moves to another chain's position. `(positions, rejected,
-        note, mcmc)`: where warmup starts, the rejected proposals, what was moved ("" when
-        nothing was), and the screening `MCMC` (its extra fields: the log density and the
-        gradients, `num_steps`, per iteration)."""
-        mcmc = MCMC(self.kernel(model_fn), num_warmup=screen, num_samples=1,
-                    num_chains=self.num_chains, **self._placement(chain_method, progress_bar))
+        """The screening warmup: the first `screen` iterations of the warmup (the adaptation
+        schedule of all `num_warmup`) from `init_params`; a chain that ends them far below
+        the others (`restart.far_below` over `restart.screen_window`) takes another
+        chain's state (position and adaptation). `(states, rejected, note, mcmc)`: the
+        chains' states the rest of the warmup resumes, the rejected proposals, what was
+        moved ("" when nothing was), and the screening `MCMC` (its extra fields: the log
+        density and the gradients, `num_steps`, per iteration)."""
+        mcmc = MCMC(self.kernel(model_fn, warmup_schedule=self.num_warmup), num_warmup=screen,
+                    num_samples=1, num_chains=self.num_chains,
+                    **self._placement(chain_method, progress_bar))
         mcmc = self._sample(mcmc, model_fn, key, init_params, chain_method, progress_bar,
                             model_kwargs, screening=True)
         lp = -np.asarray(mcmc.get_extra_fields(group_by_chain=True)["potential_energy"])
@@ -364,7 +381,7 @@ class NUTS(_ChainOptions, AbstractMethod):
         below = restart.far_below(window)
         source = restart.donors(below) if below.any() else np.arange(self.num_chains)
         note = restart.screen_note(window, below, source, screen) if below.any() else ""
-        return (restart.positions(mcmc.last_state.z, source), run_total(mcmc.last_state),
+        return (restart.states(mcmc.last_state, source), run_total(mcmc.last_state),
                 note, mcmc)
 
     def _sample(self, mcmc, model_fn, key, init_params, chain_method, progress_bar,
@@ -403,7 +420,8 @@ class NUTS(_ChainOptions, AbstractMethod):
                 "NUTS(chain_method='sequential') to skip this attempt",
                 stacklevel=7 if screening else 6,  # the caller of infer
             )
-            mcmc = MCMC(self.kernel(model_fn), num_warmup=mcmc.num_warmup,
+            mcmc = MCMC(self.kernel(model_fn, getattr(mcmc.sampler, "warmup_schedule", None)),
+                        num_warmup=mcmc.num_warmup,
                         num_samples=mcmc.num_samples, num_chains=self.num_chains,
                         thinning=mcmc.thinning,
                         **self._placement("sequential", progress_bar))

@@ -11,15 +11,16 @@ reads the log densities the run already recorded, and runs whose chains agree ar
 returned untouched.
 
 That check comes late: a chain stuck from the start spends warmup and sampling in
-maximum-depth trees before it is seen (lynx-hare: 162 s instead of 16). So NUTS first runs
-a short screening warmup (`screen_length` iterations, taken from `num_warmup`) and moves a
-chain that ends it far below the others to another chain's position before the real
-warmup starts (`screen_note`).
+maximum-depth trees before it is seen (lynx-hare: 162 s instead of 16). So NUTS runs the
+first `screen_length` iterations of the warmup as a screen, and a chain that ends them far
+below the others takes another chain's state (position and adaptation) before the rest of
+the warmup resumes the chains' states (`screen_note`).
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 GAP_NATS = 10.0  # the smallest gap in mean log density that counts as "far below"
@@ -76,6 +77,26 @@ def positions(z, source) -> dict:
     return jax.tree.map(lambda x: np.asarray(x)[source], z)
 
 
+def states(state, source):
+    """The whole states (position, adaptation, random key, counters: a numpyro `HMCState`
+    with a leading chain axis) of the chains `source`, in that order, on the host, as
+    `positions`. A chain that takes another's state gets a key of its own (the other's
+    folded with its index), so that the two do not follow the same trajectories."""
+    source = np.asarray(source)
+
+    def take(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return x[jnp.asarray(source)]  # a typed key has no host array
+        return np.asarray(x)[source]
+
+    out = jax.tree.map(take, state)
+    keys = [jax.random.fold_in(out.rng_key[c], c + 1) if source[c] != c else out.rng_key[c]
+            for c in range(len(source))]
+    keys = jnp.stack(keys)
+    return out._replace(rng_key=keys if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
+                        else np.asarray(keys))
+
+
 def _means_and_best(lp):
     """Each chain's mean log density (`lp`: chain x draw) and the best finite one."""
     means = np.asarray(lp, dtype=float).mean(axis=1)
@@ -87,10 +108,10 @@ def screen_note(window, below, source, iterations: int) -> str:
     and did, for the DataTree."""
     means, best = _means_and_best(window)
     moved = ", ".join(f"chain {c} (mean log density {means[c]:.4g}; moved to chain "
-                      f"{source[c]}'s position)" for c in np.flatnonzero(below))
+                      f"{source[c]}'s position and adaptation)" for c in np.flatnonzero(below))
     return (f"the screening warmup ({iterations} iterations) left {moved} far below the "
             f"best chain ({best:.4g}) over its last {np.shape(window)[1]} iterations; "
-            "warmup then started from these positions")
+            "the rest of the warmup went on from these states")
 
 
 def donors(below) -> np.ndarray:
