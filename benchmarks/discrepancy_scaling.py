@@ -61,11 +61,11 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import gpjax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import probde  # noqa: E402
+import probde  # noqa: E402  (before gpjax, which starts JAX's backend: probde/_xla.py)
+import gpjax  # noqa: E402, I001
 from probde.discrepancy import dense, markov  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

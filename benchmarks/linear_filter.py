@@ -44,12 +44,12 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
-import gpjax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import numpyro.distributions as dist  # noqa: E402
 
-import probde  # noqa: E402
+import probde  # noqa: E402  (before gpjax, which starts JAX's backend: probde/_xla.py)
+import gpjax  # noqa: E402, I001
 from probde.discrepancy import markov  # noqa: E402
 
 OU = {"k": 0.8, "m": 0.6, "s": 0.7, "sigma": 0.3}

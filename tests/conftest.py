@@ -22,6 +22,9 @@ import numpyro  # noqa: E402
 
 numpyro.set_host_device_count(4)  # must precede JAX's backend start
 
+# probde before any test module's gpjax: it sets its XLA option before JAX starts (_xla.py)
+import probde  # noqa: E402, F401
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

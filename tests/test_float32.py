@@ -22,8 +22,8 @@ F32 = RTOL[np.dtype("float32")]
 SCRIPT = textwrap.dedent(
     """
     import json
+    import probde  # first: its XLA option counts only before JAX starts (gpjax starts it)
     import jax, jax.numpy as jnp, numpy as np, numpyro.distributions as dist, gpjax as gpx
-    import probde
     from probde.discrepancy import markov
     assert not jax.config.jax_enable_x64
     out = {}

@@ -28,7 +28,7 @@ print("RESULT", probde._xla.applied(), "xla_cpu_small_call" in text, "while(" in
 """
 
 
-def _run(before: str = "", xla_flags: str | None = None) -> tuple[bool, bool]:
+def _run(before: str = "", xla_flags: str | None = None) -> tuple[bool, bool, str]:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     if xla_flags is not None:
         env["XLA_FLAGS"] = xla_flags
@@ -38,23 +38,26 @@ def _run(before: str = "", xla_flags: str | None = None) -> tuple[bool, bool]:
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     applied, hoisted, has_loop = (w == "True" for w in line.split()[1:])
     assert has_loop  # the loop was compiled (hoisted or not), not unrolled away
-    return applied, hoisted
+    return applied, hoisted, proc.stderr
 
 
 def test_import_sets_the_option_and_small_loops_are_one_kernel():
-    applied, hoisted = _run()
+    applied, hoisted, stderr = _run()
     assert applied
     assert hoisted
+    assert "Warning" not in stderr, stderr
 
 
 def test_the_users_xla_flags_stand():
     flags = "--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=1024"
-    applied, hoisted = _run(xla_flags=flags)
+    applied, hoisted, stderr = _run(xla_flags=flags)
     assert not applied
     assert not hoisted
+    assert "Warning" not in stderr, stderr  # the user's choice: nothing to warn about
 
 
 def test_too_late_after_the_backend_started():
-    applied, hoisted = _run(before="import jax; jax.numpy.zeros(1).block_until_ready()")
+    applied, hoisted, stderr = _run(before="import jax; jax.numpy.zeros(1).block_until_ready()")
     assert not applied
     assert not hoisted
+    assert "Import probde before gpjax and before any JAX computation" in stderr, stderr

@@ -40,13 +40,13 @@ As in the logistic study the noise sd is known from replicates to about 20%
 (`sigma ~ LogNormal(log 0.1, 0.2)`, one sd for both species).
 """
 
-import gpjax as gpx
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 from scipy.integrate import solve_ivp
 
-import probde
+import probde  # before gpjax, which starts JAX (probde sets an XLA option first)
+import gpjax as gpx  # noqa: I001
 
 # --8<-- [start:truth]
 R_TRUE, K_TRUE, A_TRUE, H_TRUE, E_TRUE, M_TRUE = 2.0, 9.0, 2.0, 0.25, 0.5, 1.2

@@ -33,13 +33,13 @@ the discrepancy be told apart from the noise (Kennedy & O'Hagan 2001). The varia
 to absorb the model error.
 """
 
-import gpjax as gpx
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 from scipy.integrate import solve_ivp
 
-import probde
+import probde  # before gpjax, which starts JAX (probde sets an XLA option first)
+import gpjax as gpx  # noqa: I001
 
 R_TRUE, K_TRUE, N0_TRUE, THETA_TRUE = 0.5, 100.0, 5.0, 3.0
 NOISE_SD = 2.0

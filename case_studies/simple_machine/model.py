@@ -6,12 +6,12 @@ dy/dx = theta, y(0) = 0. Data: 11 equally spaced x in [0.2, 4] with N(0, 0.01^2)
 The physical parameter is theta = 0.65, the slope of zeta at x = 0.
 """
 
-import gpjax as gpx
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
-import probde
+import probde  # before gpjax, which starts JAX (probde sets an XLA option first)
+import gpjax as gpx  # noqa: I001
 
 THETA_TRUE = 0.65
 NOISE_SD = 0.01
