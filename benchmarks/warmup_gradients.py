@@ -12,7 +12,8 @@ steps) of the screen, of the rest of the warmup and of sampling, the min bulk ES
 max R-hat of the draws. These are counts, not times: they depend on the seed and the code,
 not on the machine or its load, so a count from another session compares.
 
-With `--stan`, `benchmarks/stan_lynx_hare.py` runs the same seeds (fresh processes, PyStan
+With `--stan` (or `--stan-from` an earlier output: Stan's counts depend on the seed only),
+`benchmarks/stan_lynx_hare.py` runs the same seeds (fresh processes, PyStan
 3: `pip install -r benchmarks/requirements-stan.txt`) and its warmup gradients (the sum of
 `n_leapfrog__` over the warmup iterations of the 4 chains) are put beside probde's; the
 table gives each seed's ratio and their median. Writes `--out` (default
@@ -79,15 +80,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--stan", action="store_true")
+    parser.add_argument("--stan-from", type=pathlib.Path, default=None,
+                        help="take Stan's counts from this earlier output (they depend on the "
+                             "seed only) instead of running Stan")
     parser.add_argument("--out", type=pathlib.Path, default=HERE / "results_warmup_gradients.json")
     args = parser.parse_args()
     problem = lh.Problem()
     results = {"command": " ".join(["python", "benchmarks/warmup_gradients.py"] + sys.argv[1:]),
                "probde": [], "stan": []}
+    earlier = ({r["seed"]: r for r in json.loads(args.stan_from.read_text())["stan"]}
+               if args.stan_from else {})
     for seed in args.seeds:
         results["probde"].append(probde_seed(problem, seed))
         if args.stan:
             results["stan"].append(stan_seed(seed))
+        elif seed in earlier:
+            results["stan"].append(dict(earlier[seed], source=str(args.stan_from)))
         print(json.dumps([r[-1] for r in (results["probde"], results["stan"]) if r]), flush=True)
         args.out.write_text(json.dumps(results, indent=1))
     print("| seed | probde screen | probde rest | probde warmup | Stan warmup | probde / Stan |")

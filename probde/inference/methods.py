@@ -148,9 +148,8 @@ class NUTS(_ChainOptions, AbstractMethod):
 
     - `num_chains`, `num_warmup`, `num_samples`: chains, warmup (adaptation) iterations
       and kept draws per chain.
-    - `target_accept`: target mean acceptance probability of the step-size adaptation
-      (dual averaging from Stan's heuristic start, at the beginning of warmup and after
-      each mass-matrix update); raise it (0.9, 0.95) when there are divergences.
+    - `target_accept`: target mean acceptance probability of the step-size adaptation;
+      raise it (0.9, 0.95) when there are divergences.
     - `dense_mass`: adapt a dense mass matrix (helps strongly correlated posteriors).
 
     **Other arguments:**
@@ -203,10 +202,9 @@ class NUTS(_ChainOptions, AbstractMethod):
       chain's (by more than 10 nats and 5 within-chain sds: `probde.inference.restart.
       far_below`) takes another chain's state (position, step size, adaptation), and the
       rest of the warmup goes on from the chains' states, its adaptation uninterrupted;
-      `idata.sample_stats.attrs["screened"]` records a move. (With Stan's step-size
-      heuristic, lynx-hare's warmup takes 0.99 times Stan's gradients at the median of ten
-      seeds; restarting the adaptation after the screen cost 4% more than Stan's.) Good
-      starts are not enough: a chain that starts where nearby solves fail sees every trajectory end in a rejected proposal, and its
+      `idata.sample_stats.attrs["screened"]` records a move (restarting the adaptation
+      after the screen, as before, cost 4% more warmup gradients than Stan's on
+      lynx-hare). Good starts are not enough: a chain that starts where nearby solves fail sees every trajectory end in a rejected proposal, and its
       step size shrinks to 1e-5 (lynx-hare, one seed in ten with the best-of-8 starts,
       from a log density of -800; `benchmarks/RESULTS.md`). *Restart:* after sampling,
       when a chain's mean log density is still far below the best chain's, NUTS runs
@@ -264,10 +262,10 @@ class NUTS(_ChainOptions, AbstractMethod):
         return CountingNUTS(
             model_fn,
             warmup_schedule=warmup_schedule,
-            # As Stan, at the start of warmup and after each mass-matrix update: double or
-            # halve the step size until one leapfrog step's acceptance crosses 0.8 (numpyro
-            # otherwise starts at 1.0 and keeps the last step size).
-            find_heuristic_step_size=True,
+            # Not numpyro's `find_heuristic_step_size` (Stan's start: double or halve the
+            # step size until one leapfrog step's acceptance crosses 0.8): on lynx-hare it
+            # saved 3% of the warmup's gradients but cost 2 s more tracing a call (its
+            # search traces the gradient once more in each program; `benchmarks/RESULTS.md`).
             target_accept_prob=self.target_accept,
             dense_mass=self.dense_mass,
             max_tree_depth=self.max_tree_depth,
