@@ -36,7 +36,7 @@ def _eye(n, dtype):
     return jnp.eye(n, dtype=dtype)
 
 
-def _masked(H, R, y, mask):
+def _masked(H, R, mask):
     """The observation model of one step with missing components removed (static shapes)."""
     Hm = jnp.where(mask[:, None], H, 0.0)
     Rm = jnp.diag(jnp.where(mask, R, 1.0))
@@ -46,7 +46,7 @@ def _masked(H, R, y, mask):
 def _filter_element(F, u, Q, H, d, R, y, mask):
     """`(A, b, C, eta, J)` of a step after the first."""
     S_dim = F.shape[0]
-    Hm, Rm = _masked(H, R, y, mask)
+    Hm, Rm = _masked(H, R, mask)
     r = jnp.where(mask, y - Hm @ u - d, 0.0)
     S = _sym(Hm @ Q @ Hm.T + Rm)
     chol = jnp.linalg.cholesky(S)
@@ -68,7 +68,7 @@ def _first_element(F, u, Q, H, d, R, y, mask, m0, P0):
     S_dim = F.shape[0]
     mp = F @ m0 + u
     Pp = _sym(F @ P0 @ F.T + Q)
-    Hm, Rm = _masked(H, R, y, mask)
+    Hm, Rm = _masked(H, R, mask)
     r = jnp.where(mask, y - Hm @ mp - d, 0.0)
     S = _sym(Hm @ Pp @ Hm.T + Rm)
     chol = jnp.linalg.cholesky(S)
@@ -116,7 +116,7 @@ def predicted(F, u, Q, mf, Pf, m0, P0):
 
 
 def _step_loglik(mp, Pp, H, d, R, y, mask):
-    Hm, Rm = _masked(H, R, y, mask)
+    Hm, Rm = _masked(H, R, mask)
     r = jnp.where(mask, y - Hm @ mp - d, 0.0)
     S = _sym(Hm @ Pp @ Hm.T + Rm)
     chol = small_linalg.cholesky(S)
