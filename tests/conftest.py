@@ -22,15 +22,16 @@ import numpyro  # noqa: E402
 
 numpyro.set_host_device_count(4)  # must precede JAX's backend start
 
-# probde before any test module's gpjax: it sets its XLA option before JAX starts (_xla.py)
-import probde  # noqa: E402, F401
-
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# probde before any test module's gpjax, which starts JAX's backend on import: probde sets
+# its XLA option before that (_xla.py).
+import probde  # noqa: E402, F401, I001
 
 # Deterministic tolerances keyed by dtype (TESTING.md).
 RTOL = {np.dtype("float64"): 5e-7, np.dtype("float32"): 5e-4}

@@ -45,6 +45,8 @@ SLOW: dict[str, str] = {
         "a fresh Python process",
     # fresh processes that import JAX and compile
     "tests/test_float32.py": "a float32 run in a fresh process (44 s)",
+    "tests/test_discrepancy.py::test_float64_switched_on_after_import_gives_float64_log_marginals":
+        "a fresh process (6 s)",
     "tests/test_layering.py::test_probde_works_when_arviz_was_imported_first":
         "a fresh process (6 s)",
     "tests/test_compile_cache.py::test_import_turns_the_cache_on_in_probdes_folder":
