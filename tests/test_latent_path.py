@@ -237,6 +237,11 @@ def ou_euler_posterior(grid, times, values, num=160):
     return out
 
 
+# One divergence in 4000 transitions is common on this path (the increments and the
+# diffusion scale make a funnel): with the warmup resumed after the screen, 3 of seeds 1-6
+# had one (0 of 6 when the warmup restarted its adaptation). It warns; what this test
+# checks is the posterior against quadrature, and that divergences stay that rare.
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")
 def test_nuts_on_the_latent_path_gives_the_discretised_posterior():
     """NUTS on (k, s, 60 increments) reproduces the posterior of the Euler-discretised
     OU model (quadrature): means and sds within Z_MAX Monte Carlo standard errors."""
@@ -250,6 +255,9 @@ def test_nuts_on_the_latent_path_gives_the_discretised_posterior():
                           seed=1, num_prior_samples=0)
     want = ou_euler_posterior(lik.grid(data.times, np.array([0.0])), np.asarray(data.times),
                               np.asarray(data.values))
+    assert int(result.idata["sample_stats"]["diverging"].sum()) <= 2  # of 4000
+    report = result.diagnose(show=False)
+    assert all(c.passed for c in report.checks if c.name != "divergences"), report
     post = result.idata.posterior
     for name, (mean, sd) in want.items():
         draws = post[name]
