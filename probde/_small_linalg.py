@@ -75,6 +75,14 @@ def cho_solve(L, B):
     return solve_upper(L.T, solve_lower(L, B))
 
 
+def gaussian_log_density(r, L, n_obs):
+    """`log N(r | 0, S)` from the lower Cholesky factor `L` of `S`, for `n_obs` observed
+    components (masked ones carry a zero residual and a unit variance)."""
+    z = solve_lower(L, r)
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
+    return -0.5 * (z @ z + logdet + n_obs * jnp.log(2.0 * jnp.pi))
+
+
 # ------------------------------------------------ batched over a leading axis (T intervals)
 # Written as `R` elementwise multiply-adds: a `sum` over the inner axis or an `einsum` is a
 # reduction kernel, which on a CPU costs tens of times more on such short axes (measured

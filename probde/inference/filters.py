@@ -56,12 +56,6 @@ from .moments import (  # noqa: F401 (_exact_linear: tests compare with it)
 
 
 # ------------------------------------------------------------------------- update steps
-def _gaussian_loglik(r, Schol, n_obs):
-    z = small_linalg.solve_lower(Schol, r)
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(Schol)))
-    return -0.5 * (z @ z + logdet + n_obs * jnp.log(2.0 * jnp.pi))
-
-
 def _ekf_update(m, P, y, mask, h, noise_var):
     mm = small_linalg.matmul
     hx = h(m)
@@ -76,7 +70,7 @@ def _ekf_update(m, P, y, mask, h, noise_var):
     IKH = jnp.eye(m.shape[0], dtype=m.dtype) - mm(K, H)
     Rm = jnp.where(mask, noise_var, 0.0)
     P_new = _sym(mm(mm(IKH, P), IKH.T) + mm(K * Rm[None, :], K.T))  # Joseph form
-    ll = _gaussian_loglik(r, chol, jnp.sum(mask))
+    ll = small_linalg.gaussian_log_density(r, chol, jnp.sum(mask))
     return m + mm(K, r[:, None])[:, 0], P_new, ll
 
 
@@ -94,7 +88,7 @@ def _ukf_update(rule: _SigmaRule):
         K = small_linalg.cho_solve(chol, C.T).T
         Sm = S - jnp.diag(jnp.where(mask, 0.0, 1.0))  # the masked unit entries carry no gain
         P_new = _sym(P - K @ Sm @ K.T)
-        ll = _gaussian_loglik(r, chol, jnp.sum(mask))
+        ll = small_linalg.gaussian_log_density(r, chol, jnp.sum(mask))
         return m + K @ r, P_new, ll
 
     return update

@@ -119,10 +119,7 @@ def _step_loglik(mp, Pp, H, d, R, y, mask):
     Hm, Rm = _masked(H, R, mask)
     r = jnp.where(mask, y - Hm @ mp - d, 0.0)
     S = _sym(Hm @ Pp @ Hm.T + Rm)
-    chol = small_linalg.cholesky(S)
-    z = small_linalg.solve_lower(chol, r)
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
-    return -0.5 * (z @ z + logdet + jnp.sum(mask) * jnp.log(2.0 * jnp.pi))
+    return small_linalg.gaussian_log_density(r, small_linalg.cholesky(S), jnp.sum(mask))
 
 
 def kalman_filter(transitions, H, d, R, m0, P0, values, mask):
