@@ -23,6 +23,7 @@ import pytest
 from gpjax.state_space import TruncatedPeriodic
 
 from probde.discrepancy import dense, markov
+from probde.inference import parallel_kalman
 
 EXACT = 1e-8  # relative, float64: both sides are exact algebra
 GRAD_RTOL = 1e-6
@@ -294,10 +295,26 @@ def test_long_series():
     kernel = gpx.kernels.Matern32(lengthscale=1.0, variance=1.0)
     value = jax.jit(lambda t, r: markov.log_marginal(kernel, t, r, 0.01))(t, r)
     assert np.isfinite(float(value))
-    # Stable over 1e5 steps: the covariance-form filter of `log_marginal` and the square-root
-    # filter behind the smoother (QR updates, an independent implementation) agree to
-    # exact-algebra precision at the end of the series.
+    # Stable over 1e5 steps: the sequential covariance-form filter and smoother behind
+    # every function here agree with the parallel-in-time (associative-scan) filter and
+    # smoother of `probde.inference.parallel_kalman`, an independent implementation, to
+    # exact-algebra precision at the end of the series and at every smoothed variance.
     sde, dts = markov._sde(kernel), markov._time_steps(t)
     mask, rr, nv = markov._inputs(r, 0.01, None)
-    _, square_root = jax.jit(lambda dts, rr: markov._filter(sde, dts, rr, mask, nv))(dts, rr)
-    assert _rel(value, square_root) < EXACT, (float(value), float(square_root))
+
+    @jax.jit
+    def both(dts, rr):
+        A, L_Q = markov._transitions(sde, dts, rr.dtype)
+        Q = L_Q @ jnp.swapaxes(L_Q, 1, 2)
+        m0, L0 = markov._initial_state(sde, rr.dtype)
+        h = sde.observation_matrix
+        mf, Pf, mp, Pp, ll = parallel_kalman.kalman_filter(
+            (A, jnp.zeros(A.shape[:2], A.dtype), Q), h, jnp.zeros(1), jnp.full(1, 0.01),
+            m0, L0 @ L0.T, rr[:, None], mask[:, None])
+        _, Ps = parallel_kalman.rts_smoother(A, mf, Pf, mp, Pp)
+        return jnp.sum(ll), jnp.einsum("i,nij,j->n", h[0], Ps, h[0]), markov._smoothed(
+            sde, dts, rr, mask, nv)[1]
+
+    parallel, parallel_var, smoothed_var = both(dts, rr)
+    assert _rel(value, parallel) < EXACT, (float(value), float(parallel))
+    assert _rel(smoothed_var, parallel_var) < EXACT

@@ -8,13 +8,13 @@ increasing (irregular spacing and repeated times are fine); shapes are static an
 (bool, `True` = observed) removes points without changing shapes.
 
 gpjax 1.0 supplies the model: `gpjax.state_space.to_sde(kernel)` gives the SDE and its exact
-discretisation `(A(dt), L_Q(dt))`, and `rts_smoother` the square-root smoother. The log
-marginal likelihood, evaluated at every gradient of a sampler, runs a covariance-form filter
-written here, with all intervals' transitions computed before its scan: gpjax's
-`kalman_filter` (one QR per step, one noise variance for all points) was 60-90 times slower
-than a hand-written filter on a CPU. The filtered trajectory that the smoother, the
-leave-one-out terms and backward sampling need comes from a square-root filter of our own on
-the same `discretise` (gpjax's returns only the log marginal likelihood).
+discretisation `(A(dt), L_Q(dt))`. The filter, the smoother and the sampler are written
+here (`_cov_filter`, `_rts`, `_draw_states`): gpjax's `kalman_filter` takes one noise
+variance for every point and returns only the log marginal likelihood, its `rts_smoother`
+and a square-root filter of our own ran one QR per step, and it has no sampler. In
+covariance form, with all intervals' transitions computed before the scans, the log
+marginal likelihood is within a few times a hand-written filter, and the leave-one-out
+terms, smoothed moments and posterior draws cost about two filters.
 
 All arrays are computed in JAX's default float dtype (float64 with `jax_enable_x64`, else
 float32); inputs of another dtype are converted.
@@ -32,11 +32,9 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 from gpjax.kernels import Periodic
 from gpjax.kernels.base import AbstractKernel
 from gpjax.state_space import to_sde
-from gpjax.state_space.inference import rts_smoother
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from .. import _small_linalg as small_linalg
@@ -138,46 +136,15 @@ def _inputs(residuals, noise_var, mask):
     return mask, r, noise_var
 
 
-def _tria(M):
-    """Lower-triangular `T` with `T T^T = M M^T` (QR of `M^T`; diagonal signs arbitrary)."""
-    _, R = jnp.linalg.qr(M.T, mode="reduced")
-    return R.T
-
-
 # ----------------------------------------------------------------------------- own filter
 # gpjax's `kalman_filter` takes one noise standard deviation for every point and returns only
-# the log marginal likelihood, so the per-point noise and the filtered trajectory (for the
-# smoother, leave-one-out and backward sampling) need this square-root filter of our own.
-def _filter_step(sde, carry, inputs):
-    """One predict + (masked) update of a square-root Kalman filter with per-point noise."""
-    m, L = carry
-    dt, y, observed, noise_sd = inputs
-    d = m.shape[0]
-    A, L_Q = _discretise(sde, dt)
-    m_pred = A @ m
-    L_pred = _tria(jnp.concatenate([A @ L, L_Q], axis=1))
-    H = sde.observation_matrix  # (1, d)
-    # Array form of the scalar update: tria([[sd, H L], [0, L]]) = [[s, 0], [k, L_new]] with
-    # s^2 the innovation variance, k / s the Kalman gain, L_new the updated square root.
-    pre = jnp.concatenate(
-        [
-            jnp.concatenate([jnp.reshape(noise_sd, (1, 1)), H @ L_pred], axis=1),
-            jnp.concatenate([jnp.zeros((d, 1), L_pred.dtype), L_pred], axis=1),
-        ],
-        axis=0,
-    )
-    post = _tria(pre)
-    s = post[0, 0]
-    gain = post[1:, 0] / s
-    innovation = y - (H @ m_pred)[0]
-    m_upd = m_pred + gain * innovation
-    L_upd = post[1:, 1:]
-    log_lik = -0.5 * (_LOG_2PI + jnp.log(s**2) + (innovation / s) ** 2)
-    m_new = jnp.where(observed, m_upd, m_pred)
-    L_new = jnp.where(observed, L_upd, L_pred)
-    return (m_new, L_new), (m_new, L_new, m_pred, L_pred, jnp.where(observed, log_lik, 0.0))
-
-
+# the log marginal likelihood, and its smoother runs one QR per step; the per-point noise,
+# the filtered trajectory and the smoother are therefore written here, in covariance form,
+# with every interval's transition computed batched before the scans (they depend on dt
+# only) and the small products written out (`small_linalg`), which XLA fuses into one kernel
+# per step. A square-root filter (one QR per step: a LAPACK call each, and more under
+# differentiation) made the log marginal 60-90 times and the leave-one-out terms 10-20 times
+# a hand-written filter on a CPU (`benchmarks/RESULTS.md`, Markov-GP rows).
 def _initial_state(sde, dtype):
     L0 = jnp.asarray(sde.stationary_state_cov_sqrt, dtype)
     return jnp.zeros((sde.state_dim,), dtype), L0
@@ -187,28 +154,17 @@ def _dtype(sde, *arrays):
     return jnp.result_type(float, sde.stationary_state_cov_sqrt, *arrays)
 
 
-def _filter(sde, dts, r, mask, noise_var):
-    """Full filtered trajectory `(means, Ls, predicted means, predicted Ls)` and log
-    marginal likelihood, in the layout `gpjax...rts_smoother` expects."""
-    dtype = _dtype(sde, r, noise_var)
-    inputs = (dts, r.astype(dtype), mask, jnp.sqrt(noise_var).astype(dtype))
-    _, (ms, Ls, m_preds, L_preds, log_liks) = jax.lax.scan(
-        lambda c, x: _filter_step(sde, c, x), _initial_state(sde, dtype), inputs
-    )
-    return (ms, Ls, m_preds, L_preds), jnp.sum(log_liks)
+def _transitions(sde, dts, dtype):
+    """Every interval's `A(dt)` and `L_Q(dt)` (`Q = L_Q L_Q'`), `(N, d, d)` each."""
+    return jax.vmap(lambda dt: _discretise(sde, dt))(dts.astype(dtype))
 
 
-def _log_marginal_scan(sde, dts, r, mask, noise_var):
-    """Log marginal likelihood with per-point noise, the hot path of sampling (one call per
-    gradient). All intervals' transitions `A(dt)`, `Q(dt)` are computed at once, batched,
-    before the scan (they depend on dt only); the scan then moves the covariance-form
-    moments with the small products written out (`small_linalg`), which XLA fuses into one
-    kernel per step. The square-root filter above, one QR per step (a LAPACK call each, and
-    more under differentiation), made this 60-90 times a hand-written filter on a CPU
-    (`benchmarks/RESULTS.md`, Markov-GP rows); its trajectory is still what the smoother,
-    the leave-one-out terms and backward sampling use."""
-    dtype = _dtype(sde, r, noise_var)
-    A, L_Q = jax.vmap(lambda dt: _discretise(sde, dt))(dts.astype(dtype))
+def _cov_filter(sde, transitions, r, mask, noise_var, trajectory=False):
+    """Covariance-form Kalman filter with per-point noise on the intervals' `transitions`
+    (`_transitions`): the log marginal likelihood, and with `trajectory` also `(A, filtered
+    means, covariances, predicted means, covariances)`, leading dim N."""
+    A, L_Q = transitions
+    dtype = A.dtype
     Q = small_linalg.batched_matmul_t(L_Q, L_Q)
     h = jnp.asarray(sde.observation_matrix, dtype)[0]  # (d,)
     mm = small_linalg.matmul
@@ -227,16 +183,80 @@ def _log_marginal_scan(sde, dts, r, mask, noise_var):
         IKH = jnp.eye(h.shape[0], dtype=dtype) - gain[:, None] * h[None, :]
         P_upd = mm(mm(IKH, P_pred), IKH.T) + nv * gain[:, None] * gain[None, :]
         P_upd = 0.5 * (P_upd + P_upd.T)
-        log_lik = -0.5 * (_LOG_2PI + jnp.log(s) + innovation**2 / s)
+        log_lik = jnp.where(observed, -0.5 * (_LOG_2PI + jnp.log(s) + innovation**2 / s), 0.0)
         m_new = jnp.where(observed, m_pred + gain * innovation, m_pred)
         P_new = jnp.where(observed, P_upd, P_pred)
-        return (m_new, P_new), jnp.where(observed, log_lik, 0.0)
+        out = (m_new, P_new, m_pred, P_pred, log_lik) if trajectory else log_lik
+        return (m_new, P_new), out
 
     m0, L0 = _initial_state(sde, dtype)
-    init = (m0, L0 @ L0.T)
-    _, log_liks = jax.lax.scan(
-        step, init, (A, Q, r.astype(dtype), mask, noise_var.astype(dtype)))
-    return jnp.sum(log_liks)
+    _, out = jax.lax.scan(
+        step, (m0, L0 @ L0.T), (A, Q, r.astype(dtype), mask, noise_var.astype(dtype)))
+    if not trajectory:
+        return jnp.sum(out)
+    ms, Ps, m_preds, P_preds, log_liks = out
+    return jnp.sum(log_liks), (A, ms, Ps, m_preds, P_preds)
+
+
+def _rts(forward, covariances=True):
+    """Rauch-Tung-Striebel smoother in covariance form: smoothed means `(N, d)` and, with
+    `covariances`, covariances `(N, d, d)`. The gains `G_k = P_k A_{k+1}' P_pred_{k+1}^{-1}`
+    depend on the filter's covariances only, so they are solved for all steps at once,
+    batched, before the backward scan."""
+    A, ms, Ps, m_preds, P_preds = forward
+    PAt = small_linalg.batched_matmul_t(Ps[:-1], A[1:])  # P_k A_{k+1}'
+    G = jnp.swapaxes(jnp.linalg.solve(P_preds[1:], jnp.swapaxes(PAt, 1, 2)), 1, 2)
+    mm = small_linalg.matmul
+
+    def step(carry, x):
+        m_next, P_next = carry
+        m, P, m_pred, P_pred, G_k = x
+        m_new = m + mm(G_k, (m_next - m_pred)[:, None])[:, 0]
+        if not covariances:
+            return (m_new, P_next), m_new
+        P_new = P + mm(mm(G_k, P_next - P_pred), G_k.T)
+        P_new = 0.5 * (P_new + P_new.T)
+        return (m_new, P_new), (m_new, P_new)
+
+    _, out = jax.lax.scan(step, (ms[-1], Ps[-1]),
+                          (ms[:-1], Ps[:-1], m_preds[1:], P_preds[1:], G), reverse=True)
+    if not covariances:
+        return jnp.concatenate([out, ms[-1:]])
+    return jnp.concatenate([out[0], ms[-1:]]), jnp.concatenate([out[1], Ps[-1:]])
+
+
+def _prior_path(transitions, L0, key):
+    """One draw of the state at every grid point from the GP prior `(N, d)`."""
+    A, L_Q = transitions
+    z = jax.random.normal(key, A.shape[:2], A.dtype)
+    kicks = small_linalg.batched_matvec(L_Q, z)  # L_Q(dt_k) z_k
+
+    def step(x, inputs):
+        A_k, kick = inputs
+        x = small_linalg.matmul(A_k, x[:, None])[:, 0] + kick
+        return x, x
+
+    x0 = L0 @ z[0]
+    _, xs = jax.lax.scan(step, x0, (A[1:], kicks[1:]))
+    return jnp.concatenate([x0[None], xs])
+
+
+def _draw_states(sde, dts, r, mask, noise_var, key):
+    """One draw of the states `(N, d)` given the observed residuals, by the simulation
+    smoother of Durbin & Koopman (2002): with `x+`, `y+` drawn from the prior, `x+ +
+    E[x | r - y+]` is distributed as `x | r`. One prior path, one filter and the smoother's
+    means (gpjax has no backward sampler; this needs no factorisation of the conditional
+    covariances, which are singular at repeated times)."""
+    dtype = _dtype(sde, r, noise_var)
+    transitions = _transitions(sde, dts, dtype)
+    k_path, k_noise = jax.random.split(key)
+    x_plus = _prior_path(transitions, _initial_state(sde, dtype)[1], k_path)
+    h = jnp.asarray(sde.observation_matrix, dtype)[0]
+    noise = jnp.sqrt(noise_var.astype(dtype)) * jax.random.normal(k_noise, r.shape, dtype)
+    y_plus = x_plus @ h + noise
+    _, forward = _cov_filter(sde, transitions, r.astype(dtype) - y_plus, mask, noise_var,
+                             trajectory=True)
+    return x_plus + _rts(forward, covariances=False)
 
 
 # ----------------------------------------------------------------------------- public
@@ -262,21 +282,22 @@ def log_marginal(
     `dense.log_marginal(dense.gram(kernel, times), residuals, noise_var, mask, jitter=0.0)`.
 
     The filter runs in covariance form on gpjax's exact discretisation of the kernel's SDE,
-    all intervals' transitions computed before the scan (`_log_marginal_scan`).
+    all intervals' transitions computed before the scan (`_cov_filter`).
     """
     mask, r, nv = _inputs(residuals, noise_var, mask)
-    return _log_marginal_scan(_sde(kernel), _time_steps(times), r, mask, nv)
+    sde = _sde(kernel)
+    dts = _time_steps(times)
+    return _cov_filter(sde, _transitions(sde, dts, _dtype(sde, r, nv)), r, mask, nv)
 
 
 def _smoothed(sde, dts, r, mask, nv):
     """Smoothed mean and variance of delta = H x at every grid point."""
-    forward, _ = _filter(sde, dts, r, mask, nv)
-    with jax.numpy_rank_promotion("allow"):
-        means, Ls = rts_smoother(sde, forward, dts)
-    h = sde.observation_matrix[0]
-    mean = means @ h
-    var = jnp.sum(jnp.einsum("d,nde->ne", h, Ls) ** 2, axis=-1)
-    return mean, var
+    transitions = _transitions(sde, dts, _dtype(sde, r, nv))
+    _, forward = _cov_filter(sde, transitions, r, mask, nv, trajectory=True)
+    means, Ps = _rts(forward)
+    h = jnp.asarray(sde.observation_matrix, means.dtype)[0]
+    Ph = small_linalg.batched_matvec(Ps, jnp.broadcast_to(h, means.shape))
+    return means @ h, Ph @ h
 
 
 def loo_pointwise(
@@ -341,38 +362,6 @@ def conditional_marginals(
     return mean[at_query], var[at_query]
 
 
-# gpjax has no backward sampler; forward-filter backward-sample (Frühwirth-Schnatter 1994,
-# Carter & Kohn 1994) in square-root form on the same discretisation.
-def _backward_sample(sde, forward, dts, key):
-    ms, Ls, _, _ = forward
-    n, d = ms.shape
-    z = jax.random.normal(key, (n, d), ms.dtype)
-    x_last = ms[-1] + Ls[-1] @ z[-1]
-
-    def step(x_next, inputs):
-        m, L, dt_next, zi = inputs
-        A, L_Q = _discretise(sde, dt_next)
-        # tria([[L_Q, A L], [0, L]]) = [[X, 0], [Y, Z]]: X X^T = P_pred(next), Y X^T = P A^T,
-        # so the gain is G = Y X^{-1} and Z Z^T = P - G P_pred G^T, the covariance of
-        # x | x_next, y_{1:i}.
-        pre = jnp.concatenate(
-            [
-                jnp.concatenate([L_Q, A @ L], axis=1),
-                jnp.concatenate([jnp.zeros((d, L_Q.shape[1]), L.dtype), L], axis=1),
-            ],
-            axis=0,
-        )
-        post = _tria(pre)
-        X, Y, Z = post[:d, :d], post[d:, :d], post[d:, d:]
-        gain = jsl.solve_triangular(X, Y.T, lower=True, trans="T").T
-        x = m + gain @ (x_next - A @ m) + Z @ zi
-        return x, x
-
-    inputs = (ms[:-1], Ls[:-1], dts[1:], z[:-1])
-    _, xs = jax.lax.scan(step, x_last, inputs, reverse=True)
-    return jnp.concatenate([xs, x_last[None, :]], axis=0)
-
-
 def sample_posterior(
     key: PRNGKeyArray,
     kernel,
@@ -386,15 +375,14 @@ def sample_posterior(
     at `query_times`, in $O(N + M)$.
 
     Arguments as in `conditional_marginals`, plus a PRNG `key`. The two grids are merged
-    (query points unobserved), filtered forward, and the state sampled backward from
-    $x_i \mid x_{i+1}, r_{1:i}$. Returns `(delta_at_times (N,), delta_at_query (M,))`, one
+    (query points unobserved) and the states drawn by the simulation smoother
+    (`_draw_states`). Returns `(delta_at_times (N,), delta_at_query (M,))`, one
     draw from the Gaussian whose moments `dense.conditional` gives (missing data points are
     sampled too). `vmap` over keys for several draws.
     """
     mask, r, nv = _inputs(residuals, noise_var, mask)
     sde = _sde(kernel)
     dts, rr, obs, vv, at_times, at_query = _merged(times, r, nv, mask, query_times)
-    forward, _ = _filter(sde, dts, rr, obs, vv)
-    xs = _backward_sample(sde, forward, dts, key)
-    delta = xs @ sde.observation_matrix[0]
+    xs = _draw_states(sde, dts, rr, obs, vv, key)
+    delta = xs @ jnp.asarray(sde.observation_matrix, xs.dtype)[0]
     return delta[at_times], delta[at_query]
