@@ -6,6 +6,7 @@ import dataclasses
 import warnings
 
 import arviz as az
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -15,6 +16,7 @@ import pytest
 
 import probde
 from conftest import Z_MAX, decay_at_failure_edge
+from probde.inference.loss_trace import loss_rose
 from probde.inference.svi import loss_converged
 
 # ------------------------------------------------------ linear-Gaussian regression
@@ -447,6 +449,54 @@ def test_convergence_rule():
     assert not loss_converged(falling[0] + np.where(np.arange(1000) % 7, 0.0, np.nan))
     # Too short to judge.
     assert not loss_converged(base[:50])
+
+
+
+def test_rise_rule():
+    rng = np.random.default_rng(1)
+    # A stationary trace (20 windows of 50 steps): the last window would have to lie 6
+    # standard errors of the difference (plus 0.1, 1% of the loss) above the best of the
+    # 19 others, which by the order statistics of 19 normal window means has a
+    # probability below 1e-6 a trace.
+    flat = 10.0 + rng.normal(size=(400, 1000))
+    assert not any(loss_rose(x) is not None for x in flat)
+    # Falling to 50 over 500 steps, then jumping to about 80 (noise sd 1): flagged, with
+    # the best window (steps 450-499, mean about 52.5) and the last one (about 80).
+    up = np.concatenate([np.linspace(100.0, 50.0, 500), np.full(500, 80.0)])
+    start, best, last = loss_rose(up + rng.normal(size=1000))
+    assert start == 450 and abs(best - 52.45) < 0.5 and abs(last - 80.0) < 0.5
+    # A falling trace, and one still above its best by less than the tolerance, are not.
+    assert loss_rose(np.linspace(100.0, 50.0, 1000) + rng.normal(size=1000)) is None
+    assert loss_rose(np.concatenate([np.full(900, 10.0), np.full(100, 10.05)])) is None
+    # Skipped (non-finite) steps are left out; short runs are not judged.
+    with_nan = up.copy()
+    with_nan[::7] = np.nan
+    assert loss_rose(with_nan) is not None
+    assert loss_rose(up[::20]) is None  # 50 steps
+
+
+def test_fit_that_ends_worse_warns_and_says_why():
+    # The MAP loss is deterministic: 200 Adam steps at 0.05 bring it to its minimum; from
+    # then on every update is pushed by 0.1 in every coordinate, more than Adam's steps
+    # can undo, so the parameters leave the optimum and the loss of the last window lies
+    # far above what the fit had reached (a stand-in for a noisy step that throws a fit
+    # into a worse basin).
+    def push_after(step, size):
+        def update(updates, count, params=None):
+            push = jnp.where(count >= step, size, 0.0)
+            return jax.tree.map(lambda u: u + push, updates), count + 1
+
+        return optax.GradientTransformation(lambda params: jnp.zeros((), jnp.int32), update)
+
+    optimizer = optax.chain(optax.adam(0.05), push_after(200, 0.1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(probde.Laplace(num_steps=400, num_draws=10, optimizer=optimizer))
+    messages = [str(w.message) for w in caught]
+    assert any(m.startswith("Laplace ended at a worse loss than it had reached")
+               and "lower learning_rate, and compare fits" in m for m in messages), messages
+    # the rise is reported instead of "not converged ... raise learning_rate"
+    assert not any("raise num_steps or learning_rate" in m for m in messages), messages
 
 
 # -------------------------------------------------------- skipped non-finite steps

@@ -41,6 +41,15 @@ _SCALE_TOL = 0.01
 _DRIFT_Z = 2.0
 # Warn when more than this share of the optimisation steps had to be skipped.
 _SKIP_WARN_FRACTION = 0.1
+# Rise rule: the last window's median loss above the lowest earlier window's by more than
+# `_RISE_Z` standard errors of the difference plus `_RISE_RTOL` of the loss scale (floored
+# at 1 nat). Stricter than the convergence rule: the last window is compared with the best
+# of about twenty, which a stationary trace beats by about two standard errors by chance,
+# and the optimiser's jitter makes successive losses correlated, so the standard errors
+# (from each window's spread, as if its losses were independent) are too small. The rises
+# it is for are tens of nats (a deep-GP fit: 15-80, against standard errors of about 0.5).
+_RISE_Z = 6.0
+_RISE_RTOL = 1e-2
 
 
 def window_size(n: int) -> int:
@@ -130,23 +139,94 @@ def loss_converged(losses) -> bool:
     ```
     """
     losses = np.asarray(losses, dtype=float)
-    n = losses.shape[0]
-    if n < _MIN_STEPS:
+    if losses.shape[0] < _MIN_STEPS:
         return False
-    w = window_size(n)
-    last = losses[-w:]
-    prev = losses[-2 * w : -w]
-    last, prev = last[np.isfinite(last)], prev[np.isfinite(prev)]
+    w = window_size(losses.shape[0])
+    last, prev = _finite(losses[-w:]), _finite(losses[-2 * w : -w])
     if last.size < 2 or prev.size < 2:
         return False
-    se = math.sqrt(last.var(ddof=1) / last.size + prev.var(ddof=1) / prev.size)
+    se = _se_of_difference(last, prev)
     drop = prev.mean() - last.mean()
     return bool(drop <= _CONVERGENCE_Z * se + _CONVERGENCE_RTOL * max(1.0, abs(prev.mean())))
 
 
+def _finite(x):
+    return x[np.isfinite(x)]
+
+
+def _se_of_difference(a, b):
+    """Standard error of `a.mean() - b.mean()` for independent samples."""
+    return math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
+
+
+def _se_of_median(x):
+    """Standard error of the median of `x`, from its median absolute deviation (a
+    one-draw ELBO has rare draws tens of times the typical loss, which would dominate a
+    mean and a variance): 1.2533 sd / sqrt(n) for normal data, sd = 1.4826 MAD."""
+    mad = np.median(np.abs(x - np.median(x)))
+    return 1.2533 * 1.4826 * mad / math.sqrt(x.size)
+
+
+def rise_window(n: int) -> int:
+    """The window of the rise rule for a run of `n` steps: 5% of the steps, at least 10.
+    Half the convergence rule's: the best stretch to compare with can be short, e.g. the
+    end of the chosen start's first phase, whose window would otherwise be averaged with
+    the fall from its starting point."""
+    return max(window_size(n) // 2, _MIN_WINDOW)
+
+
+def loss_rose(losses) -> tuple[int, float, float] | None:
+    """The rise rule: did the loss end higher than it had been?
+
+    The trace is cut into consecutive windows of `rise_window(n)` steps (the last one
+    ends at the last step; skipped steps are left out), each summarised by its median
+    loss (robust to the rare huge losses of a one-draw ELBO). Under a decaying learning
+    rate the last window should have the lowest; when it lies above the lowest earlier
+    window by more than six standard errors of the difference (from the windows' median
+    absolute deviations) plus
+    `0.01 * max(1, |lowest mean|)`, the fit left the basin it was in (a noisy gradient step
+    under a large learning rate can throw a many-parameter guide into a worse optimum)
+    and what it returns is worse than what it had. Returns `(first step of the best
+    window, its median, the last window's median)`, or `None` when the loss did not rise.
+    Runs of fewer than 100 steps are not judged.
+
+    **Example:**
+
+    ```python
+    >>> import numpy as np
+    >>> from probde.inference.loss_trace import loss_rose
+    >>> down_then_up = np.concatenate([np.linspace(100.0, 50.0, 500), np.full(500, 80.0)])
+    >>> start, best, last = loss_rose(down_then_up)
+    >>> start, round(best, 2), last  # best window: steps 450-499
+    (450, 52.45, 80.0)
+    >>> loss_rose(np.linspace(100.0, 50.0, 1000)) is None
+    True
+
+    ```
+    """
+    losses = np.asarray(losses, dtype=float)
+    n = losses.shape[0]
+    if n < _MIN_STEPS:
+        return None
+    w = rise_window(n)
+    last = _finite(losses[-w:])
+    # the earlier windows, backwards from the last one: (first step, finite losses)
+    earlier = [(end - w, _finite(losses[end - w : end])) for end in range(n - w, w - 1, -w)]
+    earlier = [(start, x) for start, x in earlier if x.size >= 2]
+    if not earlier or last.size < 2:
+        return None
+    start, window = min(earlier, key=lambda item: np.median(item[1]))
+    best, end = np.median(window), np.median(last)
+    se = math.hypot(_se_of_median(window), _se_of_median(last))
+    if end - best <= _RISE_Z * se + _RISE_RTOL * max(1.0, abs(best)):
+        return None
+    return start, float(best), float(end)
+
+
 def check_fit(name, losses, skipped, num_steps, windows=None, labels=(), gradient=None):
     """After a fit named `name` (for the messages): raise when every step was skipped,
-    warn when more than 10% were, and warn when the fit had not converged: the loss was
+    warn when more than 10% were, warn when the loss ended higher than it had been
+    (`loss_rose`; then nothing more is said), and warn when the fit had not converged: the loss was
     still falling (`loss_converged`) or, with `windows` (a Gaussian guide's
     `ParameterWindows`, coordinates named by `labels`), its location or scale still moved,
     or, with `gradient` (a Gaussian guide's `stationarity.Stationarity`), the ELBO's
@@ -169,6 +249,20 @@ def check_fit(name, losses, skipped, num_steps, windows=None, labels=(), gradien
             "priors or raise Solver(max_steps=...)",
             stacklevel=7,
         )
+    rose = loss_rose(losses)
+    if rose is not None:
+        start, best, last = rose
+        w = rise_window(len(losses))
+        warnings.warn(
+            f"{name} ended at a worse loss than it had reached: a median of {last:.4g} "
+            f"over the last {w} steps against {best:.4g} over steps {start}-{start + w - 1} (see "
+            f"idata['{TRACE_GROUP}'].loss). Steps under a large learning rate or a noisy "
+            "gradient moved the fit out of the basin it was in, and the result is where it "
+            f"ended; lower learning_rate{' or raise num_particles' if name == 'SVI' else ''}"
+            ", and compare fits from other seeds",
+            stacklevel=7,
+        )
+        return
     why = []
     if not loss_converged(losses):
         why.append(
