@@ -14,7 +14,7 @@ variance for every point and returns only the log marginal likelihood, its `rts_
 and a square-root filter of our own ran one QR per step, and it has no sampler. In
 covariance form, with all intervals' transitions computed before the scans, the log
 marginal likelihood is within a few times a hand-written filter, and the leave-one-out
-terms, smoothed moments and posterior draws cost about two filters.
+terms, smoothed moments and posterior draws cost two to three filters.
 
 All arrays are computed in JAX's default float dtype (float64 with `jax_enable_x64`, else
 float32); inputs of another dtype are converted.
