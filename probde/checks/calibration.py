@@ -460,9 +460,9 @@ def _result(names, theta, ranks, pit, num, ess, div, seconds, strategy, unconver
             element_p[label] = float(array_stats.uniformity_test(u, axis=-1)[0])
     group = {n: pit[n][None] for n in names}
     prior = {n: theta[n][None] for n in names}
-    import arviz as az
+    import arviz_base
 
-    idata = az.from_dict({"prior_sbc": group, "prior": prior})
+    idata = arviz_base.from_dict({"prior_sbc": group, "prior": prior})
     idata.attrs["num_draws"] = int(num)
     if unconverged:
         warnings.warn(f"sbc: {unconverged} of {len(ess)} fits failed their convergence checks",

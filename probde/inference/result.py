@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import arviz as az
+# ArviZ's packages for data and statistics, not `arviz`, which also imports arviz_plots
+# and matplotlib's pyplot (`convergence.py`); plots import them when drawn.
+import arviz_base
+import arviz_stats
 import numpy as np
 import xarray as xr
 
@@ -106,7 +109,7 @@ def _log_likelihood_by_obs_id(log_likelihood, data):
     observed values only, along `obs_id`, with coordinates that say where each came from."""
     log_likelihood = {k: v[:, :, data.mask] for k, v in log_likelihood.items()}
     e, t, o = np.nonzero(data.mask)
-    ll = az.from_dict(
+    ll = arviz_base.from_dict(
         {"log_likelihood": log_likelihood}, dims={Y: ["obs_id"]}
     )["log_likelihood"].to_dataset()
     ll = ll.assign_coords(
@@ -161,11 +164,11 @@ def build_datatree(
         groups.pop("log_likelihood")
     groups = {k: v for k, v in groups.items() if v or k in ("posterior", "sample_stats")}
     parameter_groups = ("posterior", "sample_stats", "prior")
-    idata = az.from_dict({k: v for k, v in groups.items() if k in parameter_groups},
+    idata = arviz_base.from_dict({k: v for k, v in groups.items() if k in parameter_groups},
                          dims=dims["parameters"], coords=coords)
     others = {k: v for k, v in groups.items() if k not in parameter_groups}
     if others:
-        tree = az.from_dict(others, dims=dims["data"], coords=coords)
+        tree = arviz_base.from_dict(others, dims=dims["data"], coords=coords)
         for name in others:
             idata[name] = tree[name]
     if by_obs_id:
@@ -279,7 +282,7 @@ class InferenceResult:
     def summary(self, var_names=None, **kwargs):
         """`arviz.summary` of the parameters (or of `var_names`), as a pandas DataFrame."""
         var_names = self.parameter_names if var_names is None else var_names
-        return az.summary(self.idata, var_names=var_names, **kwargs)
+        return arviz_stats.summary(self.idata, var_names=var_names, **kwargs)
 
     def plot_fit(self, path=None, *, interval: float = 0.9, ax=None, group=None):
         """Data with the model's credible band and the predictive band, one panel per
