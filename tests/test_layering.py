@@ -373,3 +373,19 @@ def test_probde_works_when_arviz_was_imported_first():
                          cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert float(out.stdout.strip().splitlines()[-1]) < 10.0
+
+
+def test_import_probde_loads_no_plotting_package():
+    # The checks and results call arviz_stats and arviz_base; `import arviz` would also load
+    # arviz_plots and matplotlib's pyplot (about 0.5 s of every import). Plots load them
+    # when drawn. A fresh process, since this one has them loaded.
+    import subprocess
+    import sys
+
+    code = ("import sys, probde\n"
+            "print(sorted(m for m in ('arviz', 'arviz_plots', 'matplotlib.pyplot')"
+            " if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

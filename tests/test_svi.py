@@ -493,6 +493,9 @@ def test_fit_that_ends_worse_warns_and_says_why():
         warnings.simplefilter("always")
         fit(probde.Laplace(num_steps=400, num_draws=10, optimizer=optimizer))
     messages = [str(w.message) for w in caught]
+    # the warning points at the caller of probde.infer (this file's `fit`)
+    assert any(w.filename == __file__ for w in caught
+               if str(w.message).startswith("Laplace ended")), [w.filename for w in caught]
     assert any(m.startswith("Laplace ended at a worse loss than it had reached")
                and "lower learning_rate, and compare fits" in m for m in messages), messages
     # the rise is reported instead of "not converged ... raise learning_rate"

@@ -49,6 +49,8 @@ SLOW: dict[str, str] = {
         "a fresh process (6 s)",
     "tests/test_layering.py::test_probde_works_when_arviz_was_imported_first":
         "a fresh process (6 s)",
+    "tests/test_layering.py::test_import_probde_loads_no_plotting_package":
+        "a fresh process (5 s)",
     "tests/test_compile_cache.py::test_import_turns_the_cache_on_in_probdes_folder":
         "a fresh process (6 s)",
     "tests/test_compile_cache.py::test_cache_opt_out_and_folder_from_the_environment":

@@ -226,8 +226,8 @@ def loss_rose(losses) -> tuple[int, float, float] | None:
 def check_fit(name, losses, skipped, num_steps, windows=None, labels=(), gradient=None):
     """After a fit named `name` (for the messages): raise when every step was skipped,
     warn when more than 10% were, warn when the loss ended higher than it had been
-    (`loss_rose`; then nothing more is said), and warn when the fit had not converged: the loss was
-    still falling (`loss_converged`) or, with `windows` (a Gaussian guide's
+    (`loss_rose`; then nothing more is said), and warn when the fit had not converged: the
+    loss was still falling (`loss_converged`) or, with `windows` (a Gaussian guide's
     `ParameterWindows`, coordinates named by `labels`), its location or scale still moved,
     or, with `gradient` (a Gaussian guide's `stationarity.Stationarity`), the ELBO's
     gradient says its location or scale is off the optimum.
@@ -249,19 +249,7 @@ def check_fit(name, losses, skipped, num_steps, windows=None, labels=(), gradien
             "priors or raise Solver(max_steps=...)",
             stacklevel=7,
         )
-    rose = loss_rose(losses)
-    if rose is not None:
-        start, best, last = rose
-        w = rise_window(len(losses))
-        warnings.warn(
-            f"{name} ended at a worse loss than it had reached: a median of {last:.4g} "
-            f"over the last {w} steps against {best:.4g} over steps {start}-{start + w - 1} (see "
-            f"idata['{TRACE_GROUP}'].loss). Steps under a large learning rate or a noisy "
-            "gradient moved the fit out of the basin it was in, and the result is where it "
-            f"ended; lower learning_rate{' or raise num_particles' if name == 'SVI' else ''}"
-            ", and compare fits from other seeds",
-            stacklevel=7,
-        )
+    if _warn_if_rose(name, losses):
         return
     why = []
     if not loss_converged(losses):
@@ -285,6 +273,26 @@ def check_fit(name, losses, skipped, num_steps, windows=None, labels=(), gradien
             f"{name} has not converged: {'; '.join(why)}; raise num_steps or learning_rate",
             stacklevel=7,
         )
+
+
+def _warn_if_rose(name, losses) -> bool:
+    """Warn (and return `True`) when the fit ended at a worse loss than it had reached
+    (`loss_rose`)."""
+    rose = loss_rose(losses)
+    if rose is None:
+        return False
+    start, best, last = rose
+    w = rise_window(len(losses))
+    warnings.warn(
+        f"{name} ended at a worse loss than it had reached: a median of {last:.4g} "
+        f"over the last {w} steps against {best:.4g} over steps {start}-{start + w - 1} (see "
+        f"idata['{TRACE_GROUP}'].loss). Steps under a large learning rate or a noisy "
+        "gradient moved the fit out of the basin it was in, and the result is where it "
+        f"ended; lower learning_rate{' or raise num_particles' if name == 'SVI' else ''}"
+        ", and compare fits from other seeds",
+        stacklevel=8,  # the caller of probde.infer, through check_fit
+    )
+    return True
 
 
 def _largest_first(mask, values):
