@@ -176,3 +176,37 @@ def test_from_runs_rejects_bad_arguments(arguments, error, match):
 def test_fit_rejects_a_non_function():
     with pytest.raises(TypeError, match="simulator must be a function"):
         probde.DeepGPEmulator.fit("not a function", _TIMES4, _DESIGN5)
+
+
+def test_short_fit_warns_at_the_caller():
+    # The fit's loss trace is judged by probde.SVI's rules; 50 steps are too few to tell,
+    # and the warning points at this file, not at probde.
+    with pytest.warns(UserWarning, match="DeepGPEmulator's SVI fit has not converged: 50 "
+                      "steps are too few") as caught:
+        probde.DeepGPEmulator.from_runs(_TIMES4, _DESIGN5, _OUTPUTS, num_features=10,
+                                        num_steps=50, num_draws=4, held_out=0.0,
+                                        progress_bar=False)
+    assert all(w.filename == __file__ for w in caught), [w.filename for w in caught]
+
+
+def test_loss_trace_checks():
+    from probde.discrepancy.deep_emulator_fit import _check_loss_trace
+
+    rng = np.random.default_rng(0)
+    none = np.zeros(1000, bool)
+    # falling to 50, then jumping to 80: the rise, and which guide was kept
+    up = np.concatenate([np.linspace(100.0, 50.0, 500), np.full(500, 80.0)])
+    up = up + rng.normal(size=1000)
+    with pytest.warns(UserWarning, match=r"ended at a worse loss than it had reached: .* "
+                      r"keeps the guide averaged over steps 450-499"):
+        _check_loss_trace(up, none, 450)
+    # still falling
+    with pytest.warns(UserWarning, match="the loss was still falling at the end of the 1000"):
+        _check_loss_trace(np.linspace(100.0, 50.0, 1000), none, None)
+    # a fifth of the steps skipped (the converged rest passes)
+    skipped = np.arange(1000) % 5 == 0
+    with pytest.warns(UserWarning, match="200 of 1000 steps were skipped") as caught:
+        _check_loss_trace(10.0 + rng.normal(size=1000), skipped, None)
+    assert len(caught) == 1
+    # a converged trace passes silently (warnings are errors in the tests)
+    _check_loss_trace(10.0 + rng.normal(size=1000), none, None)

@@ -473,31 +473,73 @@ def test_rise_rule():
     with_nan[::7] = np.nan
     assert loss_rose(with_nan) is not None
     assert loss_rose(up[::20]) is None  # 50 steps
+    # A fit that ends where every step is skipped (no finite loss in the last window) has
+    # risen: it ended where the loss cannot be evaluated.
+    stuck = up.copy()
+    stuck[600:] = np.inf
+    start, best, last = loss_rose(stuck)
+    assert start == 450 and last == np.inf
 
 
-def test_fit_that_ends_worse_warns_and_says_why():
+def push_after(step, size):
+    """An optax transformation that adds `size` to every update from step `step` on."""
+    def update(updates, count, params=None):
+        push = jnp.where(count >= step, size, 0.0)
+        return jax.tree.map(lambda u: u + push, updates), count + 1
+
+    return optax.GradientTransformation(lambda params: jnp.zeros((), jnp.int32), update)
+
+
+def test_best_window_tracker_agrees_with_the_rise_rule():
+    # The fit keeps the best window while it runs (probde._loss_rules.track_best); the window it
+    # returns must be the one loss_rose names, however the trace is cut: a partial window
+    # before the first whole one (1037 steps), skipped (NaN, inf) steps. The "parameter"
+    # after step i is i, so the window's average is its middle step.
+    from probde._loss_rules import track_best
+    from probde.inference.loss_trace import rise_window
+
+    rng = np.random.default_rng(2)
+    for n in (260, 1000, 1037):
+        x = np.concatenate([np.linspace(100.0, 50.0, n // 2), np.full(n - n // 2, 80.0)])
+        x = x + rng.normal(size=n)
+        x[::7], x[3::11] = np.nan, np.inf
+        w = rise_window(n)
+        tracker = (jnp.full((w,), jnp.nan), jnp.zeros(()), jnp.array(jnp.inf), jnp.zeros(()),
+                   jnp.array(-1))
+
+        def body(t, i, x=jnp.asarray(x), n=n):
+            return track_best(t, i, x[i], i.astype(float), n), None
+
+        t, _ = jax.lax.scan(body, tracker, jnp.arange(n))
+        start, best, _ = loss_rose(x)
+        assert int(t[4]) == start and float(t[2]) == pytest.approx(best), (n, t, start, best)
+        assert float(t[3]) / w == pytest.approx(start + (w - 1) / 2)
+
+
+def test_fit_that_ends_worse_returns_its_best_window_and_says_why():
     # The MAP loss is deterministic: 200 Adam steps at 0.05 bring it to its minimum; from
     # then on every update is pushed by 0.1 in every coordinate, more than Adam's steps
     # can undo, so the parameters leave the optimum and the loss of the last window lies
     # far above what the fit had reached (a stand-in for a noisy step that throws a fit
     # into a worse basin).
-    def push_after(step, size):
-        def update(updates, count, params=None):
-            push = jnp.where(count >= step, size, 0.0)
-            return jax.tree.map(lambda u: u + push, updates), count + 1
-
-        return optax.GradientTransformation(lambda params: jnp.zeros((), jnp.int32), update)
-
     optimizer = optax.chain(optax.adam(0.05), push_after(200, 0.1))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fit(probde.Laplace(num_steps=400, num_draws=10, optimizer=optimizer))
+        result = fit(probde.Laplace(num_steps=400, num_draws=NUM_DRAWS, optimizer=optimizer))
     messages = [str(w.message) for w in caught]
+    # What it returns is the guide averaged over the best window (steps 180-199, the
+    # 20-step windows of the rule), where the fit sat at the mode: the Laplace
+    # approximation of this Gaussian posterior is then exact up to the optimiser's
+    # residual (its Hessian is the same everywhere). Without the repair the location would
+    # be where the pushes left it, 200 steps of 0.1 away.
+    assert result.idata["svi_trace"].attrs["returned_steps"] == [180, 199]
+    check_moments(draws(result), OPT_MEAN, 0.0, 0.0)
     # the warning points at the caller of probde.infer (this file's `fit`)
     assert any(w.filename == __file__ for w in caught
                if str(w.message).startswith("Laplace ended")), [w.filename for w in caught]
     assert any(m.startswith("Laplace ended at a worse loss than it had reached")
-               and "lower learning_rate, and compare fits" in m for m in messages), messages
+               and "the result is the guide averaged over steps 180-199, not where it ended"
+               in m and "Lower learning_rate, and compare fits" in m for m in messages), messages
     # the rise is reported instead of "not converged ... raise learning_rate"
     assert not any("raise num_steps or learning_rate" in m for m in messages), messages
 
@@ -536,6 +578,29 @@ def test_non_finite_steps_are_skipped_and_counted(method):
     # Both fits end near the (barely truncated) posterior: the mean within Monte Carlo
     # error plus a tenth of a posterior sd of 0.88.
     tol = Z_MAX * np.sqrt(1 / 6 / mu.size) + 0.1 * np.sqrt(1 / 6)
+    assert abs(float(mu.mean()) - 5.3 / 6) < tol, float(mu.mean())
+
+
+def test_fit_stuck_where_every_step_fails_returns_its_best_window():
+    # From step 200 every update is pushed by +0.1: mu crosses the wall (1.8) within a few
+    # steps, and there the loss is infinite. A skipped step keeps the parameters, so every
+    # later step is skipped too, and the fit would end stuck beyond the wall (as a deep-GP
+    # fit at a large learning rate did: 3345 of 4000 steps skipped, noise sd 11). A last
+    # window without finite losses counts as a rise, and the fit returns its best window.
+    optimizer = optax.chain(optax.adam(0.05), push_after(200, 0.1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = probde.infer(walled, Y_CONJ, probde.Laplace(num_steps=400, num_draws=NUM_DRAWS,
+                                                             optimizer=optimizer),
+                              seed=0, num_prior_samples=0)
+    messages = [str(w.message) for w in caught]
+    assert any("no finite loss over the last 20 steps" in m and "the result is the guide "
+               "averaged over steps" in m for m in messages), messages
+    first, last = result.idata["svi_trace"].attrs["returned_steps"]
+    assert last < 200 + 10, (first, last)
+    # the Laplace approximation at the mode of the (barely truncated) N(5.3/6, 1/6)
+    mu = result.idata["posterior"]["mu"].values
+    tol = Z_MAX * np.sqrt(1 / 6 / mu.size) + OPT_MEAN * np.sqrt(1 / 6)
     assert abs(float(mu.mean()) - 5.3 / 6) < tol, float(mu.mean())
 
 

@@ -146,6 +146,8 @@ SLOW: dict[str, str] = {
     "tests/test_svi.py::test_flat_hessian_falls_back_to_the_prior_start": "8 s",
     "tests/test_svi.py::test_reproducible_with_seed": "6 s",
     "tests/test_svi.py::test_short_fit_warns": "9 s for the first case",
+    "tests/test_svi.py::test_fit_stuck_where_every_step_fails_returns_its_best_window":
+        "a second Laplace fit of the rise rule (6 s)",
     "tests/test_svi.py::test_non_finite_steps_are_skipped_and_counted": "6 s for the first case",
     "tests/test_svi.py::test_model_datatree_and_arviz": "24 s",
     "tests/test_svi.py::test_custom_optax_optimizer_and_hashable": "4 s",
@@ -198,6 +200,8 @@ SLOW: dict[str, str] = {
     "tests/test_deep_emulator.py::test_predict_is_pure_jax_in_theta": "shares the fit",
     "tests/test_deep_emulator.py::test_modular_calibration_recovers_k": "NUTS, 22 s",
     "tests/test_deep_emulator.py::test_bad_input": "shares the fit",
+    "tests/test_deep_emulator.py::test_short_fit_warns_at_the_caller":
+        "compiles a second deep-GP fit (20 s)",
     "tests/test_model_parts.py::test_ornstein_uhlenbeck_mean_called_mu": "7 s",
     # PEtab: benchmark problems, gradients through solves, NUTS (the suite cases: CASES)
     "tests/test_petab.py::test_benchmark_log_likelihood_at_nominal_matches_the_reference":

@@ -1,13 +1,16 @@
 """Fitting `DeepGPEmulator`: the numpyro model of the standardised training outputs, the
 near-zero initialisation of the weights, the SVI run (Adam on a warmup-cosine schedule,
-steps with a non-finite loss undone, `probde._optim`) and the draws kept from the fitted
-guide; also the checks of the deep-GP options.
+steps with a non-finite loss undone, `probde._optim`), the checks of its loss trace (the
+rules of `probde.SVI`, `probde._loss_rules`) and the draws kept from the fitted guide;
+also the checks of the deep-GP options.
 """
 
 from __future__ import annotations
 
 import functools
 import numbers
+import pathlib
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +20,16 @@ import numpyro.distributions as dist
 from numpyro.infer import init_to_median, init_to_uniform
 
 from .._checks import describe
+from .._loss_rules import (
+    _MIN_STEPS,
+    SKIP_WARN_FRACTION,
+    best_window_start,
+    describe_rise,
+    loss_converged,
+    loss_rose,
+    rise_window,
+    track_best,
+)
 from .._optim import SMALL_INIT_RADIUS, default_optimizer, svi_step
 from .deepgp import SMALL_INIT, DeepGPDiscrepancy, base_frequencies, forward
 from .emulator_checks import _check_seed
@@ -100,12 +113,13 @@ def _fit_deep_gp(runs, disc, num_steps, learning_rate, batch_size, num_draws, se
     guide = AutoNormal(model_fn, init_loc_fn=_init_loc, init_scale=_INIT_SCALE)
     key_fit, key_draws = jax.random.split(jax.random.PRNGKey(int(seed)))
     optimizer = default_optimizer(float(learning_rate), int(num_steps))
-    params, losses = _run_svi(model_fn, guide, optimizer, int(num_steps), key_fit,
-                              progress_bar)
-    if not np.any(np.isfinite(losses)):
+    params, losses, skipped, returned = _run_svi(model_fn, guide, optimizer, int(num_steps),
+                                                 key_fit, progress_bar)
+    if not np.any(np.isfinite(losses)) or skipped.all():
         raise RuntimeError(
-            "the deep-GP emulator's SVI fit failed: no step had a finite loss"
+            "the deep-GP emulator's SVI fit failed: no step had a finite loss and update"
         )
+    _check_loss_trace(losses, skipped, returned)
     draws = _draw_posterior(guide, params, key_draws, num_draws, disc.layers, dtype)
     return omegas, w, draws, losses
 
@@ -150,7 +164,11 @@ def _draw_posterior(guide, params, key, num_draws, layers, dtype):
 
 
 def _run_svi(model_fn, guide, optimizer, num_steps, key, progress_bar):
-    """`num_steps` SVI steps in jit-compiled `lax.scan`s; `(params, losses)`.
+    """`num_steps` SVI steps in jit-compiled `lax.scan`s; `(params, losses, skipped,
+    returned)`: the loss and whether the step was skipped, per step, and the first step of
+    the window whose averaged parameters are returned instead of the last ones (`None`
+    when they are not), as `probde.SVI` does: when the loss rose (`loss_rose`), the
+    guide averaged over the window of lowest median loss (`track_best`).
 
     The initialisation is compiled too: numpyro's is op-by-op in Python otherwise (a few
     hundred small compilations, a minute on a busy CPU). A step whose loss or new
@@ -159,27 +177,82 @@ def _run_svi(model_fn, guide, optimizer, num_steps, key, progress_bar):
     from numpyro.optim import optax_to_numpyro
 
     svi = SVI(model_fn, guide, optax_to_numpyro(optimizer), Trace_ELBO())
-    state = jax.jit(svi.init)(key)
-    run = jax.jit(lambda s, n: jax.lax.scan(svi_step(svi, {}), s, None, length=n),
-                  static_argnums=1)
-    if not progress_bar:
-        state, (losses, _) = run(state, num_steps)
-    else:
-        from tqdm.auto import tqdm
+    step = svi_step(svi, {})
 
-        chunk = max(1, num_steps // 20)
-        parts = []
-        with tqdm(total=num_steps, desc="SVI (deep-GP emulator)") as bar:
-            done = 0
-            while done < num_steps:
-                n = min(chunk, num_steps - done)
-                state, (part, _) = run(state, n)
-                parts.append(np.asarray(part))
-                done += n
-                bar.update(n)
-                bar.set_postfix_str(f"loss {float(part[-1]):.4g}", refresh=False)
-        losses = np.concatenate(parts)
-    return svi.get_params(state), np.asarray(losses)
+    def body(carry, i):
+        state, tracker = carry
+        state, (loss, skipped) = step(state, None)
+        tracker = track_best(tracker, i, jnp.where(skipped, jnp.nan, loss),
+                             svi.optim.get_params(state.optim_state), num_steps)
+        return (state, tracker), (loss, skipped)
+
+    state = jax.jit(svi.init)(key)
+    carry = (state, best_window_start(svi.optim.get_params(state.optim_state), num_steps))
+    run = jax.jit(lambda c, i: jax.lax.scan(body, c, i))
+    steps = jnp.arange(num_steps)
+    chunk = max(1, num_steps // 20) if progress_bar else num_steps
+    parts = []
+    with _bar(progress_bar, num_steps) as bar:
+        for done in range(0, num_steps, chunk):
+            carry, part = run(carry, steps[done:done + chunk])
+            parts.append([np.asarray(x) for x in part])
+            if bar is not None:
+                bar.update(part[0].shape[0])
+                bar.set_postfix_str(f"loss {float(part[0][-1]):.4g}", refresh=False)
+    losses, skipped = (np.concatenate([p[j] for p in parts]) for j in range(2))
+    state, tracker = carry
+    params, returned = svi.get_params(state), None
+    if loss_rose(np.where(skipped, np.nan, losses)) is not None and int(tracker[4]) >= 0:
+        count = rise_window(num_steps)
+        params = svi.constrain_fn(jax.tree.map(lambda t: t / count, tracker[3]))
+        returned = int(tracker[4])
+    return params, losses, skipped.astype(bool), returned
+
+
+def _bar(progress_bar, total):
+    """A tqdm bar over the SVI steps, or a context holding `None`."""
+    import contextlib
+
+    if not progress_bar:
+        return contextlib.nullcontext()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="SVI (deep-GP emulator)")
+
+
+def _check_loss_trace(losses, skipped, returned):
+    """The checks of `probde.SVI` on the fit's loss trace, with warnings pointing at the
+    caller of `DeepGPEmulator.fit` or `.from_runs`: too many skipped steps, a loss that
+    ended higher than it had been (`loss_rose`; `returned` as from `_run_svi`), a loss
+    still falling (`loss_converged`). The emulator keeps the trace (`loss_trace`)."""
+    n, n_skip = losses.shape[0], int(skipped.sum())
+    trace = np.where(skipped, np.nan, losses)
+    where = "the emulator's loss_trace"
+    if n_skip > SKIP_WARN_FRACTION * n:
+        _warn(f": {n_skip} of {n} steps were skipped because the loss or the update was not "
+              "finite; the fit used the rest. Lower learning_rate")
+    rose = loss_rose(trace)
+    if rose is not None:
+        start, best, last = rose
+        w = rise_window(n)
+        kept = ("the emulator keeps the guide averaged over steps "
+                f"{returned}-{returned + w - 1}" if returned is not None
+                else "the emulator keeps where it ended")
+        _warn(f" ended at a worse loss than it had reached: "
+              f"{describe_rise(start, best, last, w)} (see {where}); {kept}, but it had "
+              "not converged there. Lower learning_rate, or "
+              "compare fits from other seeds")
+    elif not loss_converged(trace):
+        why = (f"{n} steps are too few to tell (at least {_MIN_STEPS} are needed)"
+               if n < _MIN_STEPS else
+               f"the loss was still falling at the end of the {n} steps (see {where})")
+        _warn(f" has not converged: {why}; raise num_steps or learning_rate")
+
+
+def _warn(message: str) -> None:
+    # the first frame outside probde: the caller of DeepGPEmulator.fit or .from_runs
+    warnings.warn(f"DeepGPEmulator's SVI fit{message}",
+                  skip_file_prefixes=(str(pathlib.Path(__file__).parents[1]),))
 
 
 # ---------------------------------------------------------------------- validation

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax, random
-
 from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.infer import SVI as _NumpyroSVI
 from numpyro.infer import Trace_ELBO
@@ -18,13 +17,22 @@ from numpyro.infer.elbo import ELBO
 from numpyro.infer.util import log_density
 from numpyro.optim import optax_to_numpyro
 
+from .._loss_rules import best_window_start, track_best
 from .._optim import default_optimizer, svi_step
 from ..model.report import count_rejections, vmap_counted
 from . import stationarity
-from .guide_draws import draws, flat_labels, unconstrained_shapes
 from .failures import REJECTED_TOTAL
+from .guide_draws import draws, flat_labels, unconstrained_shapes
 from .guides import guide_moments, location_units
-from .loss_trace import TRACE_GROUP, ParameterWindows, check_fit, trace_group, window_size
+from .loss_trace import (
+    TRACE_GROUP,
+    ParameterWindows,
+    check_fit,
+    loss_rose,
+    rise_window,
+    trace_group,
+    window_size,
+)
 
 
 class StickingTheLandingELBO(ELBO):
@@ -69,12 +77,22 @@ def fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar,
     enough: it looks at the gradient only, and the model's `-inf` factor for a failed
     solve, `jnp.where(rejected, -inf, 0)`, has a finite, zero gradient under an infinite
     loss; and after `max_consecutive_errors` it applies the bad update.) Returns
-    `(params, losses, skipped, start_losses, windows, rejected)`:
+    `(params, losses, skipped, start_losses, windows, rejected, returned)`:
     the constrained guide parameters, the loss at every step (inf/NaN where skipped), a
     boolean per step, the score of every start (empty without `starts`), the guide's
     location and scale over the last two windows (`loss_trace.ParameterWindows`, `None`
-    without `moments`), and the number of model evaluations rejected (a failed solve, an
-    impossible prediction) over every step of every start (`failures.py`).
+    without `moments`), the number of model evaluations rejected (a failed solve, an
+    impossible prediction) over every step of every start (`failures.py`), and the first
+    step of the window whose parameters were returned instead of the last ones (`None`
+    when they were not; see below).
+
+    **When the loss rose** (`loss_trace.loss_rose`: the last window's median loss well
+    above the lowest earlier window's), the parameters returned are the optimiser's
+    (unconstrained) parameters averaged over that lowest window, not where the run ended:
+    the fit had left the basin it was in, and the loss it optimises says the earlier
+    guide is the better one. The scan keeps the best window so far (`track_best`: the
+    window's losses and a running sum of the parameters, two copies of the parameters
+    in all), so nothing is stored per step.
 
     `init_params`: a function from the guide's default initial parameters (constrained)
     to the ones to start from (`guides.GuideStart.params`); the first start only. With
@@ -118,11 +136,12 @@ def fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar,
     if starts:
         carry, head_losses, head_skipped, start_losses, head_rejected = _best_start(
             svi, model_fn, optimizer, num_particles, key, model_kwargs, starts, body,
-            init_params, moments,
+            init_params, moments, num_steps,
         )
         done = starts[1]
     else:
-        carry = _initial_carry(_init(svi, key, model_kwargs, init_params), moments, svi)
+        carry = _initial_carry(_init(svi, key, model_kwargs, init_params), moments, svi,
+                               num_steps)
         done = 0
     steps = jnp.arange(done, num_steps)
     if not progress_bar:
@@ -133,19 +152,25 @@ def fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar,
     rejected = head_rejected + int(np.sum(counts))
     losses = np.concatenate([head_losses, np.asarray(losses)])
     skipped = np.concatenate([head_skipped.astype(bool), np.asarray(skipped)])
-    state, sums = carry
+    state, sums, tracker = carry
     params = svi.get_params(state)
+    returned = None
+    if loss_rose(np.where(skipped, np.nan, losses)) is not None and int(tracker[4]) >= 0:
+        # the best window, with windows and medians as loss_rose cuts and takes them
+        count = rise_window(num_steps)
+        params = svi.constrain_fn(jax.tree.map(lambda t: t / count, tracker[3]))
+        returned = int(tracker[4])
     windows = None
     if moments is not None:
         *sums, total = sums
         count = float(sums[3][1])
-        if count >= 1:
+        if count >= 1 and returned is None:
             params = svi.constrain_fn(jax.tree.map(lambda t: t / count, total))
         loc, scale = moments(params)
         windows = ParameterWindows.from_sums(np.asarray(loc), np.asarray(scale),
                                              *(np.asarray(x) for x in sums),
                                              window_size(num_steps))
-    return params, losses, skipped, start_losses, windows, rejected
+    return params, losses, skipped, start_losses, windows, rejected, returned
 
 
 def _init(svi, key, model_kwargs, init_params):
@@ -157,18 +182,21 @@ def _init(svi, key, model_kwargs, init_params):
     return svi.init(key, init_params=init_params(svi.get_params(state)), **model_kwargs)
 
 
-def _initial_carry(state, moments, svi):
-    """`(state, sums)`: the running sums of `_body` start at zero, shifted by the guide's
-    starting location and log scale (keeps the sums of squares free of cancellation),
-    with a zero sum of the optimiser's (unconstrained) parameters for their average over
-    the last window."""
+def _initial_carry(state, moments, svi, num_steps):
+    """`(state, sums, tracker)`: the running sums of `_body` start at zero, shifted by the
+    guide's starting location and log scale (keeps the sums of squares free of
+    cancellation), with a zero sum of the optimiser's (unconstrained) parameters for their
+    average over the last window; `tracker`, the best window so far (`track_best`), none
+    yet."""
+    zeros = jax.tree.map(jnp.zeros_like, svi.optim.get_params(state.optim_state))
+    tracker = best_window_start(zeros, num_steps)
     if moments is None:
-        return state, ()
+        return state, (), tracker
     loc, scale = moments(svi.get_params(state))
     shift = jnp.stack([loc, jnp.log(scale)])
-    total = jax.tree.map(jnp.zeros_like, svi.optim.get_params(state.optim_state))
     return state, (shift, jnp.zeros((2,) + shift.shape), jnp.zeros((2,) + shift.shape),
-                   jnp.zeros((2,)), total)
+                   jnp.zeros((2,)), zeros), tracker
+
 
 
 def _body(step, svi, moments, num_steps):
@@ -177,22 +205,24 @@ def _body(step, svi, moments, num_steps):
     or last, `window_size(num_steps)` steps each). Its output per step: the loss, whether
     the step was skipped, and the model evaluations rejected in it (`failures.py`)."""
 
-    def counted(state):
+    def counted(state, tracker, i):
         (state, (loss, skipped)), rejected = count_rejections(step, state, None)
-        return state, (loss, skipped, rejected)
+        tracker = track_best(tracker, i, jnp.where(skipped, jnp.nan, loss),
+                             svi.optim.get_params(state.optim_state), num_steps)
+        return state, tracker, (loss, skipped, rejected)
 
     if moments is None:
         def plain(carry, i):
-            state, sums = carry
-            state, out = counted(state)
-            return (state, sums), out
+            state, sums, tracker = carry
+            state, tracker, out = counted(state, tracker, i)
+            return (state, sums, tracker), out
 
         return plain
     w = window_size(num_steps)
 
     def tracked(carry, i):
-        (state, (shift, s1, s2, count, total)) = carry
-        state, out = counted(state)
+        (state, (shift, s1, s2, count, total), tracker) = carry
+        state, tracker, out = counted(state, tracker, i)
         loc, scale = moments(svi.get_params(state))
         x = jnp.stack([loc, jnp.log(scale)]) - shift
         which = jnp.stack([(i >= num_steps - 2 * w) & (i < num_steps - w), i >= num_steps - w])
@@ -201,13 +231,13 @@ def _body(step, svi, moments, num_steps):
         s2 = s2 + m[:, None, None] * x[None] ** 2
         total = jax.tree.map(lambda t, p: t + m[1].astype(p.dtype) * p, total,
                              svi.optim.get_params(state.optim_state))
-        return (state, (shift, s1, s2, count + m, total)), out
+        return (state, (shift, s1, s2, count + m, total), tracker), out
 
     return tracked
 
 
 def _best_start(svi, model_fn, optimizer, num_particles, key, model_kwargs, starts, body,
-                init_params, moments):
+                init_params, moments, num_steps):
     """The first phase of `fit` with several starts: every guide optimised for
     `start_steps` steps; `(carry, losses, skipped, start_losses, rejected)`: those of the
     best one (lowest mean finite loss over its last fifth), every start's score, and the
@@ -226,7 +256,7 @@ def _best_start(svi, model_fn, optimizer, num_particles, key, model_kwargs, star
             other = _NumpyroSVI(model_fn, g, optax_to_numpyro(optimizer),
                                 type(svi.loss)(num_particles, vectorize_particles=vmap_counted))
             state = other.init(k, **model_kwargs)
-        runs.append(scan(_initial_carry(state, moments, svi)))
+        runs.append(scan(_initial_carry(state, moments, svi, num_steps)))
     tail = max(1, start_steps // 5)
     start_losses = np.array([_mean_finite(np.asarray(out[0])[-tail:]) for _, out in runs])
     best = int(np.argmin(np.where(np.isnan(start_losses), np.inf, start_losses)))
@@ -311,7 +341,7 @@ def fit_and_draw(method, name, guide, model_fn, key, progress_bar, model_kwargs,
             optimizer = default_optimizer(method.learning_rate, method.num_steps)
             if guide_start is not None and not starts:
                 units = location_units(guide)
-        params, losses, skipped, start_losses, windows, rejected = fit(
+        params, losses, skipped, start_losses, windows, rejected, returned = fit(
             model_fn, guide, optimizer, num_particles, method.num_steps, key_fit,
             progress_bar, model_kwargs if fit_kwargs is None else fit_kwargs, starts,
             None if guide_start is None else guide_start.params, moments, units,
@@ -332,10 +362,11 @@ def fit_and_draw(method, name, guide, model_fn, key, progress_bar, model_kwargs,
     if moments is not None:
         gradient = stationarity.check(model_fn, guide, params, shapes,
                                       random.fold_in(key_fit, 2), model_kwargs)
-    check_fit(name, losses, skipped, method.num_steps, windows, labels, gradient)
+    check_fit(name, losses, skipped, method.num_steps, windows, labels, gradient, returned)
     samples, stats = draws(model_fn, guide, params, method.num_draws, key_draw, model_kwargs)
     stats[REJECTED_TOTAL] = np.array([rejected])
-    trace = trace_group(losses, skipped, start_losses, windows, labels, init, gradient)
+    trace = trace_group(losses, skipped, start_losses, windows, labels, init, gradient,
+                        returned)
     if guide_start is not None and guide_start.mode_energies:
         trace["mode_energy"] = ("start", np.asarray(guide_start.mode_energies, dtype=float))
     return samples, stats, {TRACE_GROUP: trace}

@@ -18,19 +18,18 @@ import warnings
 import numpy as np
 import xarray as xr
 
+from .._loss_rules import (
+    _MIN_STEPS,
+    SKIP_WARN_FRACTION,
+    describe_rise,
+    loss_converged,
+    loss_rose,
+    rise_window,
+    window_size,  # noqa: F401 (re-exported)
+)
+
 TRACE_GROUP = "svi_trace"
 SKIPPED_ATTR = "skipped_steps"
-# Convergence check: the last and the preceding `_WINDOW` share of the steps (at least
-# `_MIN_WINDOW` steps), and a relative tolerance on the loss scale (floored at 1 nat).
-_WINDOW = 0.1
-_MIN_WINDOW = 10
-# Shorter runs are never judged converged: over a few dozen steps the trend of a noisy
-# one-draw ELBO is hidden by its noise (a 20-step fit from a random start is flagged only
-# about half the time by the window rule), and Adam moves each parameter by at most about
-# the learning rate per step.
-_MIN_STEPS = 100
-_CONVERGENCE_Z = 2.0
-_CONVERGENCE_RTOL = 1e-3
 # Parameter rule: a coordinate still moves when the change of its window mean exceeds a
 # tolerance (location: in units of its scale; scale: on the log scale, i.e. relative) plus
 # `_DRIFT_Z` times its spread within the windows. A steady drift over the windows moves the
@@ -39,23 +38,6 @@ _CONVERGENCE_RTOL = 1e-3
 _LOC_TOL = 0.02
 _SCALE_TOL = 0.01
 _DRIFT_Z = 2.0
-# Warn when more than this share of the optimisation steps had to be skipped.
-_SKIP_WARN_FRACTION = 0.1
-# Rise rule: the last window's median loss above the lowest earlier window's by more than
-# `_RISE_Z` standard errors of the difference plus `_RISE_RTOL` of the loss scale (floored
-# at 1 nat). Stricter than the convergence rule: the last window is compared with the best
-# of about twenty, which a stationary trace beats by about two standard errors by chance,
-# and the optimiser's jitter makes successive losses correlated, so the standard errors
-# (from each window's spread, as if its losses were independent) are too small. The rises
-# it is for are tens of nats (a deep-GP fit: 15-80, against standard errors of about 0.5).
-_RISE_Z = 6.0
-_RISE_RTOL = 1e-2
-
-
-def window_size(n: int) -> int:
-    """The window of the convergence rules for a run of `n` steps: 10% of the steps, at
-    least 10, at most half of them."""
-    return min(max(int(n * _WINDOW), _MIN_WINDOW), n // 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,127 +88,15 @@ class ParameterWindows:
         return loc, scale
 
 
-def loss_converged(losses) -> bool:
-    """The convergence rule of `SVI` and `Laplace` on a loss trace.
-
-    Windows of `w = max(10% of the steps, 10)` steps (at most half of them): the rule
-    fails (`False`) when the mean loss over the last `w` steps is below the mean over the
-    preceding `w` by more than two standard errors of that difference (from the two
-    windows' sample variances) plus `1e-3 * max(1, |preceding mean|)`, i.e. the loss was
-    still falling. Skipped steps (non-finite loss) are left out. The floor of 10 steps
-    keeps the standard error meaningful on short runs: with two-step windows (10% of 20
-    steps) the noise of a one-draw ELBO hides any trend. Runs of fewer than 100 steps
-    are never judged converged: too short for the trend to show above the noise.
-
-    Known false alarm: under a decaying learning rate the mean loss keeps falling slowly
-    as the iterates' jitter shrinks, even once the guide sits at its optimum. On the
-    lynx-hare fit (10,000 steps, default schedule; benchmarks/RESULTS.md) the last 10% lay
-    0.35 nats (7 standard errors) below the preceding 10% with the posterior means already
-    within 0.08 sd of NUTS's. Comparing 5% windows removes that alarm but flags short
-    (600-step) fits that the 10% rule passes; the rule stays at 10% until a better one is
-    found (e.g. judged at a fixed learning rate).
-
-    **Example:**
-
-    ```python
-    >>> import numpy as np
-    >>> from probde.inference.loss_trace import loss_converged
-    >>> loss_converged(np.full(200, 3.0))
-    True
-    >>> loss_converged(np.linspace(10.0, 1.0, 200))
-    False
-
-    ```
-    """
-    losses = np.asarray(losses, dtype=float)
-    if losses.shape[0] < _MIN_STEPS:
-        return False
-    w = window_size(losses.shape[0])
-    last, prev = _finite(losses[-w:]), _finite(losses[-2 * w : -w])
-    if last.size < 2 or prev.size < 2:
-        return False
-    se = _se_of_difference(last, prev)
-    drop = prev.mean() - last.mean()
-    return bool(drop <= _CONVERGENCE_Z * se + _CONVERGENCE_RTOL * max(1.0, abs(prev.mean())))
 
 
-def _finite(x):
-    return x[np.isfinite(x)]
-
-
-def _se_of_difference(a, b):
-    """Standard error of `a.mean() - b.mean()` for independent samples."""
-    return math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
-
-
-def _se_of_median(x):
-    """Standard error of the median of `x`, from its median absolute deviation (a
-    one-draw ELBO has rare draws tens of times the typical loss, which would dominate a
-    mean and a variance): 1.2533 sd / sqrt(n) for normal data, sd = 1.4826 MAD."""
-    mad = np.median(np.abs(x - np.median(x)))
-    return 1.2533 * 1.4826 * mad / math.sqrt(x.size)
-
-
-def rise_window(n: int) -> int:
-    """The window of the rise rule for a run of `n` steps: 5% of the steps, at least 10.
-    Half the convergence rule's: the best stretch to compare with can be short, e.g. the
-    end of the chosen start's first phase, whose window would otherwise be averaged with
-    the fall from its starting point."""
-    return max(window_size(n) // 2, _MIN_WINDOW)
-
-
-def loss_rose(losses) -> tuple[int, float, float] | None:
-    """The rise rule: did the loss end higher than it had been?
-
-    The trace is cut into consecutive windows of `rise_window(n)` steps (the last one
-    ends at the last step; skipped steps are left out), each summarised by its median
-    loss (robust to the rare huge losses of a one-draw ELBO). Under a decaying learning
-    rate the last window should have the lowest; when it lies above the lowest earlier
-    window by more than six standard errors of the difference (from the windows' median
-    absolute deviations) plus
-    `0.01 * max(1, |lowest mean|)`, the fit left the basin it was in (a noisy gradient step
-    under a large learning rate can throw a many-parameter guide into a worse optimum)
-    and what it returns is worse than what it had. Returns `(first step of the best
-    window, its median, the last window's median)`, or `None` when the loss did not rise.
-    Runs of fewer than 100 steps are not judged.
-
-    **Example:**
-
-    ```python
-    >>> import numpy as np
-    >>> from probde.inference.loss_trace import loss_rose
-    >>> down_then_up = np.concatenate([np.linspace(100.0, 50.0, 500), np.full(500, 80.0)])
-    >>> start, best, last = loss_rose(down_then_up)
-    >>> start, round(best, 2), last  # best window: steps 450-499
-    (450, 52.45, 80.0)
-    >>> loss_rose(np.linspace(100.0, 50.0, 1000)) is None
-    True
-
-    ```
-    """
-    losses = np.asarray(losses, dtype=float)
-    n = losses.shape[0]
-    if n < _MIN_STEPS:
-        return None
-    w = rise_window(n)
-    last = _finite(losses[-w:])
-    # the earlier windows, backwards from the last one: (first step, finite losses)
-    earlier = [(end - w, _finite(losses[end - w : end])) for end in range(n - w, w - 1, -w)]
-    earlier = [(start, x) for start, x in earlier if x.size >= 2]
-    if not earlier or last.size < 2:
-        return None
-    start, window = min(earlier, key=lambda item: np.median(item[1]))
-    best, end = np.median(window), np.median(last)
-    se = math.hypot(_se_of_median(window), _se_of_median(last))
-    if end - best <= _RISE_Z * se + _RISE_RTOL * max(1.0, abs(best)):
-        return None
-    return start, float(best), float(end)
-
-
-def check_fit(name, losses, skipped, num_steps, windows=None, labels=(), gradient=None):
+def check_fit(name, losses, skipped, num_steps, windows=None, labels=(), gradient=None,
+              returned=None):
     """After a fit named `name` (for the messages): raise when every step was skipped,
     warn when more than 10% were, warn when the loss ended higher than it had been
-    (`loss_rose`; then nothing more is said), and warn when the fit had not converged: the
+    (`loss_rose`; then nothing more is said; `returned`, the first step of the window
+    whose parameters the fit returned instead of its last ones, `guide_fit.fit`), and
+    warn when the fit had not converged: the
     loss was still falling (`loss_converged`) or, with `windows` (a Gaussian guide's
     `ParameterWindows`, coordinates named by `labels`), its location or scale still moved,
     or, with `gradient` (a Gaussian guide's `stationarity.Stationarity`), the ELBO's
@@ -241,7 +111,7 @@ def check_fit(name, losses, skipped, num_steps, windows=None, labels=(), gradien
             "nothing was fitted; check the priors and initial_state against the data's scale, "
             "lower init_radius or learning_rate, or raise Solver(max_steps=...)"
         )
-    if n_skip > _SKIP_WARN_FRACTION * num_steps:
+    if n_skip > SKIP_WARN_FRACTION * num_steps:
         warnings.warn(
             f"{name}: {n_skip} of {num_steps} optimisation steps were skipped because the "
             "loss or the update was not finite (failed solves or impossible predictions at "
@@ -249,7 +119,7 @@ def check_fit(name, losses, skipped, num_steps, windows=None, labels=(), gradien
             "priors or raise Solver(max_steps=...)",
             stacklevel=7,
         )
-    if _warn_if_rose(name, losses):
+    if _warn_if_rose(name, np.where(skipped, np.nan, losses), returned):
         return
     why = []
     if not loss_converged(losses):
@@ -275,20 +145,26 @@ def check_fit(name, losses, skipped, num_steps, windows=None, labels=(), gradien
         )
 
 
-def _warn_if_rose(name, losses) -> bool:
+def _warn_if_rose(name, losses, returned=None) -> bool:
     """Warn (and return `True`) when the fit ended at a worse loss than it had reached
-    (`loss_rose`)."""
+    (`loss_rose`), saying which parameters the fit returned: those averaged over the
+    window starting at step `returned`, or (`None`) the last ones."""
     rose = loss_rose(losses)
     if rose is None:
         return False
     start, best, last = rose
     w = rise_window(len(losses))
+    if returned is None:
+        result = "the result is where it ended"
+    else:
+        result = (f"the result is the guide averaged over steps {returned}-{returned + w - 1}"
+                  ", not where it ended, but it had not converged there")
     warnings.warn(
-        f"{name} ended at a worse loss than it had reached: a median of {last:.4g} "
-        f"over the last {w} steps against {best:.4g} over steps {start}-{start + w - 1} (see "
-        f"idata['{TRACE_GROUP}'].loss). Steps under a large learning rate or a noisy "
-        "gradient moved the fit out of the basin it was in, and the result is where it "
-        f"ended; lower learning_rate{' or raise num_particles' if name == 'SVI' else ''}"
+        f"{name} ended at a worse loss than it had reached: "
+        f"{describe_rise(start, best, last, w)} (see idata['{TRACE_GROUP}'].loss). "
+        "Steps under a large learning rate or a noisy "
+        f"gradient moved the fit out of the basin it was in; {result}. Lower "
+        f"learning_rate{' or raise num_particles' if name == 'SVI' else ''}"
         ", and compare fits from other seeds",
         stacklevel=8,  # the caller of probde.infer, through check_fit
     )
@@ -349,7 +225,7 @@ def _off_message(gradient, labels, most=5):
 
 
 def trace_group(losses, skipped, start_losses=None, windows=None, labels=(), init=None,
-                gradient=None):
+                gradient=None, returned=None):
     """The `svi_trace` DataTree group: `loss` and `skipped` per `step`, the number of
     skipped steps as the attribute `skipped_steps`, and with several starts `start_loss`
     per `start` (the mean loss over the last fifth of each start's first phase). With
@@ -358,7 +234,9 @@ def trace_group(losses, skipped, start_losses=None, windows=None, labels=(), ini
     and `loc_change`, `scale_change`, `loc_spread`, `scale_spread` (see
     `ParameterWindows`). With `gradient` (`stationarity.Stationarity`), per `latent`:
     `loc_offset`, `scale_offset` and their standard errors `loc_offset_se`,
-    `scale_offset_se`. With `init`, the attribute `init`: how the guide started."""
+    `scale_offset_se`. With `init`, the attribute `init`: how the guide started. With
+    `returned` (the loss rose and the fit returned an earlier window's parameters,
+    `guide_fit.fit`), the attribute `returned_steps`: that window's first and last step."""
     data = {"loss": ("step", losses), "skipped": ("step", skipped.astype(bool))}
     coords = {"step": np.arange(losses.shape[0])}
     if start_losses is not None and start_losses.size:
@@ -379,4 +257,7 @@ def trace_group(losses, skipped, start_losses=None, windows=None, labels=(), ini
         ds.attrs["window"] = windows.window
     if init is not None:
         ds.attrs["init"] = init
+    if returned is not None:
+        ds.attrs["returned_steps"] = [int(returned),
+                                      int(returned) + rise_window(losses.shape[0]) - 1]
     return ds
