@@ -184,6 +184,14 @@ def test_model_refuses_what_the_latent_path_cannot_do():
         model.numpyro_model(model.prepare(OSC_DATA), predict_times=np.array([5.0]))
     with pytest.raises(TypeError, match="LatentPath is not a filter"):
         model.likelihood.run(OSC, OSC_THETA, None, None, None, None)
+    # A joint mode of parameters and path is no start (the noise shrinks to zero with the
+    # path through the data): NUTS(init="map") warns, at the caller; the filters do not.
+    with pytest.warns(UserWarning, match=r"NUTS\(init='map'\) with likelihood=probde.LatentPath")\
+            as caught:
+        probde.NUTS(init="map").check_model(model, None)
+    assert all(w.filename == __file__ for w in caught)
+    probde.NUTS(init="map").check_model(osc_model(probde.EKF()), None)
+    probde.NUTS().check_model(model, None)
 
 
 # ------------------------------------------- NUTS on parameters and path: the posterior

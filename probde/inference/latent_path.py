@@ -68,7 +68,8 @@ class LatentPath(AbstractLikelihood):
     drawn from e^-2 to e^2 times their unit. Either way a chain can settle in a mode where
     the observation noise explains the data (`benchmarks/RESULTS.md`: FitzHugh-Nagumo,
     often on sparse data, sometimes on dense): run several chains and read
-    `result.diagnose()`.
+    `result.diagnose()`. Not `init="map"`: the joint mode of parameters and path lies
+    where the observation noise vanishes (NUTS warns).
 
     **Cost:** the sampler's dimension grows by `W` (Wiener processes) per grid step and
     experiment; a gradient costs one pass over the grid. With `probde.SVI` pick a guide
