@@ -198,7 +198,6 @@ def _initial_carry(state, moments, svi, num_steps):
                    jnp.zeros((2,)), zeros), tracker
 
 
-
 def _body(step, svi, moments, num_steps):
     """The scan body over step indices: one SVI step and, with `moments`, the guide's
     location and log scale added to the sums of the window the step falls in (previous
