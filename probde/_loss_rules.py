@@ -178,7 +178,7 @@ def best_window_start(params, num_steps):
 
 
 def track_best(tracker, i, loss, params, num_steps):
-    """Step `i` (of `num_steps`) added to the rise rule's windows (`loss_trace.loss_rose`:
+    """Step `i` (of `num_steps`) added to the rise rule's windows (`loss_rose`:
     windows of `rise_window(num_steps)` steps counted back from the last step, the few
     steps before the first whole window left out, non-finite losses skipped, a window
     judged by its median loss). `tracker = (losses, sum, best median, best sum, best
