@@ -199,6 +199,16 @@ def track_best(tracker, i, loss, params, num_steps):
             jnp.where(better, i - w + 1, best_start))
 
 
+def best_window(tracker, losses, skipped, num_steps):
+    """When the loss rose (`loss_rose`, skipped steps left out), `(the optimiser's
+    parameters averaged over the best window, its first step)` from `track_best`'s
+    `tracker` at the end of a run of `num_steps` steps; otherwise `None`."""
+    if loss_rose(np.where(skipped, np.nan, losses)) is None or int(tracker[4]) < 0:
+        return None
+    count = rise_window(num_steps)
+    return jax.tree.map(lambda t: t / count, tracker[3]), int(tracker[4])
+
+
 def describe_rise(start, best, last, w):
     """The figures of a rise (`loss_rose`'s `start, best, last`, windows of `w` steps), in
     words for a warning."""

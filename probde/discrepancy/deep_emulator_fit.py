@@ -23,6 +23,7 @@ from .._checks import describe
 from .._loss_rules import (
     _MIN_STEPS,
     SKIP_WARN_FRACTION,
+    best_window,
     best_window_start,
     describe_rise,
     loss_converged,
@@ -202,10 +203,9 @@ def _run_svi(model_fn, guide, optimizer, num_steps, key, progress_bar):
     losses, skipped = (np.concatenate([p[j] for p in parts]) for j in range(2))
     state, tracker = carry
     params, returned = svi.get_params(state), None
-    if loss_rose(np.where(skipped, np.nan, losses)) is not None and int(tracker[4]) >= 0:
-        count = rise_window(num_steps)
-        params = svi.constrain_fn(jax.tree.map(lambda t: t / count, tracker[3]))
-        returned = int(tracker[4])
+    best = best_window(tracker, losses, skipped, num_steps)
+    if best is not None:
+        params, returned = svi.constrain_fn(best[0]), best[1]
     return params, losses, skipped.astype(bool), returned
 
 

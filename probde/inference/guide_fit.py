@@ -17,7 +17,7 @@ from numpyro.infer.elbo import ELBO
 from numpyro.infer.util import log_density
 from numpyro.optim import optax_to_numpyro
 
-from .._loss_rules import best_window_start, track_best
+from .._loss_rules import best_window, best_window_start, track_best
 from .._optim import default_optimizer, svi_step
 from ..model.report import count_rejections, vmap_counted
 from . import stationarity
@@ -28,8 +28,6 @@ from .loss_trace import (
     TRACE_GROUP,
     ParameterWindows,
     check_fit,
-    loss_rose,
-    rise_window,
     trace_group,
     window_size,
 )
@@ -153,13 +151,10 @@ def fit(model_fn, guide, optimizer, num_particles, num_steps, key, progress_bar,
     losses = np.concatenate([head_losses, np.asarray(losses)])
     skipped = np.concatenate([head_skipped.astype(bool), np.asarray(skipped)])
     state, sums, tracker = carry
-    params = svi.get_params(state)
-    returned = None
-    if loss_rose(np.where(skipped, np.nan, losses)) is not None and int(tracker[4]) >= 0:
-        # the best window, with windows and medians as loss_rose cuts and takes them
-        count = rise_window(num_steps)
-        params = svi.constrain_fn(jax.tree.map(lambda t: t / count, tracker[3]))
-        returned = int(tracker[4])
+    params, returned = svi.get_params(state), None
+    best = best_window(tracker, losses, skipped, num_steps)
+    if best is not None:
+        params, returned = svi.constrain_fn(best[0]), best[1]
     windows = None
     if moments is not None:
         *sums, total = sums
