@@ -2,22 +2,21 @@
 doses (solves restarted at events), prediction for new experiments and regimens.
 
 Exact references: the one-compartment model with first-order absorption has a closed form,
-and several doses add up (superposition, the model is linear in the amounts); the
-hierarchical theophylline posterior is checked against a hand-written numpyro model with
-the closed form (no ODE), with MCSE-scaled tolerances (TESTING.md).
+and several doses add up (superposition, the model is linear in the amounts)
+(`closed_forms.py`). The hierarchical theophylline posterior is checked against a
+hand-written numpyro model with the closed form (no ODE) on the case study's own run, in
+tests/test_case_studies.py.
 """
 
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
 import numpyro.distributions as dist
 import pytest
+from closed_forms import central_closed_form
 from numpyro import handlers
-from numpyro.infer.reparam import LocScaleReparam
 
 import probde
 
@@ -33,15 +32,6 @@ def absorption_vf(t, y, th):
 
 
 ABSORPTION = probde.ODE(absorption_vf, ("gut", "central"))
-
-
-def central_closed_form(t, ka, ke, doses):
-    """Central amount after bolus doses into the gut (superposition of single doses)."""
-    total = 0.0
-    for time, amount in doses:
-        tau = jnp.maximum(t - time, 0.0)
-        total = total + amount * ka / (ka - ke) * (jnp.exp(-ke * tau) - jnp.exp(-ka * tau))
-    return total
 
 
 # ------------------------------------------------------------------ doses in probde.solve
@@ -389,54 +379,3 @@ def test_per_experiment_values_need_an_ode():
         probde.Model(sde, params={"k": probde.PerExperiment(dist.Normal())},
                      initial_state=jnp.zeros(1), observation=probde.noise.Normal(sigma=1.0),
                      likelihood=probde.EKF())
-
-
-# ------------------------------------------------------------------ theophylline vs closed form
-def analytic_theophylline(subject, times, dose, conc=None, num_subjects=12):
-    """The case study's model with the closed-form solution: no ODE."""
-    lke = numpyro.sample("lKe", dist.Normal(-2.5, 1.0))
-    mu_ka = numpyro.sample("mu_lKa", dist.Normal(0.5, 1.0))
-    mu_cl = numpyro.sample("mu_lCl", dist.Normal(-3.0, 1.0))
-    tau_ka = numpyro.sample("tau_lKa", dist.HalfNormal(1.0))
-    tau_cl = numpyro.sample("tau_lCl", dist.HalfNormal(1.0))
-    reparam = {"lKa": LocScaleReparam(0), "lCl": LocScaleReparam(0)}
-    with handlers.reparam(config=reparam), numpyro.plate("subjects", num_subjects):
-        lka = numpyro.sample("lKa", dist.Normal(mu_ka, tau_ka))
-        lcl = numpyro.sample("lCl", dist.Normal(mu_cl, tau_cl))
-    sigma = numpyro.sample("sigma", dist.HalfNormal(2.0))
-    ka, ke = jnp.exp(lka[subject]), jnp.exp(lke)
-    amount = central_closed_form(times, ka, ke, [(0.0, dose)])
-    with numpyro.plate("obs", times.shape[0]):
-        numpyro.sample("conc", dist.Normal(amount * ke / jnp.exp(lcl[subject]), sigma), obs=conc)
-
-
-@pytest.mark.slow
-def test_theophylline_posterior_matches_the_closed_form_model():
-    import arviz as az
-
-    sys.path.insert(0, str(ROOT / "case_studies" / "theophylline"))
-    from model import build_model
-
-    data = probde.datasets.theophylline()
-    result = probde.infer(build_model(), data, probde.NUTS(
-        num_warmup=500, num_samples=1000, num_chains=2), seed=0, progress_bar=False)
-    subject = np.concatenate([np.full(len(ts.times), e) for e, ts in enumerate(data)])
-    times = np.concatenate([ts.times for ts in data])
-    dose = np.concatenate([np.full(len(ts.times), ts.inputs["dose_mg_per_kg"]) for ts in data])
-    conc = np.concatenate([ts.values[:, 0] for ts in data])
-    mcmc = numpyro.infer.MCMC(numpyro.infer.NUTS(analytic_theophylline), num_warmup=500,
-                              num_samples=1000, num_chains=2, chain_method="sequential",
-                              progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(1), jnp.asarray(subject), jnp.asarray(times),
-             jnp.asarray(dose), jnp.asarray(conc))
-    reference = az.from_dict({"posterior": mcmc.get_samples(group_by_chain=True)})
-    post = result.idata["posterior"]
-    assert int(result.idata["sample_stats"]["diverging"].sum()) == 0
-    for name in ("lKe", "mu_lKa", "mu_lCl", "tau_lKa", "tau_lCl", "sigma", "lKa", "lCl"):
-        ours = post[name].values.reshape(-1, *post[name].shape[2:])
-        ref = np.asarray(reference["posterior"][name].values)
-        ref = ref.reshape(-1, *ref.shape[2:])
-        mcse_ours = np.asarray(az.mcse(post[name].to_dataset())[name])
-        mcse_ref = np.asarray(az.mcse(reference["posterior"][name].to_dataset())[name])
-        z = (ours.mean(0) - ref.mean(0)) / np.sqrt(mcse_ours**2 + mcse_ref**2)
-        assert np.all(np.abs(z) < 4), (name, z)
