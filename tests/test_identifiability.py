@@ -201,10 +201,14 @@ def test_simple_machine_theta_profile_widens_with_the_discrepancy(simple_machine
 
 # ------------------------------------------------------------------------- lynx-hare
 @pytest.mark.slow
-def test_lynx_hare_parameters_are_identified():
+def test_lynx_hare_parameters_are_identified(tmp_path):
+    # the call of docs/guide/checking.md, which the docs test skips (this is its check)
     model = _case_study("lynx_hare").build_model()
-    r = identifiability(model, probde.datasets.lynx_hare(), num_starts=2,
-                        profile=["alpha", "beta", "gamma", "delta"])
+    r = identifiability(model, probde.datasets.lynx_hare(),
+                        profile=["alpha", "beta", "gamma", "delta"], num_points=15)
+    assert "identified" in str(r)
+    plt.close(r.plot(tmp_path / "identifiability.png"))
+    assert (tmp_path / "identifiability.png").stat().st_size > 0
     assert r.at == "posterior mode" and r.information == "expected"
     assert r.sloppy == ()
     for label in ("alpha", "beta", "gamma", "delta"):
