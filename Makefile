@@ -1,7 +1,8 @@
 # Entry points for a fresh machine (see README):
 #   make demo   set up .venv, install probde, run the lynx-hare calibration -> results/lynx_hare/
-#   make check  same set-up, run the fast tier of the tests (under 5 minutes on 2 cores;
-#               what tests/tiers.py and @pytest.mark.slow leave out is skipped)
+#   make check  same set-up, run the fast tier of the tests (what tests/tiers.py and
+#               @pytest.mark.slow leave out is skipped), a file per worker process, one
+#               worker per core up to 4 (pytest-xdist)
 #   make test   same set-up, run the whole test suite (one process per test file, one
 #               file per core at a time, see tests/run_isolated.py) and build the docs
 #               strictly (CI)
@@ -25,7 +26,7 @@ demo: $(STAMP)
 	$(PY) case_studies/lynx_hare/run.py --out results/lynx_hare
 
 check: $(STAMP)
-	$(PY) -m pytest --check-tier --durations=10
+	$(PY) -m pytest --check-tier --numprocesses=auto --maxprocesses=4 --dist=loadfile --durations=10
 
 test: $(STAMP)
 	$(PY) tests/run_isolated.py --durations=10

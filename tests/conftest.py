@@ -12,10 +12,15 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # A compilation cache of this test session's own: probde turns JAX's persistent cache on at
 # import, and a folder shared with other processes compiling at the same time (a second
 # test run, a parallel worker) once handed one of them an entry it aborted on while reading
-# (inside JAX's cache read, in test_sde). The cache tests set their own folders.
-if "PROBDE_COMPILATION_CACHE" not in os.environ:
+# (inside JAX's cache read, in test_sde). The cache tests set their own folders. The workers
+# of `make check` (pytest-xdist) inherit the folder this file made in the process that
+# started them: each makes its own.
+_OWNER = "_PROBDE_TESTS_CACHE_OWNER"
+if ("PROBDE_COMPILATION_CACHE" not in os.environ
+        or os.environ.get(_OWNER) not in (None, str(os.getpid()))):
     _SESSION_CACHE = tempfile.mkdtemp(prefix="probde-tests-")
     os.environ["PROBDE_COMPILATION_CACHE"] = _SESSION_CACHE
+    os.environ[_OWNER] = str(os.getpid())
     atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
 
 import numpyro  # noqa: E402
@@ -50,8 +55,6 @@ def decay_at_failure_edge():
     well past it. For tests of runs with many failed solves."""
     import jax.numpy as jnp
     import numpyro.distributions as dist
-
-    import probde
 
     ode = probde.ODE(lambda t, y, th: -th["k"] * y, state_names=("x",))
     model = probde.Model(
