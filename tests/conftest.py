@@ -67,7 +67,8 @@ def decay_at_failure_edge():
 
 # --------------------------------------------------------------------------- test tiers
 # `make check` runs `pytest --check-tier`: the fast tier, everything except what
-# tests/tiers.py leaves out and the tests marked slow. `make test` runs everything.
+# tests/tiers.py leaves out and the tests marked slow. `make test` (CI) runs everything
+# except tests/tiers.py's LONG (`--skip-long`); `make test-all` runs everything.
 
 
 def _tiers():
@@ -86,6 +87,9 @@ def pytest_addoption(parser):
         "--check-tier", action="store_true", default=False,
         help="run the fast tier only (make check): leave out the tests marked slow and "
              "those listed in tests/tiers.py")
+    parser.addoption(
+        "--skip-long", action="store_true", default=False,
+        help="leave out the long checks listed in tests/tiers.py's LONG (make test, CI)")
 
 
 def _wholly_collected(config):
@@ -128,6 +132,7 @@ def _stale_tier_entries(config, items, tiers):
 
     stale = []
     entries = [("SLOW", prefix, ()) for prefix in tiers.SLOW]
+    entries += [("LONG", prefix, ()) for prefix in tiers.LONG]
     entries += [("CASES", prefix, ids) for prefix, ids in tiers.CASES.items()]
     for table, prefix, ids in entries:
         path = (root / prefix.partition("::")[0]).resolve()
@@ -159,7 +164,7 @@ def _in_fast_tier(items, tiers):
         else:
             other_case = False
         if (other_case or item.get_closest_marker("slow") is not None
-                or any(tiers.matches(item.nodeid, p) for p in tiers.SLOW)):
+                or any(tiers.matches(item.nodeid, p) for p in (*tiers.SLOW, *tiers.LONG))):
             drop.append(item)
         else:
             keep.append(item)
@@ -176,6 +181,25 @@ def pytest_collection_modifyitems(config, items):
             "update it:\n  " + "\n  ".join(stale))
     if config.getoption("check_tier"):
         keep, drop = _in_fast_tier(items, tiers)
-        if drop:
-            config.hook.pytest_deselected(items=drop)
-            items[:] = keep
+    elif config.getoption("skip_long"):
+        drop = [i for i in items if any(tiers.matches(i.nodeid, p) for p in tiers.LONG)]
+        dropped = {id(i) for i in drop}
+        keep = [i for i in items if id(i) not in dropped]
+        if drop and not keep:
+            config.stash[_ALL_LONG] = True
+    else:
+        drop = []
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+_ALL_LONG = pytest.StashKey[bool]()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A file whose every test is a long check (tests/tiers.py's LONG) passes under
+    `--skip-long` rather than failing as a file with no tests (pytest's exit status 5)."""
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and session.config.stash.get(
+            _ALL_LONG, False):
+        session.exitstatus = pytest.ExitCode.OK

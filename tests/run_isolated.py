@@ -1,6 +1,10 @@
-"""Run the whole test suite one file per process, one process per core (`make test`, CI).
+"""Run the test suite one file per process, one process per core (`make test`, CI, and
+`make test-all`).
 
     python tests/run_isolated.py [--jobs N] [--pin] [--file-timeout SECONDS] [pytest options ...]
+
+`make test` passes `--skip-long` (an option of tests/conftest.py) to leave out the long
+checks that tests/tiers.py lists in `LONG`; `make test-all` runs them too.
 
 First the whole `tests` folder is collected, not run (`--collect-only`): that collection
 fails if `tests/tiers.py` names a test that no longer exists in any file, which per-file
@@ -42,17 +46,22 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# Seconds each target took in a serial run (December 2026, development machine); only the
-# order matters. A file not listed is taken to be short and runs after these.
+# Seconds each target took in a whole-suite run without the long checks (`--skip-long`;
+# December 2026, development machine, two files at a time); only the order matters. A file
+# not listed is taken to be short and runs after these.
 EXPECTED = {
-    "tests/test_case_studies.py": 1090, "tests/test_docs.py": 820, "tests/test_petab.py": 380,
-    "tests/test_deepgp.py": 290, "tests/test_sde.py": 300, "tests/test_population.py": 215,
-    "tests/test_emulator.py": 210, "tests/test_svi.py": 200, "tests/test_inference.py": 170,
-    "tests/test_identifiability.py": 130, "tests/test_discrepancy.py": 125,
-    "tests/test_lfo.py": 120, "tests/test_particle.py": 115, "tests/test_sbc.py": 95,
-    "tests/test_sensitivity.py": 95, "probde": 90, "tests/test_compile_cache.py": 80,
-    "tests/test_sharding.py": 75, "tests/test_likelihood.py": 60,
-    "tests/test_latent_path.py": 60,
+    "tests/test_case_studies.py": 850, "tests/test_petab.py": 570, "tests/test_sde.py": 425,
+    "tests/test_svi.py": 400, "tests/test_discrepancy.py": 370, "tests/test_particle.py": 360,
+    "tests/test_deepgp.py": 275, "tests/test_docs.py": 230, "tests/test_inference.py": 225,
+    "tests/test_sensitivity.py": 215, "tests/test_latent_path.py": 210,
+    "tests/test_no_callbacks.py": 210, "tests/test_population.py": 205,
+    "tests/test_sbc.py": 205, "tests/test_lfo.py": 200, "tests/test_identifiability.py": 200,
+    "tests/test_compile_cache.py": 175, "tests/test_markov.py": 170,
+    "tests/test_deep_emulator.py": 155, "tests/test_likelihood.py": 130, "probde": 125,
+    "tests/test_emulator.py": 110, "tests/test_convergence.py": 100,
+    "tests/test_filter_check.py": 100, "tests/test_solve.py": 100,
+    "tests/test_population_plots.py": 85, "tests/test_rwm.py": 80, "tests/test_restart.py": 70,
+    "tests/test_parallel_kalman.py": 55,
 }
 
 

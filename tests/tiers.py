@@ -1,8 +1,14 @@
-"""Which tests the fast tier leaves out (`make check`, i.e. `pytest --check-tier`).
+"""Which tests the two shorter tiers leave out.
 
-`make test` runs everything. `make check` runs every collected test except
+Three tiers:
+- `make test-all` (`tests/run_isolated.py`): every test.
+- `make test` (`tests/run_isolated.py --skip-long`), what CI runs: every test except the
+  node-id prefixes in `LONG` below, long checks whose code paths shorter tests in this tier
+  exercise too (TESTING.md: long checks run in CI "unless they blow the budget"; with them
+  the suite took 90 minutes on two cores).
+- `make check` (`pytest --check-tier`): every collected test except
 - the tests marked `@pytest.mark.slow`,
-- the node-id prefixes in `SLOW` below (a file, a test function with all its
+- the node-id prefixes in `LONG` and in `SLOW` below (a file, a test function with all its
   parametrisations, or one parametrisation written out in full), and
 - the parametrisations of the test functions in `CASES` other than those it names.
 
@@ -211,6 +217,77 @@ SLOW: dict[str, str] = {
     "tests/test_petab.py::test_gradient_is_finite_where_a_linear_observable_is_exactly_zero":
         "Boehm's gradient (15 s)",
     "tests/test_petab.py::test_nuts_samples_a_petab_model_under_its_ids": "a NUTS run (20 s)",
+}
+
+# node-id prefix: why `make test` (CI) leaves it out; `make test-all` runs it. The seconds
+# are those of a whole-suite run on the 2-core development machine (December 2026, a slow
+# day), each with the shorter test of the same code that stays in `make test`.
+LONG: dict[str, str] = {
+    # docs pages whose tutorial fits repeat a case study or a test
+    "tests/test_docs.py::test_page_runs[docs/guide/checking.md]":
+        "the README's 4 x 2,000 lynx-hare NUTS run, an SBC of 30 fits and PSIS-LFO refits "
+        "(550 s); test_sbc, test_lfo and test_convergence check each, the README page runs "
+        "the same fit",
+    "tests/test_docs.py::test_page_runs[docs/tutorials/theophylline.md]":
+        "a population NUTS fit and regimen predictions (200 s); the case study runs the same "
+        "model (test_case_studies)",
+    "tests/test_docs.py::test_page_runs[docs/guide/models.md]":
+        "an SVI fit of 20,000 steps and NUTS fits (140 s); test_svi, test_inference",
+    "tests/test_docs.py::test_page_runs[docs/guide/vi.md]":
+        "SVI, Laplace and MAP-start fits of the lynx-hare model (135 s); test_svi",
+    "tests/test_docs.py::test_page_runs[docs/guide/populations.md]":
+        "a population NUTS fit (105 s); test_population and the theophylline case study",
+    "tests/test_docs.py::test_page_runs[docs/guide/discrepancy.md]":
+        "a GP-discrepancy NUTS fit (100 s); test_discrepancy and the logistic-growth case "
+        "study",
+    "tests/test_docs.py::test_page_runs[docs/tutorials/logistic_growth.md]":
+        "a shorter run of the case study's fits (80 s); the case study stays",
+    "tests/test_docs.py::test_page_runs[docs/tutorials/boarding_school_flu.md]":
+        "a shorter run of the case study's fit (70 s); the case study stays",
+    # case studies: the lynx-hare, influenza, theophylline, FitzHugh-Nagumo and logistic-
+    # growth runs stay
+    "tests/test_case_studies.py::test_petab_boehm_reaches_the_collections_best_known_optimum":
+        "31 local optimisations and NUTS through a stiff solve (440 s); test_petab checks "
+        "Boehm's likelihood against the collection's",
+    "tests/test_case_studies.py::test_simple_machine_constrained_discrepancy_recovers_the_physical_parameter":
+        "GP-discrepancy fits with and without the constraint and an emulator (260 s); "
+        "test_discrepancy checks the constrained GP exactly",
+    # long statistical checks
+    "tests/test_particle.py::test_correlated_pseudo_marginal_mcmc_matches_the_exact_posterior":
+        "a long correlated pseudo-marginal run (250 s); test_rwm's pseudo-marginal test "
+        "stays",
+    "tests/test_sde.py::test_particle_filter_with_random_walk_metropolis_runs":
+        "random-walk Metropolis on a particle filter (95 s); the SDE guide page runs it "
+        "through probde.infer and test_rwm checks the pseudo-marginal posterior",
+    "tests/test_lfo.py::test_lfo_on_a_longer_series":
+        "seven refits (220 s); the closed-form LFO tests stay",
+    "tests/test_inference.py::test_laplace_and_map_starts_with_an_implicit_solver":
+        "mode searches and NUTS through an implicit solver (185 s)",
+    "tests/test_sharding.py::test_sharded_chains_on_two_forced_host_devices":
+        "NUTS in a fresh process with two forced devices (165 s); test_no_callbacks runs "
+        "every chain method",
+    "tests/test_petab.py::test_crauste_log_likelihood_is_converged_in_the_solver_tolerance":
+        "two tight solves (130 s)",
+    "tests/test_petab.py::test_nuts_samples_a_petab_model_under_its_ids":
+        "a NUTS run (95 s); the suite cases check the likelihood",
+    "tests/test_petab.py::test_gradient_equals_finite_differences[0009]":
+        "an eager gradient (95 s); cases 0001 and 0019 stay",
+    "tests/test_petab.py::test_benchmark_log_likelihood_at_nominal_matches_the_reference[Zheng_PNAS2012]":
+        "90 s; the other benchmark problems stay",
+    "tests/test_parallel_kalman.py::test_parallel_filter_and_smoother_are_the_sequential_ones[2000]":
+        "2,000 steps (125 s); the 7-step case stays",
+    "tests/test_parallel_kalman.py::test_parallel_gradient_is_the_sequential_one[2000]":
+        "shares the 2,000-step compilation above",
+    "tests/test_restart.py::test_a_screen_that_falls_back_to_sequential_chains_warns_once":
+        "NUTS with an implicit solver compiled twice (125 s)",
+    "tests/test_deepgp.py::test_two_layer_deep_gp_by_nuts_reduces_held_out_error":
+        "NUTS on a two-layer deep GP (115 s); the NUTS test with Poisson noise stays",
+    "tests/test_deepgp.py::test_random_feature_gp_by_svi_reduces_held_out_error":
+        "an SVI fit of a deep GP (140 s); test_minibatch_svi_fit stays",
+    "tests/test_deepgp.py::test_prediction_at_data_times_is_the_fitted_function":
+        "shares that fit",
+    "tests/test_compile_cache.py::test_a_second_process_loads_the_sampler_from_the_cache[bar-jit__body_fn]":
+        "two fresh processes (65 s); the default case stays",
 }
 
 # test function: the parametrisations the fast tier keeps, by id (the text in brackets);
