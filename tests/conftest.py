@@ -119,7 +119,7 @@ def pytest_collectreport(report):
 
 def _stale_tier_entries(config, items, tiers):
     """Entries of tests/tiers.py that match no test although their file was collected whole
-    (or no longer exists)."""
+    (or no longer exists), and long checks outside tests/."""
     import pathlib
 
     collected = _wholly_collected(config)
@@ -135,6 +135,10 @@ def _stale_tier_entries(config, items, tiers):
     entries += [("LONG", prefix, ()) for prefix in tiers.LONG]
     entries += [("CASES", prefix, ids) for prefix, ids in tiers.CASES.items()]
     for table, prefix, ids in entries:
+        if table == "LONG" and not prefix.startswith("tests/"):
+            # tests/run_isolated.py --skip-long passes the option to tests/ only
+            stale.append(f"LONG: {prefix} (only tests in tests/ can be long checks)")
+            continue
         path = (root / prefix.partition("::")[0]).resolve()
         if not path.exists():
             if wholly(path.parent):

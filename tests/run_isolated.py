@@ -1,10 +1,13 @@
 """Run the test suite one file per process, one process per core (`make test`, CI, and
 `make test-all`).
 
-    python tests/run_isolated.py [--jobs N] [--pin] [--file-timeout SECONDS] [pytest options ...]
+    python tests/run_isolated.py [--jobs N] [--pin] [--file-timeout SECONDS] [--skip-long]
+                                 [pytest options ...]
 
-`make test` passes `--skip-long` (an option of tests/conftest.py) to leave out the long
-checks that tests/tiers.py lists in `LONG`; `make test-all` runs them too.
+`make test` passes `--skip-long` to leave out the long checks that tests/tiers.py lists in
+`LONG` (an option of tests/conftest.py, so it goes to the test files' processes only; the
+package's doctests, collected without that conftest, have no long checks); `make test-all`
+runs them too.
 
 First the whole `tests` folder is collected, not run (`--collect-only`): that collection
 fails if `tests/tiers.py` names a test that no longer exists in any file, which per-file
@@ -50,18 +53,18 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # December 2026, development machine, two files at a time); only the order matters. A file
 # not listed is taken to be short and runs after these.
 EXPECTED = {
-    "tests/test_case_studies.py": 850, "tests/test_petab.py": 570, "tests/test_sde.py": 425,
-    "tests/test_svi.py": 400, "tests/test_discrepancy.py": 370, "tests/test_particle.py": 360,
-    "tests/test_deepgp.py": 275, "tests/test_docs.py": 230, "tests/test_inference.py": 225,
-    "tests/test_sensitivity.py": 215, "tests/test_latent_path.py": 210,
-    "tests/test_no_callbacks.py": 210, "tests/test_population.py": 205,
-    "tests/test_sbc.py": 205, "tests/test_lfo.py": 200, "tests/test_identifiability.py": 200,
-    "tests/test_compile_cache.py": 175, "tests/test_markov.py": 170,
-    "tests/test_deep_emulator.py": 155, "tests/test_likelihood.py": 130, "probde": 125,
-    "tests/test_emulator.py": 110, "tests/test_convergence.py": 100,
+    "tests/test_case_studies.py": 800, "tests/test_petab.py": 550, "tests/test_sde.py": 455,
+    "tests/test_svi.py": 445, "tests/test_discrepancy.py": 365, "tests/test_particle.py": 355,
+    "tests/test_deepgp.py": 320, "tests/test_inference.py": 255,
+    "tests/test_sensitivity.py": 240, "tests/test_no_callbacks.py": 235,
+    "tests/test_latent_path.py": 225, "tests/test_population.py": 215,
+    "tests/test_identifiability.py": 210, "tests/test_lfo.py": 185,
+    "tests/test_deep_emulator.py": 180, "tests/test_likelihood.py": 175,
+    "tests/test_sbc.py": 170, "tests/test_compile_cache.py": 155, "tests/test_markov.py": 150,
+    "probde": 125, "tests/test_emulator.py": 125, "tests/test_docs.py": 105,
     "tests/test_filter_check.py": 100, "tests/test_solve.py": 100,
-    "tests/test_population_plots.py": 85, "tests/test_rwm.py": 80, "tests/test_restart.py": 70,
-    "tests/test_parallel_kalman.py": 55,
+    "tests/test_convergence.py": 80, "tests/test_population_plots.py": 80,
+    "tests/test_parallel_kalman.py": 75, "tests/test_rwm.py": 75, "tests/test_restart.py": 65,
 }
 
 
@@ -80,8 +83,9 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def run_all(targets: list[str], options: list[str], jobs: int, file_timeout: float,
-            pin: bool = False):
-    """Run `targets` `jobs` at a time; return [(target, exit code, seconds)] in end order."""
+            pin: bool = False, tests_only: tuple[str, ...] = ()):
+    """Run `targets` `jobs` at a time, each with the pytest `options` (and `tests_only` for
+    the files in `tests/`); return [(target, exit code, seconds)] in end order."""
     cpus = sorted(os.sched_getaffinity(0))
     pinned = pin and 1 < jobs <= len(cpus)
     pending = sorted(targets, key=lambda t: -EXPECTED.get(t, 0))
@@ -93,7 +97,8 @@ def run_all(targets: list[str], options: list[str], jobs: int, file_timeout: flo
             target, cpu = pending.pop(0), free.pop(0)
             log = tempfile.TemporaryFile(mode="w+")
             proc = subprocess.Popen(
-                [sys.executable, "-X", "faulthandler", "-m", "pytest", target, *options],
+                [sys.executable, "-X", "faulthandler", "-m", "pytest", target,
+                 *options, *(tests_only if target.startswith("tests/") else ())],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, preexec_fn=_pin(cpu))
             where = f" on core {cpu}" if cpu is not None else ""
@@ -128,6 +133,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--jobs", "-j", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--pin", action="store_true")
     parser.add_argument("--file-timeout", type=float, default=3600.0)
+    parser.add_argument("--skip-long", action="store_true")
     args, options = parser.parse_known_args(argv)
     if args.jobs < 1:
         raise SystemExit(f"--jobs must be at least 1; got {args.jobs}")
@@ -141,7 +147,8 @@ def main(argv: list[str]) -> int:
                            cwd=ROOT, stdout=subprocess.DEVNULL)
     results = [("collection of tests/", code, time.perf_counter() - start)]
     print(f"=== {len(targets)} processes, {args.jobs} at a time", flush=True)
-    results += run_all(targets, options, args.jobs, args.file_timeout, args.pin)
+    results += run_all(targets, options, args.jobs, args.file_timeout, args.pin,
+                       tests_only=("--skip-long",) if args.skip_long else ())
     print("\n=== summary (one process per target)")
     width = max(len(t) for t, _, _ in results)
     for target, code, seconds in results:

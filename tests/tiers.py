@@ -238,17 +238,23 @@ LONG: dict[str, str] = {
     "tests/test_docs.py::test_page_runs[docs/guide/populations.md]":
         "a population NUTS fit (105 s); test_population and the theophylline case study",
     "tests/test_docs.py::test_page_runs[docs/guide/discrepancy.md]":
-        "a GP-discrepancy NUTS fit (100 s); test_discrepancy and the logistic-growth case "
-        "study",
+        "a GP-discrepancy NUTS fit (100 s); test_discrepancy",
     "tests/test_docs.py::test_page_runs[docs/tutorials/logistic_growth.md]":
-        "a shorter run of the case study's fits (80 s); the case study stays",
+        "a shorter run of the case study's fits (80 s); test_discrepancy",
     "tests/test_docs.py::test_page_runs[docs/tutorials/boarding_school_flu.md]":
         "a shorter run of the case study's fit (70 s); the case study stays",
-    # case studies: the lynx-hare, influenza, theophylline, FitzHugh-Nagumo and logistic-
-    # growth runs stay
+    "tests/test_docs.py::test_page_runs[docs/guide/sde.md]":
+        "EKF NUTS, particle-filter and latent-path fits (210 s); test_sde, test_particle, "
+        "test_latent_path and the FitzHugh-Nagumo case study",
+    "tests/test_docs.py::test_page_runs[docs/guide/petab.md]":
+        "imports and NUTS on PEtab problems (145 s); test_petab",
+    # case studies: the lynx-hare, influenza, theophylline and FitzHugh-Nagumo runs stay
     "tests/test_case_studies.py::test_petab_boehm_reaches_the_collections_best_known_optimum":
         "31 local optimisations and NUTS through a stiff solve (440 s); test_petab checks "
         "Boehm's likelihood against the collection's",
+    "tests/test_case_studies.py::test_logistic_growth_discrepancy_improves_held_out_predictions":
+        "NUTS fits with and without a GP discrepancy (150 s); test_discrepancy checks the "
+        "GP discrepancy against exact posteriors",
     "tests/test_case_studies.py::test_simple_machine_constrained_discrepancy_recovers_the_physical_parameter":
         "GP-discrepancy fits with and without the constraint and an emulator (260 s); "
         "test_discrepancy checks the constrained GP exactly",
@@ -256,9 +262,6 @@ LONG: dict[str, str] = {
     "tests/test_particle.py::test_correlated_pseudo_marginal_mcmc_matches_the_exact_posterior":
         "a long correlated pseudo-marginal run (250 s); test_rwm's pseudo-marginal test "
         "stays",
-    "tests/test_sde.py::test_particle_filter_with_random_walk_metropolis_runs":
-        "random-walk Metropolis on a particle filter (95 s); the SDE guide page runs it "
-        "through probde.infer and test_rwm checks the pseudo-marginal posterior",
     "tests/test_lfo.py::test_lfo_on_a_longer_series":
         "seven refits (220 s); the closed-form LFO tests stay",
     "tests/test_inference.py::test_laplace_and_map_starts_with_an_implicit_solver":
@@ -274,6 +277,8 @@ LONG: dict[str, str] = {
         "an eager gradient (95 s); cases 0001 and 0019 stay",
     "tests/test_petab.py::test_benchmark_log_likelihood_at_nominal_matches_the_reference[Zheng_PNAS2012]":
         "90 s; the other benchmark problems stay",
+    "tests/test_petab.py::test_benchmark_log_likelihood_at_nominal_matches_the_reference[Weber_BMC2015]":
+        "65 s; the other benchmark problems stay",
     "tests/test_parallel_kalman.py::test_parallel_filter_and_smoother_are_the_sequential_ones[2000]":
         "2,000 steps (125 s); the 7-step case stays",
     "tests/test_parallel_kalman.py::test_parallel_gradient_is_the_sequential_one[2000]":
