@@ -154,6 +154,11 @@ def _stale_tier_entries(config, items, tiers):
     return stale
 
 
+def _is_long(item, tiers) -> bool:
+    """Whether tests/tiers.py's LONG names `item` (left out by `make test` and the fast tier)."""
+    return any(tiers.matches(item.nodeid, p) for p in tiers.LONG)
+
+
 def _in_fast_tier(items, tiers):
     """Split `items` into the fast tier and the rest."""
     keep, drop, first = [], [], {}
@@ -168,7 +173,8 @@ def _in_fast_tier(items, tiers):
         else:
             other_case = False
         if (other_case or item.get_closest_marker("slow") is not None
-                or any(tiers.matches(item.nodeid, p) for p in (*tiers.SLOW, *tiers.LONG))):
+                or any(tiers.matches(item.nodeid, p) for p in tiers.SLOW)
+                or _is_long(item, tiers)):
             drop.append(item)
         else:
             keep.append(item)
@@ -186,9 +192,8 @@ def pytest_collection_modifyitems(config, items):
     if config.getoption("check_tier"):
         keep, drop = _in_fast_tier(items, tiers)
     elif config.getoption("skip_long"):
-        drop = [i for i in items if any(tiers.matches(i.nodeid, p) for p in tiers.LONG)]
-        dropped = {id(i) for i in drop}
-        keep = [i for i in items if id(i) not in dropped]
+        keep = [i for i in items if not _is_long(i, tiers)]
+        drop = [i for i in items if _is_long(i, tiers)]
         if drop and not keep:
             config.stash[_ALL_LONG] = True
     else:
