@@ -22,8 +22,8 @@ milliseconds; the entries are small (the whole lynx-hare run: about 2 MB).
 JAX does not store programs that call back into Python. probde's compiled programs have
 none: its count of rejected proposals is carried in the sampler's state, its solves turn
 equinox's runtime checks into NaNs (`dynamics/_diffeqsolve.py`), and its progress bars
-update between compiled chunks. (numpyro's own progress bar for several chains run in
-parallel or vectorized does call back.)
+update between compiled chunks (NUTS: `inference/chunks.py`; numpyro's own progress bar
+calls back from inside its loop).
 """
 
 from __future__ import annotations

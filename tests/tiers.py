@@ -29,6 +29,8 @@ module fixture pays for it only if it runs first.
 
 # node-id prefix: why it is left out of the fast tier
 SLOW: dict[str, str] = {
+    "tests/test_chunks.py::test_the_chunks_lengths_change_nothing":
+        "two runs of 350 iterations, one a chunk (32 s); the chunk-boundary test stays",
     # doctests that run an inference
     "probde/inference/infer.py::probde.inference.infer.infer": "NUTS on an ODE model (24 s)",
     "probde/inference/svi.py::probde.inference.svi.SVI": "an SVI fit (7 s)",
@@ -291,13 +293,15 @@ LONG: dict[str, str] = {
         "an SVI fit of a deep GP (140 s); test_minibatch_svi_fit stays",
     "tests/test_deepgp.py::test_prediction_at_data_times_is_the_fitted_function":
         "shares that fit",
-    "tests/test_compile_cache.py::test_a_second_process_loads_the_sampler_from_the_cache[bar-jit__body_fn]":
+    "tests/test_compile_cache.py::test_a_second_process_loads_the_sampler_from_the_cache[bar]":
         "two fresh processes (65 s); the default case stays",
 }
 
 # test function: the parametrisations the fast tier keeps, by id (the text in brackets);
 # () keeps the first one. Its other cases are full-tier only.
 CASES: dict[str, tuple[str, ...]] = {
+    # 3 chain methods, 15-33 s each (parallel and vectorized compile for several chains)
+    "tests/test_chunks.py::test_the_chains_are_numpyros_draw_for_draw": ("sequential",),
     # 6 solver x tolerance cases, 9-10 s each
     "tests/test_sensitivity.py::test_forward_sensitivity_is_the_discrete_derivative_reverse_mode_computes":
         (),

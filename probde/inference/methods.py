@@ -10,13 +10,11 @@ import pathlib
 import warnings
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-
 from numpyro.infer import MCMC, init_to_median
 
+from . import chunks, restart
 from ._options import check_init_radius, is_real, positive_int
-from . import restart
 from .convergence import ALL_CHECKS, ConvergenceWarning
 from .failures import REJECTED_TOTAL, CountingNUTS, run_total
 from .initialisation import NO_START, best_uniform_starts, init_strategy
@@ -159,7 +157,7 @@ class NUTS(_ChainOptions, AbstractMethod):
       `numpyro.set_host_device_count(n)` before JAX starts), `"vectorized"` (all chains
       in one vmapped program; suits accelerators), `"sharded"` (the chains split evenly
       over the devices with `jax.sharding`, vectorised on each: several GPUs, or many
-      chains per device; no progress bar), or `"auto"` (default): parallel when there are
+      chains per device), or `"auto"` (default): parallel when there are
       as many devices as chains, else sequential.
     - `max_tree_depth`: NUTS doubles the trajectory at most this many times.
     - `thinning`: keep every `thinning`-th draw.
@@ -309,49 +307,103 @@ class NUTS(_ChainOptions, AbstractMethod):
         )
 
     def run(self, model_fn, key, *, progress_bar, model_kwargs):
-        chain_method = self.resolved_chain_method()
+        chain_method = self._chain_method_here()
         key, init_params = self._starts(model_fn, key, model_kwargs)
-        rejected, notes = 0, {}
-        screen = self._screen_length()
-        if screen:
-            # `init_params` becomes the screened chains' states: the rest of the warmup
-            # resumes their adaptation rather than starting it again.
-            init_params, rejected, note, screened = self._screen(
-                model_fn, jax.random.fold_in(key, 3), init_params, screen, chain_method,
-                progress_bar, model_kwargs)
-            if note:
-                notes["screened"] = note
-            if screened.chain_method == "sequential":  # parallel could not compile (below)
-                chain_method = "sequential"
-        mcmc = self.mcmc(model_fn, progress_bar=progress_bar, chain_method=chain_method,
-                         after_screen=screen)
-        mcmc = self._sample(mcmc, model_fn, key, init_params, chain_method, progress_bar,
-                            model_kwargs)
-        rejected = rejected + run_total(mcmc.last_state)
-        extra = mcmc.get_extra_fields(group_by_chain=True)
-        lp = -np.asarray(extra["potential_energy"])
-        below = restart.far_below(lp) if self.restart_stuck else np.zeros(1, dtype=bool)
-        if below.any():
-            source = restart.donors(below)
-            notes["restarted"] = restart.note(lp, below, source)
-            warnings.warn(notes["restarted"], ConvergenceWarning,
-                          stacklevel=5)  # the caller of infer
-            starts = restart.positions(mcmc.last_state.z, source)
-            # a whole warmup again, from positions (no screen before it)
-            mcmc = self.mcmc(model_fn, progress_bar=progress_bar, chain_method=chain_method)
-            mcmc = self._sample(mcmc, model_fn, jax.random.fold_in(key, 1), starts,
-                                chain_method, progress_bar, model_kwargs)
-            rejected = rejected + run_total(mcmc.last_state)
-            extra = mcmc.get_extra_fields(group_by_chain=True)
-        samples = mcmc.get_samples(group_by_chain=True)
-        stats = {_EXTRA_FIELDS[k]: v for k, v in extra.items()}
+        try:
+            return self._run_chunks(model_fn, key, init_params, chain_method, progress_bar,
+                                    model_kwargs)
+        except RuntimeError as err:
+            _no_start(err, self.init_radius)
+        except ValueError as err:
+            # diffrax's reverse adjoint cannot be differentiated under pmap with some
+            # jax/equinox versions (diffrax issue #765): "Closure-converted function ..."
+            # for an explicit solver, and lineax's "pytree does not match out_structure"
+            # from the Newton solves of an implicit one. When the chain method was our
+            # choice, fall back to sequential chains rather than fail.
+            if self.chain_method != "auto" or chain_method != "parallel" or not any(
+                m in str(err) for m in ("Closure-converted function",
+                                        "pytree does not match out_structure")
+            ):
+                raise
+            warnings.warn(
+                "parallel chains failed to compile with this model's adjoint "
+                "(diffrax's reverse adjoint under pmap); running the chains sequentially. "
+                "Use probde.Solver(adjoint=probde.ForwardSensitivity()) to run them in parallel "
+                "(with an implicit solver that costs several times more per gradient), or "
+                "NUTS(chain_method='sequential') to skip this attempt",
+                skip_file_prefixes=(str(pathlib.Path(__file__).parents[1]),),
+            )
+            return self._run_chunks(model_fn, key, init_params, "sequential", progress_bar,
+                                    model_kwargs)
+
+    def _chain_method_here(self) -> str:
+        """`resolved_chain_method`, sequential where numpyro would fall back to it (fewer
+        devices than parallel chains, with numpyro's warning)."""
+        name = self.resolved_chain_method()
+        if name == "parallel" and jax.local_device_count() < self.num_chains:
+            warnings.warn(
+                f"There are not enough devices to run parallel chains: expected "
+                f"{self.num_chains} but got {jax.local_device_count()}. Chains will be "
+                "drawn sequentially.", skip_file_prefixes=(str(pathlib.Path(__file__).parents[1]),))
+            return "sequential"
+        return name
+
+    def _run_chunks(self, model_fn, key, init_params, chain_method, progress_bar,
+                    model_kwargs):
+        """Warmup (its first `_screen_length()` iterations a screen) and sampling, with a
+        restart when a chain ended far below the others, on one compiled program
+        (`chunks.Chunks`); `(samples, stats)` as `run` returns them."""
+        runner = chunks.Chunks(self.kernel(model_fn), self.num_chains, self.num_warmup,
+                               chain_method, model_kwargs)
+        progress = chunks.Progress(progress_bar, self.num_warmup + self.num_samples,
+                                   self.num_chains)
+        notes = {}
+        try:
+            run, state = self._warmup_and_sample(runner, progress, key, init_params, notes)
+            rejected = run_total(state)
+            lp = -run.records[-1]["potential_energy"]
+            below = restart.far_below(lp) if self.restart_stuck else np.zeros(1, dtype=bool)
+            if below.any():
+                source = restart.donors(below)
+                notes["restarted"] = restart.note(lp, below, source)
+                warnings.warn(notes["restarted"], ConvergenceWarning,
+                              skip_file_prefixes=(str(pathlib.Path(__file__).parents[1]),))
+                progress.extend(self.num_warmup + self.num_samples)
+                # a whole warmup again, from positions (no screen before it)
+                run, state = self._warmup_and_sample(
+                    runner, progress, jax.random.fold_in(key, 1),
+                    restart.positions(state.z, source), notes, screen=False)
+                rejected = rejected + run_total(state)
+        finally:
+            progress.close()
+        thin = chunks.thinned(self.num_samples, self.thinning)
+        stats = {_EXTRA_FIELDS[k]: v[:, thin] for k, v in run.records[-1].items()}
         stats["lp"] = -stats["lp"]
         # numpyro reports leapfrog steps; a tree of depth d has at most 2**d - 1 of them.
-        stats["tree_depth"] = jnp.ceil(jnp.log2(stats["n_steps"] + 1)).astype(jnp.int32)
+        stats["tree_depth"] = np.ceil(np.log2(stats["n_steps"] + 1)).astype(np.int32)
         stats["reached_max_treedepth"] = stats["n_steps"] >= 2**self.max_tree_depth - 1
         stats[REJECTED_TOTAL] = rejected
         stats[restart.NOTES] = notes
-        return samples, stats
+        return run.samples(self.thinning), stats
+
+    def _warmup_and_sample(self, runner, progress, key, init_params, notes, screen=True):
+        """One run from `init_params`: the screen (a chain that ends it far below the
+        others takes another chain's state: `restart.far_below` over
+        `restart.screen_window`), the rest of the warmup, sampling. `(run, last state)`."""
+        run = chunks.Run(runner, progress)
+        state = runner.start(key, init_params)
+        length = self._screen_length() if screen else 0
+        if length:
+            state, record = run.phase(state, length, "warmup")
+            window = restart.screen_window(-record["potential_energy"])
+            below = restart.far_below(window)
+            if below.any():
+                source = restart.donors(below)
+                notes["screened"] = restart.screen_note(window, below, source, length)
+                state = restart.states(state, source)
+        state, _ = run.phase(state, self.num_warmup - length, "warmup")
+        state, _ = run.phase(state, self.num_samples, "sample", keep=True)
+        return run, state
 
     def _starts(self, model_fn, key, model_kwargs):
         """`(key, init_params)`: the key left for sampling and the chains' starting points
@@ -377,72 +429,6 @@ class NUTS(_ChainOptions, AbstractMethod):
         if not self.restart_stuck or self.init != "uniform":
             return 0
         return restart.screen_length(self.num_warmup, self.num_chains)
-
-    def _screen(self, model_fn, key, init_params, screen, chain_method, progress_bar,
-                model_kwargs):
-        """The screening warmup: the first `screen` iterations of the warmup (the adaptation
-        schedule of all `num_warmup`) from `init_params`; a chain that ends them far below
-        the others (`restart.far_below` over `restart.screen_window`) takes another
-        chain's state (position and adaptation). `(states, rejected, note, mcmc)`: the
-        chains' states the rest of the warmup resumes, the rejected proposals, what was
-        moved ("" when nothing was), and the screening `MCMC` (its extra fields: the log
-        density and the gradients, `num_steps`, per iteration)."""
-        mcmc = MCMC(self.kernel(model_fn, warmup_schedule=self.num_warmup), num_warmup=screen,
-                    num_samples=1, num_chains=self.num_chains,
-                    **self._placement(chain_method, progress_bar))
-        mcmc = self._sample(mcmc, model_fn, key, init_params, chain_method, progress_bar,
-                            model_kwargs, screening=True)
-        lp = -np.asarray(mcmc.get_extra_fields(group_by_chain=True)["potential_energy"])
-        window = restart.screen_window(lp)
-        below = restart.far_below(window)
-        source = restart.donors(below) if below.any() else np.arange(self.num_chains)
-        note = restart.screen_note(window, below, source, screen) if below.any() else ""
-        return (restart.states(mcmc.last_state, source), run_total(mcmc.last_state),
-                note, mcmc)
-
-    def _sample(self, mcmc, model_fn, key, init_params, chain_method, progress_bar,
-                model_kwargs, screening=False) -> MCMC:
-        """`mcmc.run` (`mcmc.warmup`, collecting the log density, when `screening`), with
-        clear errors; the `MCMC` that ran (a sequential one when parallel chains could not
-        compile, see below)."""
-        def call(m):
-            if screening:
-                m.warmup(key, extra_fields=("potential_energy", "num_steps"),
-                         collect_warmup=True, init_params=init_params, **model_kwargs)
-            else:
-                m.run(key, extra_fields=tuple(_EXTRA_FIELDS), init_params=init_params,
-                      **model_kwargs)
-
-        try:
-            call(mcmc)
-        except RuntimeError as err:
-            _no_start(err, self.init_radius)
-        except ValueError as err:
-            # diffrax's reverse adjoint cannot be differentiated under pmap with some
-            # jax/equinox versions (diffrax issue #765): "Closure-converted function ..."
-            # for an explicit solver, and lineax's "pytree does not match out_structure"
-            # from the Newton solves of an implicit one. When the chain method was our
-            # choice, fall back to sequential chains rather than fail.
-            if self.chain_method != "auto" or chain_method != "parallel" or not any(
-                m in str(err) for m in ("Closure-converted function",
-                                        "pytree does not match out_structure")
-            ):
-                raise
-            warnings.warn(
-                "parallel chains failed to compile with this model's adjoint "
-                "(diffrax's reverse adjoint under pmap); running the chains sequentially. "
-                "Use probde.Solver(adjoint=probde.ForwardSensitivity()) to run them in parallel "
-                "(with an implicit solver that costs several times more per gradient), or "
-                "NUTS(chain_method='sequential') to skip this attempt",
-                stacklevel=7 if screening else 6,  # the caller of infer
-            )
-            mcmc = MCMC(self.kernel(model_fn, getattr(mcmc.sampler, "warmup_schedule", None)),
-                        num_warmup=mcmc.num_warmup,
-                        num_samples=mcmc.num_samples, num_chains=self.num_chains,
-                        thinning=mcmc.thinning,
-                        **self._placement("sequential", progress_bar))
-            call(mcmc)
-        return mcmc
 
 
 def _no_start(err: RuntimeError, init_radius: float):

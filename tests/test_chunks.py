@@ -1,0 +1,121 @@
+"""NUTS advanced in chunks by one compiled program (`probde.inference.chunks`): the same
+chains as numpyro's `MCMC`, whatever the chunks' lengths, with a progress bar from the
+host."""
+
+import numpyro
+
+numpyro.set_host_device_count(2)  # must precede JAX's backend start
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import numpyro.distributions as dist  # noqa: E402
+import pytest  # noqa: E402
+from numpyro.infer import MCMC  # noqa: E402
+
+import probde  # noqa: E402
+from probde.inference import chunks  # noqa: E402
+from probde.inference.methods import _EXTRA_FIELDS  # noqa: E402
+
+from conftest import decay_at_failure_edge  # noqa: E402
+
+
+def _problem():
+    """The decay model at its solver's failure edge (many rejected proposals), as numpyro
+    runs it: `(model_fn, model_kwargs)`."""
+    model, data = decay_at_failure_edge()
+    prepared = model.prepare(data)
+    return model.numpyro_model(prepared), {"observed": True}
+
+
+def _numpyro_run(method, fn, kwargs, key):
+    mcmc = MCMC(method.kernel(fn), num_warmup=method.num_warmup,
+                num_samples=method.num_samples, num_chains=method.num_chains,
+                thinning=method.thinning, chain_method=method.chain_method,
+                progress_bar=False)
+    mcmc.run(key, extra_fields=tuple(_EXTRA_FIELDS), **kwargs)
+    return mcmc
+
+
+@pytest.mark.parametrize("chain_method", ["sequential", "vectorized", "parallel"])
+def test_the_chains_are_numpyros_draw_for_draw(chain_method):
+    # numpyro's own start (init_candidates=1) and neither screen nor restart: the run is
+    # numpyro's MCMC with the same key, iteration for iteration, thinning included.
+    fn, kwargs = _problem()
+    method = probde.NUTS(num_chains=2, num_warmup=60, num_samples=40, thinning=3,
+                         chain_method=chain_method, init_candidates=1, restart_stuck=False)
+    key = jax.random.PRNGKey(5)
+    samples, stats = method.run(fn, key, progress_bar=False, model_kwargs=kwargs)
+    reference = _numpyro_run(method, fn, kwargs, key)
+    expected = reference.get_samples(group_by_chain=True)
+    assert samples["k"].shape == expected["k"].shape == (2, 13)
+    np.testing.assert_allclose(samples["k"], expected["k"], rtol=1e-12)
+    extra = reference.get_extra_fields(group_by_chain=True)
+    for field, name in _EXTRA_FIELDS.items():
+        sign = -1 if name == "lp" else 1
+        np.testing.assert_allclose(sign * stats[name], extra[field], rtol=1e-12, err_msg=name)
+    assert stats["rejected"].sum() > 0  # the edge does reject proposals
+    np.testing.assert_array_equal(stats["rejected_total"],
+                                  np.asarray(reference.last_state.rejected_total))
+
+
+def test_the_chunks_lengths_change_nothing(monkeypatch):
+    fn, kwargs = _problem()
+    method = probde.NUTS(num_chains=2, num_warmup=300, num_samples=50,
+                         chain_method="sequential")
+    key = jax.random.PRNGKey(1)
+    default, _ = method.run(fn, key, progress_bar=False, model_kwargs=kwargs)
+    lengths = []
+    advance = chunks.Chunks.advance
+
+    def spy(self, state, n, keep):
+        lengths.append(n)
+        return advance(self, state, n, keep)
+
+    monkeypatch.setattr(chunks, "TARGET_SECONDS", 1e-9)  # one iteration a chunk
+    monkeypatch.setattr(chunks.Chunks, "advance", spy)
+    short, _ = method.run(fn, key, progress_bar=False, model_kwargs=kwargs)
+    assert lengths[0] == 10 and set(lengths[1:]) == {1}, lengths
+    assert sum(lengths) == 350
+    np.testing.assert_array_equal(short["k"], default["k"])
+
+
+def test_a_chunk_stops_at_the_screens_end_and_the_warmups(monkeypatch):
+    fn, kwargs = _problem()
+    method = probde.NUTS(num_chains=2, num_warmup=300, num_samples=30,
+                         chain_method="sequential")
+    calls = []
+    advance = chunks.Chunks.advance
+
+    def spy(self, state, n, keep):
+        calls.append((n, keep))
+        return advance(self, state, n, keep)
+
+    monkeypatch.setattr(chunks, "TARGET_SECONDS", 1e3)  # chunks as long as they can be
+    monkeypatch.setattr(chunks.Chunks, "advance", spy)
+    method.run(fn, jax.random.PRNGKey(0), progress_bar=False, model_kwargs=kwargs)
+    # the screen (75), the rest of the warmup (225), sampling (30); draws kept only there
+    assert calls == [(10, False), (65, False), (100, False), (100, False), (25, False),
+                     (30, True)], calls
+
+
+@pytest.mark.filterwarnings("ignore:.*proposals were rejected")  # the model's edge
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run
+def test_the_progress_bar_counts_every_iteration_from_the_host(capsys):
+    model, data = decay_at_failure_edge()
+    method = probde.NUTS(num_chains=2, num_warmup=300, num_samples=100)
+    result = probde.infer(model, data, method, seed=0, num_prior_samples=0, progress_bar=True)
+    bar = capsys.readouterr().err
+    assert "400/400" in bar and "sample" in bar and "divergent" in bar, bar[-500:]
+    assert result.idata["posterior"]["k"].shape == (2, 100)
+
+
+def test_no_feasible_start_of_numpyros_search_is_a_clear_error():
+    ode = probde.ODE(lambda t, y, th: -th["k"] * y, state_names=("x",))
+    model = probde.Model(ode, {"k": dist.LogNormal(0.0, 1.0)}, initial_state=jnp.array([1.0]),
+                         observation=probde.noise.Normal(sigma=0.1),
+                         solver=probde.Solver(max_steps=2), t0=0.0)
+    data = probde.TimeSeries([1.0, 2.0, 3.0], [0.4, 0.1, 0.05], observables=("x",))
+    with pytest.raises(RuntimeError, match="NUTS found no feasible starting point"):
+        probde.infer(model, data, probde.NUTS(num_chains=2, num_warmup=5, num_samples=5,
+                                              init_candidates=1), num_prior_samples=0)
