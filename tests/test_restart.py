@@ -12,7 +12,7 @@ import numpyro.distributions as dist
 import pytest
 
 import probde
-from probde.inference import restart
+from probde.inference import chunks, restart
 
 
 def _lp(means, sd=2.0, draws=400, seed=0):
@@ -77,8 +77,18 @@ def test_without_restart_a_chain_stays_in_the_minor_mode():
     assert not {"restarted", "screened"} & set(result.idata["sample_stats"].attrs)
 
 
-def test_the_screening_warmup_moves_a_chain_that_ends_it_far_below():
+def test_the_screening_warmup_moves_a_chain_that_ends_it_far_below(monkeypatch):
+    traces = []
+    chunk = chunks.Chunks._nuts_chunk
+
+    def counted(self, *args):
+        traces.append(1)
+        return chunk(self, *args)
+
+    monkeypatch.setattr(chunks.Chunks, "_nuts_chunk", counted)
     result = _fit(True)  # no warning: the run that is kept never had a stuck chain
+    # the moved states go back where the chunk program had them: it is not traced again
+    assert len(traces) == 1, traces
     means = result.idata.posterior["x"].mean("draw").values
     assert (means < -8.0).all(), means
     attrs = result.idata["sample_stats"].attrs

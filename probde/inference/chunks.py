@@ -161,6 +161,13 @@ class Chunks:
         return state, record, draws
 
 
+def placed_like(new, old):
+    """`new` (chains' states the host changed: `restart.states`, on the host) laid out on
+    the devices as `old`, the chunk program's last output: the program's cache keys on its
+    inputs' placement, and would trace and compile again for host arrays."""
+    return jax.tree.map(lambda n, o: jax.device_put(n, o.sharding), new, old)
+
+
 def _sharded(fn, in_axes, num_chains):
     """`fn` over the chains split evenly over the devices (see `methods.sharded_chains`)."""
     from jax.sharding import Mesh, PartitionSpec

@@ -400,7 +400,7 @@ class NUTS(_ChainOptions, AbstractMethod):
             if below.any():
                 source = restart.donors(below)
                 notes["screened"] = restart.screen_note(window, below, source, length)
-                state = restart.states(state, source)
+                state = chunks.placed_like(restart.states(state, source), state)
         state, _ = run.phase(state, self.num_warmup - length, "warmup")
         state, _ = run.phase(state, self.num_samples, "sample", keep=True)
         return run, state
