@@ -15,6 +15,7 @@ from numpyro.infer import MCMC  # noqa: E402
 
 import probde  # noqa: E402
 from probde.inference import chunks  # noqa: E402
+from probde.inference.initialisation import best_uniform_starts  # noqa: E402
 from probde.inference.methods import _EXTRA_FIELDS  # noqa: E402
 
 from conftest import decay_at_failure_edge  # noqa: E402
@@ -119,3 +120,29 @@ def test_no_feasible_start_of_numpyros_search_is_a_clear_error():
     with pytest.raises(RuntimeError, match="NUTS found no feasible starting point"):
         probde.infer(model, data, probde.NUTS(num_chains=2, num_warmup=5, num_samples=5,
                                               init_candidates=1), num_prior_samples=0)
+
+
+@pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run
+def test_one_chain_from_the_best_start_is_numpyros_chain_from_it():
+    # One chain: the start has no chain axis (numpyro's convention), nor have numpyro's
+    # init_params; no screen (one chain has nothing to compare with).
+    fn, kwargs = _problem()
+    method = probde.NUTS(num_chains=1, num_warmup=50, num_samples=30)
+    key = jax.random.PRNGKey(2)
+    samples, stats = method.run(fn, key, progress_bar=False, model_kwargs=kwargs)
+    start = best_uniform_starts(fn, jax.random.fold_in(key, 2), 1, method.init_candidates,
+                                kwargs, method.init_radius)
+    assert np.ndim(start["k"]) == 0
+    mcmc = MCMC(method.kernel(fn), num_warmup=50, num_samples=30, progress_bar=False)
+    mcmc.run(key, init_params=start, **kwargs)
+    assert samples["k"].shape == (1, 30)
+    np.testing.assert_allclose(samples["k"][0], mcmc.get_samples()["k"], rtol=1e-12)
+
+
+def test_no_warmup_samples_from_the_start():
+    fn, kwargs = _problem()
+    method = probde.NUTS(num_chains=2, num_warmup=0, num_samples=20, restart_stuck=False)
+    samples, stats = method.run(fn, jax.random.PRNGKey(0), progress_bar=False,
+                                model_kwargs=kwargs)
+    assert samples["k"].shape == stats["step_size"].shape == (2, 20)
+    assert np.all(stats["step_size"] == 1.0)  # numpyro's initial step size, never adapted

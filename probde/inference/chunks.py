@@ -140,7 +140,10 @@ class Chunks:
         if init_params is None:
             state, ok = self._search_fn(keys)
         else:
-            params = jax.tree.map(lambda x: np.asarray(x), init_params)
+            # numpyro's convention: a leading chain axis only for several chains
+            one = self.num_chains == 1
+            params = jax.tree.map(lambda x: np.asarray(x)[None] if one else np.asarray(x),
+                                  init_params)
             state, ok = self._start_fn(keys, params)
         if not np.all(np.asarray(ok)):
             raise RuntimeError(f"{NO_START}: the log density or its gradient is not finite "
@@ -230,6 +233,8 @@ class Run:
         """`iterations` iterations from `state`; returns the last state and this phase's
         records (field -> chain x iteration)."""
         done, records = 0, []
+        if iterations == 0:  # e.g. NUTS(num_warmup=0)
+            return state, None
         while done < iterations:
             n = min(self.length, iterations - done)
             began = time.perf_counter()
