@@ -57,7 +57,7 @@ EXPECTED = {
     "tests/test_svi.py": 445, "tests/test_discrepancy.py": 365, "tests/test_particle.py": 355,
     "tests/test_deepgp.py": 320, "tests/test_inference.py": 255,
     "tests/test_sensitivity.py": 240, "tests/test_no_callbacks.py": 235,
-    "tests/test_chunks.py": 150,
+    "tests/test_chunks.py": 235,
     "tests/test_latent_path.py": 225, "tests/test_population.py": 215,
     "tests/test_identifiability.py": 210, "tests/test_lfo.py": 185,
     "tests/test_deep_emulator.py": 180, "tests/test_likelihood.py": 175,
