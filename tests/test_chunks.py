@@ -1,15 +1,13 @@
 """NUTS advanced in chunks by one compiled program (`probde.inference.chunks`): the same
 chains as numpyro's `MCMC`, whatever the chunks' lengths, with a progress bar from the
-host."""
+host. (No feasible start: `tests/test_inference.py`.)"""
 
 import numpyro
 
 numpyro.set_host_device_count(2)  # must precede JAX's backend start
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import numpyro.distributions as dist  # noqa: E402
 import pytest  # noqa: E402
 from numpyro.infer import MCMC  # noqa: E402
 
@@ -109,17 +107,6 @@ def test_the_progress_bar_counts_every_iteration_from_the_host(capsys):
     bar = capsys.readouterr().err
     assert "400/400" in bar and "sample" in bar and "divergent" in bar, bar[-500:]
     assert result.idata["posterior"]["k"].shape == (2, 100)
-
-
-def test_no_feasible_start_of_numpyros_search_is_a_clear_error():
-    ode = probde.ODE(lambda t, y, th: -th["k"] * y, state_names=("x",))
-    model = probde.Model(ode, {"k": dist.LogNormal(0.0, 1.0)}, initial_state=jnp.array([1.0]),
-                         observation=probde.noise.Normal(sigma=0.1),
-                         solver=probde.Solver(max_steps=2), t0=0.0)
-    data = probde.TimeSeries([1.0, 2.0, 3.0], [0.4, 0.1, 0.05], observables=("x",))
-    with pytest.raises(RuntimeError, match="NUTS found no feasible starting point"):
-        probde.infer(model, data, probde.NUTS(num_chains=2, num_warmup=5, num_samples=5,
-                                              init_candidates=1), num_prior_samples=0)
 
 
 @pytest.mark.filterwarnings("ignore::probde.ConvergenceWarning")  # a short run

@@ -263,13 +263,16 @@ def test_user_written_numpyro_model_runs_through_infer():
     assert "obs" in result.idata["log_likelihood"]
 
 
-def test_no_feasible_starting_point_is_a_clear_error():
-    # Every solve needs more than 2 steps: no starting point is feasible.
+@pytest.mark.parametrize("num_chains, init_candidates", [(1, 8), (2, 1)])
+def test_no_feasible_starting_point_is_a_clear_error(num_chains, init_candidates):
+    # Every solve needs more than 2 steps: no starting point is feasible, neither for the
+    # best-of-8 search nor for numpyro's own start inside the sampler (init_candidates=1).
     ode = probde.ODE(lambda t, y, th: -th["k"] * y, state_names=("x",))
     model = probde.Model(ode, {"k": dist.LogNormal(0.0, 1.0)}, initial_state=jnp.array([1.0]),
                          observation=probde.noise.Normal(sigma=0.1),
                          solver=probde.Solver(max_steps=2), t0=0.0)
     data = probde.TimeSeries([1.0, 2.0, 3.0], [0.4, 0.1, 0.05], observables=("x",))
     with pytest.raises(RuntimeError, match="NUTS found no feasible starting point.*max_steps"):
-        probde.infer(model, data, probde.NUTS(num_chains=1, num_warmup=5, num_samples=5),
+        probde.infer(model, data, probde.NUTS(num_chains=num_chains, num_warmup=5,
+                                              num_samples=5, init_candidates=init_candidates),
                      num_prior_samples=0)

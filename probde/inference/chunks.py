@@ -171,16 +171,23 @@ def placed_like(new, old):
     return jax.tree.map(lambda n, o: jax.device_put(n, o.sharding), new, old)
 
 
+def chain_mesh(num_chains: int, devices=None):
+    """A one-axis mesh named `"chain"` over as many of `devices` (default: all) as divide
+    `num_chains`, for chains split evenly over the devices."""
+    from jax.sharding import Mesh
+
+    devices = list(jax.devices() if devices is None else devices)
+    used = max(d for d in range(1, min(len(devices), num_chains) + 1) if num_chains % d == 0)
+    return Mesh(devices[:used], ("chain",))
+
+
 def _sharded(fn, in_axes, num_chains):
     """`fn` over the chains split evenly over the devices (see `methods.sharded_chains`)."""
-    from jax.sharding import Mesh, PartitionSpec
+    from jax.sharding import PartitionSpec
 
-    devices = jax.devices()
-    used = max(d for d in range(1, min(len(devices), num_chains) + 1) if num_chains % d == 0)
-    mesh = Mesh(devices[:used], ("chain",))
     specs = tuple(PartitionSpec("chain") if ax == 0 else PartitionSpec() for ax in in_axes)
     local = jax.vmap(fn, in_axes=in_axes)
-    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=specs,
+    return jax.jit(jax.shard_map(local, mesh=chain_mesh(num_chains), in_specs=specs,
                                  out_specs=PartitionSpec("chain"), check_vma=False))
 
 
@@ -220,13 +227,12 @@ class Progress:
 class Run:
     """Runs `Chunks` through phases, choosing each chunk's length so that a chunk takes
     about `TARGET_SECONDS` (at most `CAPACITY` iterations, and never past a phase's end),
-    and keeps the records and the draws."""
+    and keeps the draws."""
 
     def __init__(self, chunks: Chunks, progress: Progress):
         self.chunks = chunks
         self.progress = progress
         self.length = 10  # the first chunk compiles: short, then timed
-        self.records: list[dict] = []
         self.draws: list = []
 
     def phase(self, state, iterations: int, name: str, keep: bool = False):
@@ -247,9 +253,7 @@ class Run:
                 self.draws.append(draws)
             self.progress.update(n, name, record)
             done += n
-        joined = {f: np.concatenate([r[f] for r in records], axis=1) for f in FIELDS}
-        self.records.append(joined)
-        return state, joined
+        return state, {f: np.concatenate([r[f] for r in records], axis=1) for f in FIELDS}
 
     def samples(self, thinning: int) -> dict:
         """The kept draws (chain x draw), thinned as numpyro thins them: every

@@ -35,12 +35,10 @@ def sharded_chains(num_chains: int, devices=None):
     one CPU, several GPUs, or, under `jax.distributed`, every device of several hosts
     (`jax.devices()` lists all of them).
     """
-    from jax.sharding import Mesh, PartitionSpec
+    from jax.sharding import PartitionSpec
 
-    devices = list(jax.devices() if devices is None else devices)
-    used = max(d for d in range(1, min(len(devices), num_chains) + 1) if num_chains % d == 0)
-    mesh = Mesh(devices[:used], ("chain",))
-    per_device = num_chains // used
+    mesh = chunks.chain_mesh(num_chains, devices)
+    per_device = num_chains // mesh.size
     spec = PartitionSpec("chain")
 
     def chain_method(fn):
@@ -359,9 +357,10 @@ class NUTS(_ChainOptions, AbstractMethod):
                                    self.num_chains)
         notes = {}
         try:
-            run, state = self._warmup_and_sample(runner, progress, key, init_params, notes)
+            run, state, record = self._warmup_and_sample(runner, progress, key, init_params,
+                                                         notes)
             rejected = run_total(state)
-            lp = -run.records[-1]["potential_energy"]
+            lp = -record["potential_energy"]
             below = restart.far_below(lp) if self.restart_stuck else np.zeros(1, dtype=bool)
             if below.any():
                 source = restart.donors(below)
@@ -370,14 +369,14 @@ class NUTS(_ChainOptions, AbstractMethod):
                               skip_file_prefixes=(str(pathlib.Path(__file__).parents[1]),))
                 progress.extend(self.num_warmup + self.num_samples)
                 # a whole warmup again, from positions (no screen before it)
-                run, state = self._warmup_and_sample(
+                run, state, record = self._warmup_and_sample(
                     runner, progress, jax.random.fold_in(key, 1),
                     restart.positions(state.z, source), notes, screen=False)
                 rejected = rejected + run_total(state)
         finally:
             progress.close()
         thin = chunks.thinned(self.num_samples, self.thinning)
-        stats = {_EXTRA_FIELDS[k]: v[:, thin] for k, v in run.records[-1].items()}
+        stats = {_EXTRA_FIELDS[k]: v[:, thin] for k, v in record.items()}
         stats["lp"] = -stats["lp"]
         # numpyro reports leapfrog steps; a tree of depth d has at most 2**d - 1 of them.
         stats["tree_depth"] = np.ceil(np.log2(stats["n_steps"] + 1)).astype(np.int32)
@@ -389,7 +388,8 @@ class NUTS(_ChainOptions, AbstractMethod):
     def _warmup_and_sample(self, runner, progress, key, init_params, notes, screen=True):
         """One run from `init_params`: the screen (a chain that ends it far below the
         others takes another chain's state: `restart.far_below` over
-        `restart.screen_window`), the rest of the warmup, sampling. `(run, last state)`."""
+        `restart.screen_window`), the rest of the warmup, sampling. `(run, last state, the
+        sampling's records)`."""
         run = chunks.Run(runner, progress)
         state = runner.start(key, init_params)
         length = self._screen_length() if screen else 0
@@ -402,8 +402,8 @@ class NUTS(_ChainOptions, AbstractMethod):
                 notes["screened"] = restart.screen_note(window, below, source, length)
                 state = chunks.placed_like(restart.states(state, source), state)
         state, _ = run.phase(state, self.num_warmup - length, "warmup")
-        state, _ = run.phase(state, self.num_samples, "sample", keep=True)
-        return run, state
+        state, record = run.phase(state, self.num_samples, "sample", keep=True)
+        return run, state, record
 
     def _starts(self, model_fn, key, model_kwargs):
         """`(key, init_params)`: the key left for sampling and the chains' starting points
