@@ -50,6 +50,8 @@ def test_grid_has_the_substeps_and_the_step_asked_for():
     ({"num_substeps": 2.5}, "num_substeps must be a positive integer"),
     ({"step": -1.0}, "step must be a positive number"),
     ({"step": 0.1, "num_substeps": 3}, "not both"),
+    ({"screen_particles": 1}, "screen_particles must be an integer of at least 2"),
+    ({"screen_particles": 100.0}, "screen_particles must be an integer of at least 2"),
 ])
 def test_bad_arguments_are_refused_by_name(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -217,13 +219,10 @@ def ou_data():
     return probde.TimeSeries(times, values, observables=("x",))
 
 
-def ou_euler_posterior(grid, times, values, num=160):
-    """Posterior mean and sd of k and s for the Euler-discretised OU model, by quadrature
-    on a grid in (log k, log s) with the Kalman filter of the discretised chain."""
+def ou_euler_kalman(grid, times, values, k, s):
+    """The Kalman filter's `log p(y | k, s)` for the Euler-discretised OU model on `grid`
+    (x starts at 1; `k` and `s` arrays of any shape, the result of theirs)."""
     _, steps, index = grid
-    lk, ls = np.meshgrid(np.linspace(-2.5, 1.5, num), np.linspace(-3.5, 0.5, num),
-                         indexing="ij")
-    k, s = np.exp(lk), np.exp(ls)
     m, P, ll, j = np.ones_like(k), np.zeros_like(k), np.zeros_like(k), 0
     for t in range(times.size):
         while j < index[t]:
@@ -234,6 +233,16 @@ def ou_euler_posterior(grid, times, values, num=160):
         r = values[t, 0] - m
         ll += -0.5 * (np.log(2 * np.pi * S) + r**2 / S)
         m, P = m + P / S * r, P - P**2 / S
+    return ll
+
+
+def ou_euler_posterior(grid, times, values, num=160):
+    """Posterior mean and sd of k and s for the Euler-discretised OU model, by quadrature
+    on a grid in (log k, log s) with the Kalman filter of the discretised chain."""
+    lk, ls = np.meshgrid(np.linspace(-2.5, 1.5, num), np.linspace(-3.5, 0.5, num),
+                         indexing="ij")
+    k, s = np.exp(lk), np.exp(ls)
+    ll = ou_euler_kalman(grid, times, values, k, s)
     # log prior of (log k, log s): the LogNormal densities times the Jacobians k and s
     log_post = ll - 0.5 * (lk / 0.5) ** 2 - 0.5 * ((ls + 1.0) / 0.5) ** 2
     w = np.exp(log_post - log_post.max())
@@ -346,3 +355,96 @@ def test_a_path_that_blows_up_is_rejected_not_a_crash():
     wild = {"r": 5.0, sites.PATH_INCREMENTS: jnp.full((1, 5, 1), 1e3)}
     assert np.isfinite(float(log_density(fn, (), {"observed": True}, calm)[0]))
     assert float(log_density(fn, (), {"observed": True}, wild)[0]) == -np.inf
+
+
+# ------------------------------------------ the screen: chains judged by the parameters
+def ou_latent_model(lik):
+    return probde.Model(probde.SDE(ou_drift, ou_diffusion, ("x",)), OU_PRIORS,
+                        jnp.array([1.0]), probde.noise.Normal(sigma=OU_SIGMA),
+                        likelihood=lik, t0=0.0)
+
+
+def ou_euler_log_density(grid, times, values, lk, ls):
+    """The Euler-discretised OU model's exact log density of (log k, log s), the path
+    integrated out: the Kalman filter's log-likelihood plus the log prior in the
+    unconstrained space (LogNormal priors with their Jacobians: Normal in the logs)."""
+    ll = float(ou_euler_kalman(grid, times, values, np.exp(lk), np.exp(ls)))
+    prior = sum(-0.5 * ((u - c) / 0.5) ** 2 - math.log(0.5 * math.sqrt(2 * math.pi))
+                for u, c in ((lk, 0.0), (ls, -1.0)))
+    return ll + prior
+
+
+def test_the_screens_score_is_the_parameters_log_density():
+    """The score NUTS screens a latent path's chains by (`path_screen.scorer`) is the
+    log density of the parameters alone in NUTS's unconstrained space, the path
+    integrated out: on the Euler-discretised OU model, the Kalman filter's exact value,
+    chain by chain, within the particle filter's Monte Carlo error (Z_MAX standard
+    errors of the mean of 20 scores, plus the bias of a median of logs, half the
+    estimate's variance)."""
+    from probde.inference import path_screen
+
+    data = ou_data()
+    lik = probde.LatentPath(num_substeps=4)
+    model = ou_latent_model(lik)
+    prepared = model.prepare(data)
+    score = path_screen.scorer(model, prepared, num_particles=1000)
+    # the truth, and a process noise far too large (16 nats lower; not a point where the
+    # data are far from every path, where the bootstrap filter's estimates degenerate)
+    points = np.log(np.array([[0.8, 0.4], [0.8, 1.5]]))
+    z = {"k": jnp.asarray(points[:, 0]), "s": jnp.asarray(points[:, 1]),
+         sites.PATH_INCREMENTS: jnp.zeros((2, 1, 60, 1))}  # ignored: the path is integrated
+    scores = np.stack([score(z, jax.random.PRNGKey(i)) for i in range(20)])  # (20, chains)
+    grid = lik.grid(data.times, np.array([0.0]))
+    for c, (lk, ls) in enumerate(points):
+        want = ou_euler_log_density(grid, np.asarray(data.times), np.asarray(data.values),
+                                    lk, ls)
+        sd = scores[:, c].std(ddof=1)
+        # a median of 8 has variance (pi / 2) / 8 times one estimate's
+        variance_one = sd**2 * 8 / (math.pi / 2)
+        tol = Z_MAX * sd / math.sqrt(scores.shape[0]) + variance_one / 2
+        assert abs(scores[:, c].mean() - want) < tol, (c, scores[:, c].mean(), want, tol)
+    # the two points are far apart in density, and the score says so
+    assert scores[:, 1].mean() < scores[:, 0].mean() - 10
+
+
+def test_nuts_asks_for_the_screen_only_for_a_latent_path():
+    data = ou_data()
+    path = ou_latent_model(probde.LatentPath(num_substeps=2))
+    prepared = path.prepare(data)
+    assert set(probde.NUTS().run_options(path, prepared)) == {"chain_score"}
+    assert probde.NUTS(restart_stuck=False).run_options(path, prepared) == {}
+    off = ou_latent_model(probde.LatentPath(num_substeps=2, screen_particles=None))
+    assert probde.NUTS().run_options(off, off.prepare(data)) == {}
+    ekf = ou_latent_model(probde.EKF())
+    assert probde.NUTS().run_options(ekf, ekf.prepare(data)) == {}
+    assert probde.SVI().run_options(path, prepared) == {}
+
+
+def test_the_screen_moves_a_chain_its_score_puts_far_below_and_restarts_after_sampling():
+    """With a chain score (a latent path's), NUTS screens at the ends of the adaptation
+    windows in the first half of the warmup (75, 100 and 150 of 300 iterations) and once
+    after sampling: a chain scored far below the best is moved each time, and after
+    sampling the run restarts once, warning, with no screen in the second run."""
+    import numpyro
+
+    def model_fn():
+        numpyro.sample("x", dist.Normal(0.0, 1.0))
+
+    calls = []
+
+    def score(z, key):
+        calls.append(np.shape(z["x"]))
+        return np.array([0.0, -50.0])  # chain 1 always far below
+
+    method = probde.NUTS(num_chains=2, num_warmup=300, num_samples=50,
+                         chain_method="vectorized")
+    with pytest.warns(probde.ConvergenceWarning, match="restarted from chain 0's final point"):
+        samples, stats = method.run(model_fn, jax.random.PRNGKey(0), progress_bar=False,
+                                    model_kwargs={}, chain_score=score)
+    assert calls == [(2,)] * 4  # three screens and the check after sampling
+    notes = stats[probde.inference.restart.NOTES]
+    for point in (75, 100, 150):
+        assert f"after warmup iteration {point}," in notes["screened"]
+    assert notes["screened"].count("chain 1 (score -50; moved to chain 0's") == 3
+    assert "the density of the parameters alone" in notes["restarted"]
+    assert np.shape(samples["x"]) == (2, 50)

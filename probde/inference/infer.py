@@ -142,13 +142,14 @@ def _by_chain(samples, num_chains):
     return {k: np.asarray(v).reshape((num_chains, -1) + v.shape[1:]) for k, v in samples.items()}
 
 
-def _run_method(method, model_fn, key, progress_bar, model_kwargs):
+def _run_method(method, model_fn, key, progress_bar, model_kwargs, options=None):
     """`method.run`: `(samples, stats, extra_groups, rejected, notes)`; a method may
     return only the first two (then there are no extra DataTree groups). `rejected`: the
     run's count of rejected model evaluations, which the method passes in `stats`
     (`REJECTED_TOTAL`, per chain), or `None` when it does not count them. `notes`: text
     attributes for `sample_stats`, passed in `stats` under `restart.NOTES`."""
-    out = method.run(model_fn, key, progress_bar=progress_bar, model_kwargs=model_kwargs)
+    out = method.run(model_fn, key, progress_bar=progress_bar, model_kwargs=model_kwargs,
+                     **(options or {}))
     samples, stats, extra = (out[0], out[1], {}) if len(out) == 2 else out
     stats = dict(stats)
     totals = stats.pop(REJECTED_TOTAL, None)
@@ -191,8 +192,9 @@ def _infer_model(model, data, method, key_run, key_post, key_prior, num_prior, p
     if not isinstance(count_failures, bool):
         raise TypeError(f"count_failures must be True or False; got {count_failures!r}")
     fn = model.numpyro_model(prepared)
-    samples, stats, extra, rejected, notes = _run_method(method, fn, key_run, progress_bar,
-                                                         {"observed": True})
+    samples, stats, extra, rejected, notes = _run_method(
+        method, fn, key_run, progress_bar, {"observed": True},
+        method.run_options(model, prepared))
     samples = {k: np.asarray(v) for k, v in samples.items()}
     num_chains = next(iter(samples.values())).shape[0]
     stats = {k: np.asarray(v) for k, v in stats.items()}

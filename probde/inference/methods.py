@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from numpyro.infer import MCMC, init_to_median
 
-from . import chunks, restart
+from . import chunks, path_screen, restart
 from ._options import check_init_radius, is_real, positive_int
 from .convergence import ALL_CHECKS, ConvergenceWarning
 from .failures import REJECTED_TOTAL, CountingNUTS, run_total
@@ -81,6 +81,12 @@ class AbstractMethod(abc.ABC):
         """Refuse a model the method cannot fit (`model` is a `probde.Model` and `data`
         its prepared data, or both `None` for a numpyro model function); by default
         every model is accepted."""
+
+    def run_options(self, model, data) -> dict:
+        """Keyword arguments for `run` that come from the `probde.Model` and its prepared
+        `data` (`probde.infer` passes them; none for a numpyro model function); by
+        default none."""
+        return {}
 
     @abc.abstractmethod
     def run(self, model_fn, key, *, progress_bar: bool, model_kwargs: dict):
@@ -216,7 +222,11 @@ class NUTS(_ChainOptions, AbstractMethod):
       chain's maximum-depth trees paid before the restart. Both trust density: a minor
       mode holding real probability at a much lower density (far wider than the main
       one) would lose its chain; set `False` (and `init_candidates=1`) to see every chain
-      where it settled.
+      where it settled. With a latent path (`probde.LatentPath`), whose joint density
+      spreads too widely within one mode to tell modes apart, both judge the chains by
+      the density of their parameters alone (a particle filter's estimate), the screen
+      at the ends of the adaptation windows in the first half of the warmup, whatever
+      the start (`probde.LatentPath`, `screen_particles`).
 
     **Example:**
 
@@ -304,12 +314,22 @@ class NUTS(_ChainOptions, AbstractMethod):
             **self._placement(chain_method, progress_bar),
         )
 
-    def run(self, model_fn, key, *, progress_bar, model_kwargs):
+    def run_options(self, model, data) -> dict:
+        """For a latent path (`probde.LatentPath` with `screen_particles`), the chains'
+        score by the density of their parameters (`path_screen.scorer`), which the
+        stuck-chain screen and restart then use (`restart_stuck`)."""
+        if not (self.restart_stuck and model is not None and model.sde is not None
+                and model.likelihood.latent_path and model.likelihood.screen_particles):
+            return {}
+        return {"chain_score": path_screen.scorer(model, data,
+                                                  model.likelihood.screen_particles)}
+
+    def run(self, model_fn, key, *, progress_bar, model_kwargs, chain_score=None):
         chain_method = self._chain_method_here()
         key, init_params = self._starts(model_fn, key, model_kwargs)
         try:
             return self._run_chunks(model_fn, key, init_params, chain_method, progress_bar,
-                                    model_kwargs)
+                                    model_kwargs, chain_score)
         except RuntimeError as err:
             _no_start(err, self.init_radius)
         except ValueError as err:
@@ -332,7 +352,7 @@ class NUTS(_ChainOptions, AbstractMethod):
                 skip_file_prefixes=(str(pathlib.Path(__file__).parents[1]),),
             )
             return self._run_chunks(model_fn, key, init_params, "sequential", progress_bar,
-                                    model_kwargs)
+                                    model_kwargs, chain_score)
 
     def _chain_method_here(self) -> str:
         """`resolved_chain_method`, sequential where numpyro would fall back to it (fewer
@@ -347,10 +367,11 @@ class NUTS(_ChainOptions, AbstractMethod):
         return name
 
     def _run_chunks(self, model_fn, key, init_params, chain_method, progress_bar,
-                    model_kwargs):
-        """Warmup (its first `_screen_length()` iterations a screen) and sampling, with a
-        restart when a chain ended far below the others, on one compiled program
-        (`chunks.Chunks`); `(samples, stats)` as `run` returns them."""
+                    model_kwargs, chain_score=None):
+        """Warmup (screened: `_warmup`) and sampling, with a restart when a chain ended
+        far below the others, on one compiled program (`chunks.Chunks`); `(samples,
+        stats)` as `run` returns them. `chain_score` (`run_options`): the chains' density
+        of the parameters alone, for a latent path."""
         runner = chunks.Chunks(self.kernel(model_fn), self.num_chains, self.num_warmup,
                                chain_method, model_kwargs)
         progress = chunks.Progress(progress_bar, self.num_warmup + self.num_samples,
@@ -358,20 +379,19 @@ class NUTS(_ChainOptions, AbstractMethod):
         notes = {}
         try:
             run, state, record = self._warmup_and_sample(runner, progress, key, init_params,
-                                                         notes)
+                                                         notes, chain_score)
             rejected = run_total(state)
-            lp = -record["potential_energy"]
-            below = restart.far_below(lp) if self.restart_stuck else np.zeros(1, dtype=bool)
+            below, note = self._stuck(-record["potential_energy"], state, chain_score, key)
             if below.any():
                 source = restart.donors(below)
-                notes["restarted"] = restart.note(lp, below, source)
+                notes["restarted"] = note(source)
                 warnings.warn(notes["restarted"], ConvergenceWarning,
                               skip_file_prefixes=(str(pathlib.Path(__file__).parents[1]),))
                 progress.extend(self.num_warmup + self.num_samples)
                 # a whole warmup again, from positions (no screen before it)
                 run, state, record = self._warmup_and_sample(
                     runner, progress, jax.random.fold_in(key, 1),
-                    restart.positions(state.z, source), notes, screen=False)
+                    restart.positions(state.z, source), notes, chain_score, screen=False)
                 rejected = rejected + run_total(state)
         finally:
             progress.close()
@@ -385,25 +405,61 @@ class NUTS(_ChainOptions, AbstractMethod):
         stats[restart.NOTES] = notes
         return run.samples(self.thinning), stats
 
-    def _warmup_and_sample(self, runner, progress, key, init_params, notes, screen=True):
-        """One run from `init_params`: the screen (a chain that ends it far below the
-        others takes another chain's state: `restart.far_below` over
-        `restart.screen_window`), the rest of the warmup, sampling. `(run, last state, the
-        sampling's records)`."""
-        run = chunks.Run(runner, progress)
-        state = runner.start(key, init_params)
-        length = self._screen_length() if screen else 0
-        if length:
-            state, record = run.phase(state, length, "warmup")
-            window = restart.screen_window(-record["potential_energy"])
-            below = restart.far_below(window)
-            if below.any():
-                source = restart.donors(below)
-                notes["screened"] = restart.screen_note(window, below, source, length)
-                state = chunks.placed_like(restart.states(state, source), state)
-        state, _ = run.phase(state, self.num_warmup - length, "warmup")
+    def _stuck(self, lp, state, chain_score, key):
+        """After sampling: which chains ended far below the others (`restart.far_below`
+        of their log densities `lp`, chain x draw; with `chain_score`, also of their
+        final points' scores), and the note for a restart, a function of the donors."""
+        if not self.restart_stuck:
+            return np.zeros(1, dtype=bool), None
+        below = restart.far_below(lp)
+        if chain_score is None or below.any():
+            return below, lambda source: restart.note(lp, below, source)
+        scores = chain_score(state.z, jax.random.fold_in(key, 2))
+        below = restart.below_best(scores)
+        return below, lambda source: restart.path_note(scores, below, source)
+
+    def _warmup_and_sample(self, runner, progress, key, init_params, notes, chain_score=None,
+                           screen=True):
+        """One run from `init_params`: the warmup (`_warmup`), then sampling. `(run, last
+        state, the sampling's records)`."""
+        run, state, _ = self._warmup(runner, progress, key, init_params, notes, chain_score,
+                                     screen)
         state, record = run.phase(state, self.num_samples, "sample", keep=True)
         return run, state, record
+
+    def _warmup(self, runner, progress, key, init_params, notes, chain_score=None,
+                screen=True):
+        """The warmup of one run from `init_params`, screened when `screen`: a chain far
+        below the others at a screening point takes another chain's state (position,
+        adaptation). Without `chain_score` the one point is the end of the first
+        `_screen_length()` iterations, judged by `restart.far_below` over
+        `restart.screen_window`; with it (a latent path), the points are
+        `restart.path_screen_points`, judged by `restart.below_best` of the scores.
+        `(run, last state, the records of each phase run)`; `notes` gets a note for each
+        move. (Also what `benchmarks/end_to_end.py` times as the warmup window.)"""
+        run = chunks.Run(runner, progress)
+        state = runner.start(key, init_params)
+        points = self._screen_points(chain_score is not None) if screen else []
+        records, done = [], 0
+        for point in points:
+            state, record = run.phase(state, point - done, "warmup")
+            records.append(record)
+            done = point
+            if chain_score is None:
+                window = restart.screen_window(-record["potential_energy"])
+                below = restart.far_below(window)
+            else:
+                scores = chain_score(state.z, jax.random.fold_in(key, point))
+                below = restart.below_best(scores)
+            if below.any():
+                source = restart.donors(below)
+                note = (restart.screen_note(window, below, source, point) if chain_score is None
+                        else restart.path_screen_note(scores, below, source, point))
+                notes["screened"] = "; ".join(filter(None, [notes.get("screened"), note]))
+                state = chunks.placed_like(restart.states(state, source), state)
+        state, record = run.phase(state, self.num_warmup - done, "warmup")
+        records.append(record)
+        return run, state, [r for r in records if r is not None]
 
     def _starts(self, model_fn, key, model_kwargs):
         """`(key, init_params)`: the key left for sampling and the chains' starting points
@@ -429,6 +485,18 @@ class NUTS(_ChainOptions, AbstractMethod):
         if not self.restart_stuck or self.init != "uniform":
             return 0
         return restart.screen_length(self.num_warmup, self.num_chains)
+
+    def _screen_points(self, by_score: bool) -> list[int]:
+        """The warmup iterations after which the chains are screened: with scores of the
+        parameters alone (a latent path, any start: its chains settle in minor modes
+        during warmup, not only at the start), `restart.path_screen_points`; else the end
+        of the screening warmup, if any."""
+        if by_score:
+            if not self.restart_stuck:
+                return []
+            return restart.path_screen_points(self.num_warmup, self.num_chains)
+        length = self._screen_length()
+        return [length] if length else []
 
 
 def _no_start(err: RuntimeError, init_radius: float):

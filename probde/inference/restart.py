@@ -70,6 +70,34 @@ def screen_window(lp) -> np.ndarray:
     return lp[:, -max(10, lp.shape[1] // 3):]
 
 
+def below_best(scores) -> np.ndarray:
+    """Which chains' `scores` (one per chain: the log density of their parameters with a
+    latent path integrated out, `path_screen.scorer`) are below the best by more than
+    `GAP_NATS`, or not finite. A score is one point's (a median of particle-filter
+    estimates, to about half a nat), not a mean over draws: within one mode of a few
+    parameters two points rarely differ by 10 nats (6 parameters: half a chi-square
+    with 6 degrees of freedom, over 10 with probability 0.003)."""
+    scores = np.asarray(scores, dtype=float)
+    finite = np.isfinite(scores)
+    if scores.size < 2 or not finite.any():
+        return np.zeros(scores.size, dtype=bool)
+    return ~finite | (scores < scores[finite].max() - GAP_NATS)
+
+
+def path_screen_points(num_warmup: int, num_chains: int) -> list[int]:
+    """The warmup iterations after which a latent path's chains are screened by their
+    scores (`below_best`): the ends of the adaptation windows (numpyro's schedule, Stan's)
+    in the first half of the warmup, so that a moved chain has the second half to move
+    away from its donor; none for one chain or a warmup shorter than
+    `SCREEN_MIN_WARMUP`."""
+    from numpyro.infer.hmc_util import build_adaptation_schedule
+
+    if num_chains < 2 or num_warmup < SCREEN_MIN_WARMUP:
+        return []
+    ends = [int(end) + 1 for _, end in build_adaptation_schedule(num_warmup)]
+    return [e for e in ends if e <= num_warmup // 2]
+
+
 def positions(z, source) -> dict:
     """The positions (`z`, a pytree with a leading chain axis) of the chains `source`, in
     that order, on the host: parallel chains' states are laid out over the devices, and
@@ -112,6 +140,32 @@ def screen_note(window, below, source, iterations: int) -> str:
     return (f"the screening warmup ({iterations} iterations) left {moved} far below the "
             f"best chain ({best:.4g}) over its last {np.shape(window)[1]} iterations; "
             "the rest of the warmup went on from these states")
+
+
+def _moved(scores, below, source, verb: str, what: str) -> str:
+    return ", ".join(f"chain {c} (score {scores[c]:.4g}; {verb} chain {source[c]}'s {what})"
+                     for c in np.flatnonzero(below))
+
+
+def path_screen_note(scores, below, source, iteration: int) -> str:
+    """What a latent path's screen at warmup iteration `iteration` saw (`scores`: the
+    chains' log densities of the parameters alone) and did, for the DataTree."""
+    best = float(np.nanmax(np.where(np.isfinite(scores), scores, np.nan)))
+    return (f"after warmup iteration {iteration}, the density of the parameters alone "
+            f"(path integrated out by a particle filter) left "
+            f"{_moved(scores, below, source, 'moved to', 'position and adaptation')} "
+            f"far below the best chain ({best:.4g})")
+
+
+def path_note(scores, below, source) -> str:
+    """The restart note of a latent path's run whose chains ended far apart in the
+    density of their parameters alone (`scores`)."""
+    best = float(np.nanmax(np.where(np.isfinite(scores), scores, np.nan)))
+    moved = _moved(scores, below, source, "restarted from", "final point")
+    return (f"the first run ended with {moved} far below the best chain ({best:.4g}) in the "
+            "density of the parameters alone (path integrated out by a particle filter); "
+            "NUTS ran warmup and sampling once more and kept only the second run. "
+            "NUTS(restart_stuck=False) keeps the first run")
 
 
 def donors(below) -> np.ndarray:
