@@ -40,13 +40,15 @@ Figures per seed and implementation:
   `MCMC.run` + `get_samples`; Stan's `posterior.sample`). **min bulk ESS / s** divides
   the smallest bulk ESS over every parameter component (ArviZ) by this time.
 - **us per gradient, core time, over identical windows**: each JAX process then re-runs
-  the same seed's warmup (`MCMC.warmup`, same key: the same 4 x 1000 iterations as the
-  call, for probde its best-of-8 starts and 75-iteration screening warmup included;
-  checked by comparing the adapted step sizes) and 1000 draws from the adapted state
-  (`MCMC.run`), each timed with `time.process_time` (CPU time of all the process's threads)
-  minus the time JAX spent tracing and compiling in it (`jax.monitoring` spans); divided by
-  the window's gradients (leapfrog steps). Stan's is each chain's own "Elapsed Time"
-  (warmup, sampling; one thread a chain) summed over chains, over the same windows.
+  the same seed's warmup (same key: the same 4 x 1000 iterations as the call; numpyro's
+  `MCMC.warmup`, and for probde `NUTS._warmup` on the driver `NUTS.run` uses, its
+  best-of-8 starts and 75-iteration screening warmup included; checked by comparing the
+  adapted step sizes) and 1000 draws from the adapted state (`MCMC.run`; probde's sampling
+  phase with its postprocessing), each timed with `time.process_time` (CPU time of all
+  the process's threads) minus the time JAX spent tracing and compiling in it
+  (`jax.monitoring` spans); divided by the window's gradients (leapfrog steps). Stan's is
+  each chain's own "Elapsed Time" (warmup, sampling; one thread a chain) summed over
+  chains, over the same windows.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ def worker(impl: str, seed: int) -> dict:
     from numpyro.infer import MCMC, NUTS
 
     import probde
+    from probde.inference import chunks
 
     clock = lh.CompileClock()
     problem = lh.Problem()
@@ -112,9 +115,9 @@ def worker(impl: str, seed: int) -> dict:
         fn, kwargs = problem.model.numpyro_model(problem.prepared), {"observed": True}
         key = jax.random.split(jax.random.PRNGKey(seed), 3)[0]  # probde.infer's key_run
         # NUTS.run's warmup: the best-of-8 starts, the screen (its first 75 iterations),
-        # then the rest of the warmup, resuming the screened chains' states
-        screen = method._screen_length()
-        mcmc = method.mcmc(fn, after_screen=screen)
+        # then the rest of the warmup, resuming the screened chains' states, on the driver
+        # NUTS.run uses (chunks of one compiled program)
+        runner = chunks.Chunks(method.kernel(fn), NUM_CHAINS, NUM_WARMUP, "parallel", kwargs)
     else:
         jax.config.update("jax_enable_compilation_cache", False)  # a plain numpyro process
         fn = lambda times, y=None: lh.handwritten_model(  # noqa: E731
@@ -142,22 +145,27 @@ def worker(impl: str, seed: int) -> dict:
 
     call_end = time.time()  # the user's process would end about here
 
-    def warmup():
-        init, screen_steps = None, 0
-        if impl == "probde":
+    if impl == "probde":
+        def warmup():
             _, init = method._starts(fn, key, kwargs)
-            init, _, _, screened = method._screen(fn, jax.random.fold_in(key, 3), init,
-                                                  screen, "parallel", False, kwargs)
-            screen_steps = screened.get_extra_fields()["num_steps"]
-        mcmc.warmup(key, extra_fields=fields, collect_warmup=True, init_params=init,
-                    **kwargs)
-        return mcmc.get_extra_fields(group_by_chain=True), screen_steps
+            run, state, records = method._warmup(
+                runner, chunks.Progress(False, 0, NUM_CHAINS), key, init, {})
+            return (run, state), {f: np.concatenate([r[f] for r in records], axis=1)
+                                  for f in ("num_steps", "adapt_state.step_size")}
 
-    (warm, screen_steps), warm_t = _timed(clock, warmup)
-    _, samp_t = _timed(clock, lambda: (
-        mcmc.run(jax.random.fold_in(key, 1), extra_fields=fields, **kwargs),
-        mcmc.get_extra_fields(group_by_chain=True))[1])
-    sampled = mcmc.get_extra_fields(group_by_chain=True)
+        ((run, state), warm), warm_t = _timed(clock, warmup)
+        sampled, samp_t = _timed(clock, lambda: run.phase(state, NUM_SAMPLES, "sample",
+                                                          keep=True)[1])
+    else:
+        def warmup():
+            mcmc.warmup(key, extra_fields=fields, collect_warmup=True, **kwargs)
+            return mcmc.get_extra_fields(group_by_chain=True)
+
+        warm, warm_t = _timed(clock, warmup)
+        _, samp_t = _timed(clock, lambda: (
+            mcmc.run(jax.random.fold_in(key, 1), extra_fields=fields, **kwargs),
+            mcmc.get_extra_fields(group_by_chain=True))[1])
+        sampled = mcmc.get_extra_fields(group_by_chain=True)
     warm_steps = np.asarray(warm["adapt_state.step_size"])[:, -1]
     return {
         "impl": impl, "seed": seed,
@@ -166,8 +174,7 @@ def worker(impl: str, seed: int) -> dict:
         "max_rhat": lh.max_rhat(samples),
         "divergences": divergences,
         "posterior_mean": lh.posterior_means(samples),
-        "warmup_window": _window(warm_t, int(np.asarray(warm["num_steps"]).sum()
-                                             + np.asarray(screen_steps).sum())),
+        "warmup_window": _window(warm_t, int(np.asarray(warm["num_steps"]).sum())),
         "sampling_window": _window(samp_t, int(np.asarray(sampled["num_steps"]).sum())),
         # the re-run warmup is the call's own: its adapted step sizes are the call's
         "warmup_is_the_calls": bool(np.allclose(warm_steps, step_sizes, rtol=1e-12)),

@@ -6,10 +6,10 @@ against Stan's.
 For each seed, `probde.NUTS()`'s warmup with its defaults (4 chains in parallel, 1000
 warmup iterations) on the model of `case_studies/lynx_hare/model.py`, in the order
 `NUTS.run` takes (the best-of-8 starts, the 75-iteration screen, the rest of the warmup
-resuming the screened chains' states), with the key `probde.infer(..., seed=seed)` uses, then
-1000 draws from the adapted state. Recorded per seed: the gradients (numpyro's leapfrog
-steps) of the screen, of the rest of the warmup and of sampling, the min bulk ESS and the
-max R-hat of the draws. These are counts, not times: they depend on the seed and the code,
+resuming the screened chains' states: `NUTS._warmup`, on the driver `NUTS.run` uses),
+with the key `probde.infer(..., seed=seed)` uses, then 1000 draws from the adapted state.
+Recorded per seed: the gradients (numpyro's leapfrog steps) of the screen, of the rest of
+the warmup and of sampling, the min bulk ESS and the max R-hat of the draws. These are counts, not times: they depend on the seed and the code,
 not on the machine or its load, so a count from another session compares.
 
 With `--stan` (or `--stan-from` an earlier output: Stan's counts depend on the seed only),
@@ -37,9 +37,9 @@ sys.path.insert(0, str(HERE))
 import lynx_hare as lh  # noqa: E402 (4 host devices and x64, before JAX starts)
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 import probde  # noqa: E402
+from probde.inference import chunks  # noqa: E402
 
 NUM_CHAINS, NUM_WARMUP, NUM_SAMPLES = 4, 1000, 1000
 
@@ -49,19 +49,15 @@ def probde_seed(problem, seed: int) -> dict:
     method = probde.NUTS(num_chains=NUM_CHAINS, num_warmup=NUM_WARMUP, num_samples=NUM_SAMPLES)
     key = jax.random.split(jax.random.PRNGKey(seed), 3)[0]  # probde.infer's key for the run
     key, init = method._starts(fn, key, kwargs)
-    screen = method._screen_length()
-    init, _, _, screened = method._screen(fn, jax.random.fold_in(key, 3), init, screen,
-                                          "parallel", False, kwargs)
-    mcmc = method.mcmc(fn, chain_method="parallel", after_screen=screen)
-    mcmc.warmup(key, extra_fields=("num_steps",), collect_warmup=True, init_params=init,
-                **kwargs)
-    rest = np.asarray(mcmc.get_extra_fields()["num_steps"])
-    mcmc.run(jax.random.fold_in(key, 1), extra_fields=("num_steps",), **kwargs)
-    samples = mcmc.get_samples(group_by_chain=True)
-    screen_steps = int(np.asarray(screened.get_extra_fields()["num_steps"]).sum())
-    return {"seed": seed, "screen": screen_steps, "rest": int(rest.sum()),
-            "warmup": screen_steps + int(rest.sum()),
-            "sampling": int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum()),
+    runner = chunks.Chunks(method.kernel(fn), NUM_CHAINS, NUM_WARMUP, "parallel", kwargs)
+    run, state, records = method._warmup(runner, chunks.Progress(False, 0, NUM_CHAINS), key,
+                                         init, {})
+    steps = [int(r["num_steps"].sum()) for r in records]
+    screen_steps = steps[0] if len(steps) > 1 else 0
+    state, sampled = run.phase(state, NUM_SAMPLES, "sample", keep=True)
+    samples = run.samples(1)
+    return {"seed": seed, "screen": screen_steps, "rest": steps[-1],
+            "warmup": sum(steps), "sampling": int(sampled["num_steps"].sum()),
             "min_bulk_ess": lh.min_bulk_ess(samples), "max_rhat": lh.max_rhat(samples)}
 
 
