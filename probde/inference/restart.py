@@ -128,7 +128,13 @@ def states(state, source):
 def _means_and_best(lp):
     """Each chain's mean log density (`lp`: chain x draw) and the best finite one."""
     means = np.asarray(lp, dtype=float).mean(axis=1)
-    return means, float(np.nanmax(np.where(np.isfinite(means), means, np.nan)))
+    return means, _best(means)
+
+
+def _best(values) -> float:
+    """The largest finite value."""
+    values = np.asarray(values, dtype=float)
+    return float(np.nanmax(np.where(np.isfinite(values), values, np.nan)))
 
 
 def screen_note(window, below, source, iterations: int) -> str:
@@ -150,7 +156,7 @@ def _moved(scores, below, source, verb: str, what: str) -> str:
 def path_screen_note(scores, below, source, iteration: int) -> str:
     """What a latent path's screen at warmup iteration `iteration` saw (`scores`: the
     chains' log densities of the parameters alone) and did, for the DataTree."""
-    best = float(np.nanmax(np.where(np.isfinite(scores), scores, np.nan)))
+    best = _best(scores)
     return (f"after warmup iteration {iteration}, the density of the parameters alone "
             f"(path integrated out by a particle filter) left "
             f"{_moved(scores, below, source, 'moved to', 'position and adaptation')} "
@@ -160,7 +166,7 @@ def path_screen_note(scores, below, source, iteration: int) -> str:
 def path_note(scores, below, source) -> str:
     """The restart note of a latent path's run whose chains ended far apart in the
     density of their parameters alone (`scores`)."""
-    best = float(np.nanmax(np.where(np.isfinite(scores), scores, np.nan)))
+    best = _best(scores)
     moved = _moved(scores, below, source, "restarted from", "final point")
     return (f"the first run ended with {moved} far below the best chain ({best:.4g}) in the "
             "density of the parameters alone (path integrated out by a particle filter); "
